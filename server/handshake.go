@@ -1,0 +1,286 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/poller"
+)
+
+// HandshakeResult classifies an upgrade attempt, for Stats.Handshakes.
+type HandshakeResult uint8
+
+// Handshake results. The order is the metric label order.
+const (
+	HandshakeOK HandshakeResult = iota
+	HandshakeBadRequest
+	HandshakeNotFound
+	HandshakeBadMethod
+	HandshakeUpgradeRequired
+	HandshakeTooLarge
+	HandshakeForbidden
+	HandshakeUnauthorized
+	HandshakeUnavailable
+	HandshakeTimeout
+
+	numHandshakeResults
+)
+
+var handshakeLabels = [numHandshakeResults]string{
+	"ok", "bad_request", "not_found", "bad_method", "upgrade_required",
+	"too_large", "forbidden", "unauthorized", "unavailable", "timeout",
+}
+
+func (r HandshakeResult) String() string {
+	if r >= numHandshakeResults {
+		return "unknown"
+	}
+	return handshakeLabels[r]
+}
+
+// Handshake rejections raised from the Upgrader's callbacks. gobwas/ws stops
+// reading the request at the first one.
+var (
+	errNotFound     = ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound), ws.RejectionReason("no WebSocket endpoint at this path"))
+	errForbidden    = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
+	errUnavailable  = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server shutting down"))
+	errUnauthorized = ws.RejectConnectionError(ws.RejectionStatus(http.StatusUnauthorized), ws.RejectionReason("invalid or missing token"))
+)
+
+// handshake upgrades requests on one loop. The loop runs one handshake at a time,
+// so a single Upgrader, reader and response buffer serve all of them, and the
+// callbacks fill in the fields below for the request in progress.
+type handshake struct {
+	s    *Server
+	loop int
+	up   ws.Upgrader
+	r    bytes.Reader
+	w    bytebufferpool.ByteBuffer
+
+	// The request in progress; reset for each.
+	route     *route
+	token     []byte
+	claims    auth.Claims
+	authErr   error
+	hasOrigin bool
+}
+
+func (hs *handshake) init(s *Server, loop int) {
+	hs.s = s
+	hs.loop = loop
+	hs.up = ws.Upgrader{
+		OnRequest:       hs.onRequest,
+		OnHeader:        hs.onHeader,
+		ProtocolCustom:  hs.onProtocol,
+		OnBeforeUpgrade: hs.onBeforeUpgrade,
+	}
+}
+
+// Read and Write make the handshake the io.ReadWriter gobwas/ws upgrades: it
+// reads exactly the request's bytes, never past them, and writes the response
+// into a buffer the loop sends.
+func (hs *handshake) Read(p []byte) (int, error)  { return hs.r.Read(p) }
+func (hs *handshake) Write(p []byte) (int, error) { return hs.w.Write(p) }
+
+func (hs *handshake) onRequest(uri []byte) error {
+	hs.route = hs.s.route(uri)
+	if hs.route == nil {
+		return errNotFound
+	}
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		q := uri[i+1:]
+		for len(q) > 0 {
+			var kv []byte
+			kv, q, _ = bytes.Cut(q, []byte{'&'})
+			k, v, _ := bytes.Cut(kv, []byte{'='})
+			if string(k) == "token" && len(hs.token) == 0 {
+				if t, err := url.QueryUnescape(string(v)); err == nil {
+					hs.token = append(hs.token[:0], t...)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (hs *handshake) onHeader(key, value []byte) error {
+	switch string(key) {
+	case "Origin":
+		hs.hasOrigin = true
+		if !hs.s.originAllowed(value) {
+			return errForbidden
+		}
+	case "Authorization":
+		if len(value) > 7 && bytes.EqualFold(value[:7], []byte("bearer ")) && len(hs.token) == 0 {
+			hs.token = append(hs.token[:0], bytes.TrimSpace(value[7:])...)
+		}
+	}
+	return nil
+}
+
+// onProtocol picks a subprotocol from the client's list and takes a token from a
+// "bearer.<token>" entry, which browsers use as they cannot set headers. That
+// entry is never echoed back: the response would carry the token.
+func (hs *handshake) onProtocol(v []byte) (string, bool) {
+	chosen := ""
+	for len(v) > 0 {
+		var p []byte
+		p, v, _ = bytes.Cut(v, []byte{','})
+		p = bytes.TrimSpace(p)
+		if t, ok := bytes.CutPrefix(p, []byte("bearer.")); ok {
+			if len(hs.token) == 0 {
+				hs.token = append(hs.token[:0], t...)
+			}
+			continue
+		}
+		if chosen == "" {
+			for _, sp := range hs.s.opts.Subprotocols {
+				if string(p) == sp {
+					chosen = sp
+					break
+				}
+			}
+		}
+	}
+	return chosen, true
+}
+
+func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
+	s := hs.s
+	if s.draining.Load() {
+		return nil, errUnavailable
+	}
+	if s.opts.Auth == nil {
+		return nil, nil
+	}
+	hs.claims, hs.authErr = s.opts.Auth.Verify(string(hs.token))
+	if hs.authErr != nil {
+		s.stats(hs.loop).authFailures[auth.ReasonOf(hs.authErr)].Add(1)
+		if s.opts.AuthFailure == AuthFailReject {
+			return nil, errUnauthorized
+		}
+	}
+	return nil, nil
+}
+
+// serve runs the handshake over the bytes received so far. It returns how many
+// it used and, once upgraded, the new connection.
+func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
+	s := hs.s
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(data) > MaxRequestSize {
+			hs.reject(pc, HandshakeTooLarge, http.StatusRequestHeaderFieldsTooLarge, "request too large")
+			return len(data), nil
+		}
+		return 0, nil
+	}
+	n := end + 4
+	if n > MaxRequestSize {
+		hs.reject(pc, HandshakeTooLarge, http.StatusRequestHeaderFieldsTooLarge, "request too large")
+		return len(data), nil
+	}
+	hs.route, hs.token, hs.claims, hs.authErr, hs.hasOrigin = nil, hs.token[:0], auth.Claims{}, nil, false
+	hs.r.Reset(data[:n])
+	hs.w.Reset()
+	hsr, err := hs.up.Upgrade(hs)
+	if err != nil {
+		res, status, msg := classify(err)
+		hs.reject(pc, res, status, msg)
+		return len(data), nil
+	}
+	if err := pc.Write(hs.w.B); err != nil {
+		pc.Close()
+		return len(data), nil
+	}
+	_ = hsr
+	s.stats(hs.loop).handshakes[HandshakeOK].Add(1)
+
+	user, exp := hs.claims.Subject, hs.claims.ExpiresAt
+	if s.opts.Auth == nil {
+		user = anonymousID()
+	}
+	c := s.newConn(pc, hs.route, user, exp)
+	if hs.authErr != nil {
+		// AuthFailClose: the browser can read this reason, unlike a 401.
+		c.told = true
+		if auth.ReasonOf(hs.authErr) == auth.ReasonMissing {
+			c.Close(CloseAuthRequired)
+		} else {
+			c.Close(CloseInvalidToken)
+		}
+		return len(data), nil
+	}
+	c.route.h.OnOpen(c)
+	return n, c
+}
+
+// classify maps an Upgrade error to a result, a status and a message.
+func classify(err error) (HandshakeResult, int, string) {
+	switch {
+	case errors.Is(err, ws.ErrHandshakeBadUpgrade):
+		return HandshakeUpgradeRequired, http.StatusUpgradeRequired, "WebSocket upgrade required"
+	case errors.Is(err, ws.ErrHandshakeUpgradeRequired):
+		return HandshakeUpgradeRequired, http.StatusUpgradeRequired, "unsupported WebSocket version"
+	case errors.Is(err, ws.ErrHandshakeBadMethod):
+		return HandshakeBadMethod, http.StatusMethodNotAllowed, "method not allowed"
+	case errors.Is(err, errNotFound):
+		return HandshakeNotFound, http.StatusNotFound, "not found"
+	case errors.Is(err, errForbidden):
+		return HandshakeForbidden, http.StatusForbidden, "origin not allowed"
+	case errors.Is(err, errUnauthorized):
+		return HandshakeUnauthorized, http.StatusUnauthorized, "invalid or missing token"
+	case errors.Is(err, errUnavailable):
+		return HandshakeUnavailable, http.StatusServiceUnavailable, "server shutting down"
+	}
+	var rej *ws.ConnectionRejectedError
+	if errors.As(err, &rej) && rej.StatusCode() != 0 {
+		return HandshakeBadRequest, rej.StatusCode(), rej.Error()
+	}
+	return HandshakeBadRequest, http.StatusBadRequest, "bad request"
+}
+
+// reject answers a refused handshake with a plain HTTP response and closes the
+// socket once it is sent. The socket gets no WebSocket state.
+func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, msg string) {
+	s := hs.s
+	s.stats(pc.Loop().Index()).handshakes[res].Add(1)
+	b := hs.w.B[:0]
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"...)
+	switch status {
+	case http.StatusUnauthorized:
+		b = append(b, "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"...)
+	case http.StatusUpgradeRequired:
+		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
+	case http.StatusServiceUnavailable:
+		b = append(b, "Retry-After: 1\r\n"...)
+	}
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(len(msg)+1), 10)
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, msg...)
+	b = append(b, '\n')
+	hs.w.B = b
+	pc.SetContext(rejected{})
+	pc.SetStamp(s.nowMillis() + time.Second.Milliseconds())
+	if pc.Write(b) != nil {
+		pc.Close()
+		return
+	}
+	pc.CloseWrite()
+}
+
+var _ io.ReadWriter = (*handshake)(nil)

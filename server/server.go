@@ -1,0 +1,351 @@
+// Package server speaks WebSocket (RFC 6455) on the poller's event loops: it
+// upgrades HTTP requests with gobwas/ws, verifies a JWT before the upgrade,
+// validates every frame, runs the close handshake, pings and reaps idle peers
+// from one sweep per loop, and drains connections on shutdown.
+//
+// Applications plug in per path through Handler, whose four methods are the
+// lifecycle events open, message, close and error.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/poller"
+)
+
+// Handler receives one endpoint's connection events. The methods run on the loop
+// goroutine that owns the connection and must not block.
+type Handler interface {
+	// OnOpen is called after the upgrade.
+	OnOpen(c *Conn)
+	// OnMessage is called with each complete message: ws.OpText or ws.OpBinary.
+	// data is valid only during the call.
+	OnMessage(c *Conn, op ws.OpCode, data []byte)
+	// OnClose is called once, when the close handshake starts (from either side) or
+	// the connection drops without one (code 1006).
+	OnClose(c *Conn, code ws.StatusCode, reason string)
+	// OnError is called when the connection fails: a protocol violation, a socket
+	// error or a refused write. OnClose follows.
+	OnError(c *Conn, err error)
+}
+
+// AuthFailure says what happens to a handshake whose token is missing or bad.
+type AuthFailure uint8
+
+const (
+	// AuthFailReject answers 401 before the upgrade.
+	AuthFailReject AuthFailure = iota
+	// AuthFailClose upgrades, then closes with 1008 and the reason, for browser
+	// applications, which cannot read a refused handshake's status.
+	AuthFailClose
+)
+
+// Options configures a Server. The zero value, with Handlers set, gives an
+// anonymous server with the documented defaults.
+type Options struct {
+	// Handlers maps WebSocket paths (such as "/ws") to their handlers. Requests
+	// for other paths are answered 404.
+	Handlers map[string]Handler
+	// Auth verifies tokens. If nil, connections are anonymous and each gets a
+	// random user id.
+	Auth *auth.Verifier
+	// AuthFailure chooses between a 401 and an upgrade followed by close 1008.
+	AuthFailure AuthFailure
+	// Origins is an allowlist of Origin patterns ("https://*.example.com", with
+	// path.Match syntax). If empty, any origin is accepted. Requests without an
+	// Origin header (not from a browser) are always accepted.
+	Origins []string
+	// Subprotocols are the subprotocols the server may select, in preference
+	// order. A "bearer.<token>" entry carries a token and is never selected.
+	Subprotocols []string
+
+	// Loops is the number of event loops. If zero, GOMAXPROCS is used.
+	Loops int
+	// MaxMessageSize bounds a message, fragments summed. If zero,
+	// DefaultMaxMessageSize is used.
+	MaxMessageSize int
+	// MaxPending bounds a connection's unsent bytes; past it the connection is a
+	// slow consumer and is closed with 1008. If zero, DefaultMaxPending is used.
+	MaxPending int
+	// HandshakeTimeout bounds the time to receive the whole upgrade request. If
+	// zero, DefaultHandshakeTimeout is used.
+	HandshakeTimeout time.Duration
+	// PingInterval is how long a connection may be silent before the server pings
+	// it. If zero, DefaultPingInterval is used.
+	PingInterval time.Duration
+	// IdleTimeout closes a connection from which no frame arrived for this long.
+	// If zero, DefaultIdleTimeout is used.
+	IdleTimeout time.Duration
+	// CloseTimeout bounds the wait for the peer's answer to a close frame. If zero,
+	// DefaultCloseTimeout is used.
+	CloseTimeout time.Duration
+	// DrainRate is how many connections per second Shutdown sends close 1001, so
+	// that clients do not all reconnect at once. If zero, DefaultDrainRate is used.
+	DrainRate int
+	// TickInterval is how often each loop sweeps its connections for deadlines. If
+	// zero, it is a fifth of the shortest timeout, at most a second.
+	TickInterval time.Duration
+
+	// Logger receives the server's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+	// Now is the clock. If nil, time.Now is used. Tests inject one to move time.
+	Now func() time.Time
+}
+
+// Defaults for Options.
+const (
+	DefaultMaxMessageSize   = 64 << 10
+	DefaultMaxPending       = 1 << 20
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultPingInterval     = 30 * time.Second
+	DefaultIdleTimeout      = 75 * time.Second
+	DefaultCloseTimeout     = 5 * time.Second
+	DefaultDrainRate        = 10000
+	// MaxRequestSize bounds an upgrade request; a longer one is answered 431.
+	MaxRequestSize = 8 << 10
+)
+
+// Errors.
+var (
+	// ErrServerClosed is returned by Listen after Shutdown or Close.
+	ErrServerClosed = errors.New("server: closed")
+	// ErrMessageTooBig is the OnError cause for a message over MaxMessageSize.
+	ErrMessageTooBig = errors.New("server: message too big")
+	// ErrInvalidUTF8 is the OnError cause for a text message that is not UTF-8.
+	ErrInvalidUTF8 = errors.New("server: invalid UTF-8")
+	// ErrSlowConsumer is the OnError cause when a write passes MaxPending.
+	ErrSlowConsumer = errors.New("server: slow consumer")
+)
+
+// Server is a WebSocket server on a poller.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	now    func() time.Time
+	p      *poller.Poller
+	loops  []*loopState
+	routes map[string]*route
+
+	draining atomic.Bool
+	closed   atomic.Bool
+	closeMu  sync.Mutex
+}
+
+type route struct {
+	srv  *Server
+	path string
+	h    Handler
+}
+
+// New validates o and starts the event loops. Call Listen to accept connections
+// and Shutdown or Close to stop.
+func New(o Options) (*Server, error) {
+	if len(o.Handlers) == 0 {
+		return nil, errors.New("server: no handlers")
+	}
+	s := &Server{opts: o, routes: make(map[string]*route)}
+	for p, h := range o.Handlers {
+		if !strings.HasPrefix(p, "/") || h == nil {
+			return nil, fmt.Errorf("server: bad handler path %q", p)
+		}
+		s.routes[p] = &route{srv: s, path: p, h: h}
+	}
+	for _, pat := range o.Origins {
+		if _, err := path.Match(pat, ""); err != nil {
+			return nil, fmt.Errorf("server: bad origin pattern %q: %w", pat, err)
+		}
+	}
+	o = s.opts
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = DefaultMaxPending
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = DefaultPingInterval
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = DefaultCloseTimeout
+	}
+	if o.DrainRate <= 0 {
+		o.DrainRate = DefaultDrainRate
+	}
+	if o.TickInterval <= 0 {
+		o.TickInterval = min(time.Second, o.HandshakeTimeout/5, o.PingInterval/5, o.CloseTimeout/5)
+	}
+	if o.IdleTimeout <= o.PingInterval {
+		return nil, fmt.Errorf("server: idle timeout %v must exceed ping interval %v", o.IdleTimeout, o.PingInterval)
+	}
+	s.opts = o
+	s.log = o.Logger
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.now = o.Now
+	if s.now == nil {
+		s.now = time.Now
+	}
+	p, err := poller.New(s, poller.Options{
+		Loops:        o.Loops,
+		MaxPending:   o.MaxPending,
+		TickInterval: o.TickInterval,
+		NoDelay:      true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.p = p
+	for _, l := range p.Loops() {
+		s.loops = append(s.loops, newLoopState(s, l))
+	}
+	return s, nil
+}
+
+// Listen starts accepting WebSocket connections on addr and returns the bound
+// address.
+func (s *Server) Listen(addr string) (net.Addr, error) {
+	if s.closed.Load() || s.draining.Load() {
+		return nil, ErrServerClosed
+	}
+	return s.p.Listen(addr)
+}
+
+// Addr is the listening address, or nil.
+func (s *Server) Addr() net.Addr { return s.p.Addr() }
+
+// Options returns the options in force, defaults filled in.
+func (s *Server) Options() Options { return s.opts }
+
+// Ready reports whether the server accepts new connections: false once Shutdown
+// has begun.
+func (s *Server) Ready() bool { return !s.draining.Load() && !s.closed.Load() }
+
+// Conns is the number of open sockets, including those still in the handshake.
+func (s *Server) Conns() int {
+	n := 0
+	for _, l := range s.p.Loops() {
+		n += l.Len()
+	}
+	return n
+}
+
+// Loops returns the poller loops, so callers can post work to a connection's loop.
+func (s *Server) Loops() []*poller.Loop { return s.p.Loops() }
+
+// Shutdown stops accepting, sends close 1001 "server shutting down" to every
+// connection at Options.DrainRate per second, and waits for the peers' close
+// acknowledgements until ctx ends. Then it closes what is left and stops the
+// loops. It returns ctx.Err() if connections were still open at the deadline.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.draining.Swap(true) {
+		return ErrServerClosed
+	}
+	s.p.StopAccepting()
+	s.log.Info("draining", "conns", s.Conns(), "rate", s.opts.DrainRate)
+
+	// Each loop snapshots its connections once; a pacing tick then tells every
+	// loop how many of its snapshot to close, in proportion to its share.
+	var wg sync.WaitGroup
+	for _, ls := range s.loops {
+		wg.Add(1)
+		if !ls.l.Post(poller.FuncJob(func() { defer wg.Done(); ls.beginDrain() })) {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+
+	const pace = 10 * time.Millisecond
+	perTick := max(1, s.opts.DrainRate*int(pace)/int(time.Second))
+	t := time.NewTicker(pace)
+	defer t.Stop()
+	var err error
+	for s.Conns() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-t.C:
+			remaining := 0
+			for _, ls := range s.loops {
+				remaining += int(ls.drainLeft.Load())
+			}
+			if remaining == 0 {
+				continue
+			}
+			for _, ls := range s.loops {
+				left := int(ls.drainLeft.Load())
+				if left == 0 {
+					continue
+				}
+				n := max(1, perTick*left/remaining)
+				ls.l.Post(drainJob{ls, n})
+			}
+			continue
+		}
+		break
+	}
+	if n := s.Conns(); n > 0 {
+		s.log.Warn("drain deadline passed", "conns", n)
+	} else {
+		s.log.Info("drained")
+	}
+	s.Close()
+	return err
+}
+
+// Close closes every connection at once, without close frames, and stops the
+// loops.
+func (s *Server) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.draining.Store(true)
+	return s.p.Close()
+}
+
+// route looks up the handler for a request URI, ignoring its query.
+func (s *Server) route(uri []byte) *route {
+	p := uri
+	for i, c := range uri {
+		if c == '?' {
+			p = uri[:i]
+			break
+		}
+	}
+	return s.routes[string(p)]
+}
+
+func (s *Server) originAllowed(origin []byte) bool {
+	if len(s.opts.Origins) == 0 {
+		return true
+	}
+	o := strings.ToLower(string(origin))
+	for _, pat := range s.opts.Origins {
+		if ok, _ := path.Match(strings.ToLower(pat), o); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) nowMillis() int64 { return s.now().UnixMilli() }
