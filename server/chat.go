@@ -2,7 +2,10 @@ package server
 
 import (
 	"log/slog"
+	"strconv"
+	"sync/atomic"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -10,41 +13,132 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/room"
 )
 
-// Chat is the /ws endpoint: the seed's JSON protocol. A client is greeted with
-// `connected`, a `ping` gets a `pong`, and a `refresh` carrying a later token
-// for the same subject keeps the connection past its first token's expiry.
+// Chat is the /ws endpoint: the seed's JSON chat protocol.
+//
+//	join    {"type":"join","roomId":R,"userName":N}  → joined; others get user-joined
+//	chat    {"type":"chat","roomId":R,"content":C}   → every member gets message
+//	leave   {"type":"leave","roomId":R}              → left; others get user-left
+//	ping    {"type":"ping"}                          → pong
+//	refresh {"type":"refresh","token":T}             → refreshed
+//
+// A client is greeted with connected. Every message is validated; a bad one gets
+// an error with a code, and never costs another client its messages. Inbound
+// messages are rate-limited per connection with a token bucket, and a client
+// that breaks the limit is banned for a while, as the seed does.
 type Chat struct {
+	// Rooms is the room table. If nil, join, chat and leave are refused.
+	Rooms *room.Table
 	// Auth verifies refreshed tokens. If nil, refresh is refused.
 	Auth *auth.Verifier
 	// Logger receives the endpoint's logs. If nil, logs are discarded.
 	Logger *slog.Logger
-	// Now is the clock for timestamps. If nil, time.Now is used.
-	Now func() time.Time
+
+	// MaxRoomsPerConn bounds the rooms one connection is in. If zero,
+	// DefaultMaxRoomsPerConn is used.
+	MaxRoomsPerConn int
+	// MaxContent bounds a chat message's content, in characters. If zero,
+	// DefaultMaxContent is used.
+	MaxContent int
+	// Rate is the inbound messages per second a connection may send on average.
+	// If zero, DefaultRate is used; if negative, messages are not limited.
+	Rate float64
+	// Burst is how many messages may arrive at once. If zero, DefaultBurst is used.
+	Burst int
+	// Ban is how long a connection that broke the rate is ignored. If zero,
+	// DefaultBan is used.
+	Ban time.Duration
+	// BanCloseAfter closes a banned connection, with 1008, that sends more than
+	// this many messages during its ban. If zero, DefaultBanCloseAfter is used.
+	BanCloseAfter int
 
 	parsers fastjson.ParserPool
+	counts  chatCounters
 }
+
+// Defaults for Chat.
+const (
+	DefaultMaxRoomsPerConn = 100
+	DefaultMaxContent      = 500
+	DefaultRate            = 10
+	DefaultBurst           = 20
+	DefaultBan             = 5 * time.Minute
+	DefaultBanCloseAfter   = 100
+	// MaxRoomID bounds a room id, in bytes.
+	MaxRoomID = 128
+	// MaxUserName bounds a user name, in characters.
+	MaxUserName = 50
+)
 
 // Error codes sent in `error` messages.
 const (
-	CodeInvalidJSON    = "invalid_json"
-	CodeInvalidMessage = "invalid_message"
-	CodeUnknownType    = "unknown_type"
-	CodeInvalidToken   = "invalid_token"
-	CodeTokenExpired   = "token_expired"
-	CodeUnsupported    = "unsupported"
+	CodeInvalidJSON     = "invalid_json"
+	CodeInvalidMessage  = "invalid_message"
+	CodeUnknownType     = "unknown_type"
+	CodeNotInRoom       = "not_in_room"
+	CodeAlreadyInRoom   = "already_in_room"
+	CodeTooManyRooms    = "too_many_rooms"
+	CodeRoomFull        = "room_full"
+	CodeRateLimited     = "rate_limited"
+	CodeInvalidToken    = "invalid_token"
+	CodeTokenExpired    = "token_expired"
+	CodeMessagesDropped = "messages_dropped"
+	CodeUnavailable     = "unavailable"
 )
 
 // TimeLayout is the protocol's timestamp format: RFC 3339 in UTC with
 // milliseconds, as JavaScript's Date.toISOString writes it.
 const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
-func (h *Chat) now() time.Time {
-	if h.Now != nil {
-		return h.Now()
+// chatCounters count the endpoint's events for metrics.
+type chatCounters struct {
+	rateLimited atomic.Uint64 // messages refused by the rate limit
+	bans        atomic.Uint64 // bans started
+}
+
+// ChatStats are the endpoint's counters.
+type ChatStats struct {
+	RateLimited uint64
+	Bans        uint64
+}
+
+// Stats returns the endpoint's counters.
+func (h *Chat) Stats() ChatStats {
+	return ChatStats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load()}
+}
+
+// chatConn is one connection's chat state, made at its first message, so a
+// connection that only listens costs nothing here until it joins.
+type chatConn struct {
+	c        *Conn
+	rooms    []*room.Member
+	rate     bucket
+	banUntil int64  // unix ms; 0 when not banned
+	banned   uint32 // messages received during the current ban
+}
+
+// Deliver implements room.Sink.
+func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
+
+func (cc *chatConn) member(id []byte) (int, *room.Member) {
+	for i, m := range cc.rooms {
+		if m.Room() == string(id) {
+			return i, m
+		}
 	}
-	return time.Now()
+	return -1, nil
+}
+
+func (h *Chat) state(c *Conn) *chatConn {
+	if cc, ok := c.Data().(*chatConn); ok {
+		return cc
+	}
+	cc := &chatConn{c: c}
+	c.SetData(cc)
+	return cc
 }
 
 // OnOpen implements Handler.
@@ -53,7 +147,7 @@ func (h *Chat) OnOpen(c *Conn) {
 	b.B = append(b.B, `{"type":"connected","userId":`...)
 	b.B = AppendJSONString(b.B, c.UserID())
 	b.B = append(b.B, `,"timestamp":"`...)
-	b.B = h.now().UTC().AppendFormat(b.B, TimeLayout)
+	b.B = c.Now().UTC().AppendFormat(b.B, TimeLayout)
 	b.B = append(b.B, `"}`...)
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
@@ -63,6 +157,10 @@ func (h *Chat) OnOpen(c *Conn) {
 func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 	if op != ws.OpText {
 		c.Close(CloseUnsupported)
+		return
+	}
+	cc := h.state(c)
+	if !h.allow(cc) {
 		return
 	}
 	p := h.parsers.Get()
@@ -78,6 +176,12 @@ func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 		return
 	}
 	switch typ := t.GetStringBytes(); string(typ) {
+	case "join":
+		h.join(cc, v)
+	case "chat":
+		h.chat(cc, v)
+	case "leave":
+		h.leave(cc, v)
 	case "ping":
 		c.WriteText([]byte(`{"type":"pong"}`))
 	case "refresh":
@@ -86,23 +190,256 @@ func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 		if !utf8.Valid(typ) || len(typ) > 64 {
 			typ = typ[:0]
 		}
-		h.sendErrorf(c, CodeUnknownType, "Unknown message type: ", typ)
+		b := bytebufferpool.Get()
+		b.B = appendError(b.B, CodeUnknownType, "Unknown message type: ", typ, "")
+		c.WriteText(b.B)
+		bytebufferpool.Put(b)
 	}
+}
+
+// allow applies the rate limit: a connection over it gets one rate_limited error
+// and is banned; what it sends during the ban is dropped, and if it keeps
+// sending it is closed.
+func (h *Chat) allow(cc *chatConn) bool {
+	rate := h.Rate
+	if rate < 0 {
+		return true
+	}
+	if rate == 0 {
+		rate = DefaultRate
+	}
+	now := cc.c.Now().UnixMilli()
+	if cc.banUntil != 0 {
+		if now < cc.banUntil {
+			cc.banned++
+			h.counts.rateLimited.Add(1)
+			if limit := cmpOr(h.BanCloseAfter, DefaultBanCloseAfter); int(cc.banned) > limit {
+				cc.c.Close(CloseRateLimited)
+			}
+			return false
+		}
+		cc.banUntil, cc.banned = 0, 0
+		cc.rate = bucket{} // the ban is served: start with a full bucket
+	}
+	if ok, _ := cc.rate.take(now, rate, cmpOr(h.Burst, DefaultBurst)); ok {
+		return true
+	}
+	h.counts.rateLimited.Add(1)
+	h.counts.bans.Add(1)
+	cc.banUntil = now + cmpOr(h.Ban, DefaultBan).Milliseconds()
+	h.sendError(cc.c, CodeRateLimited, "Rate limit exceeded. You are temporarily banned.", "")
+	return false
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// stringField returns v's field as a string, or reports it as the bad field.
+func (h *Chat) stringField(c *Conn, v *fastjson.Value, field string) ([]byte, bool) {
+	f := v.Get(field)
+	if f == nil || f.Type() != fastjson.TypeString {
+		h.sendError(c, CodeInvalidMessage, "Invalid message format", field)
+		return nil, false
+	}
+	return f.GetStringBytes(), true
+}
+
+// roomID returns the message's roomId if it is 1 to MaxRoomID bytes of
+// printable UTF-8.
+func (h *Chat) roomID(c *Conn, v *fastjson.Value) ([]byte, bool) {
+	id, ok := h.stringField(c, v, "roomId")
+	if !ok {
+		return nil, false
+	}
+	if len(id) == 0 || len(id) > MaxRoomID || !printable(id) {
+		h.sendError(c, CodeInvalidMessage, "Invalid message format", "roomId")
+		return nil, false
+	}
+	return id, true
+}
+
+func printable(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
+	c := cc.c
+	id, ok := h.roomID(c, v)
+	if !ok {
+		return
+	}
+	name, ok := h.stringField(c, v, "userName")
+	if !ok {
+		return
+	}
+	if n := utf8.RuneCount(name); n == 0 || n > MaxUserName || !printable(name) {
+		h.sendError(c, CodeInvalidMessage, "Invalid message format", "userName")
+		return
+	}
+	if h.Rooms == nil {
+		h.sendError(c, CodeUnavailable, "Rooms are not available", "")
+		return
+	}
+	if _, m := cc.member(id); m != nil {
+		h.sendError(c, CodeAlreadyInRoom, "Already in this room", "")
+		return
+	}
+	if len(cc.rooms) >= cmpOr(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
+		h.sendError(c, CodeTooManyRooms, "Too many rooms", "")
+		return
+	}
+	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name)}
+	roomID := string(id)
+	count, err := h.Rooms.Join(c.Loop().Index(), roomID, m)
+	if err != nil {
+		h.sendError(c, CodeRoomFull, "Room is full", "")
+		return
+	}
+	cc.rooms = append(cc.rooms, m)
+
+	b := bytebufferpool.Get()
+	b.B = append(b.B, `{"type":"joined","roomId":`...)
+	b.B = AppendJSONString(b.B, roomID)
+	b.B = append(b.B, `,"userId":`...)
+	b.B = AppendJSONString(b.B, m.UserID)
+	b.B = append(b.B, `,"userCount":`...)
+	b.B = strconv.AppendInt(b.B, int64(count), 10)
+	b.B = append(b.B, '}')
+	c.WriteText(b.B)
+	bytebufferpool.Put(b)
+
+	h.presence(m, roomID, "user-joined", count, cc)
+}
+
+// presence tells a room's other members that m joined or left.
+func (h *Chat) presence(m *room.Member, roomID, typ string, count int, except room.Sink) {
+	b := bytebufferpool.Get()
+	b.B = append(b.B, `{"type":"`...)
+	b.B = append(b.B, typ...)
+	b.B = append(b.B, `","roomId":`...)
+	b.B = AppendJSONString(b.B, roomID)
+	b.B = append(b.B, `,"userId":`...)
+	b.B = AppendJSONString(b.B, m.UserID)
+	b.B = append(b.B, `,"userName":`...)
+	b.B = AppendJSONString(b.B, m.Name)
+	b.B = append(b.B, `,"userCount":`...)
+	b.B = strconv.AppendInt(b.B, int64(count), 10)
+	b.B = append(b.B, '}')
+	h.broadcast(roomID, b.B, except)
+	bytebufferpool.Put(b)
+}
+
+// broadcast frames payload once and fans the same bytes out to the room.
+func (h *Chat) broadcast(roomID string, payload []byte, except room.Sink) int {
+	f := poller.NewFrame()
+	fb := f.Buffer()
+	fb.B = AppendFrame(fb.B, ws.OpText, payload)
+	n := h.Rooms.Broadcast(roomID, f, except, nil)
+	f.Release()
+	return n
+}
+
+func (h *Chat) chat(cc *chatConn, v *fastjson.Value) {
+	c := cc.c
+	id, ok := h.roomID(c, v)
+	if !ok {
+		return
+	}
+	content, ok := h.stringField(c, v, "content")
+	if !ok {
+		return
+	}
+	if n := utf8.RuneCount(content); n == 0 || n > cmpOr(h.MaxContent, DefaultMaxContent) {
+		h.sendError(c, CodeInvalidMessage, "Invalid message format", "content")
+		return
+	}
+	_, m := cc.member(id)
+	if m == nil {
+		h.sendError(c, CodeNotInRoom, "Not in this room", "")
+		return
+	}
+	h.Publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
+}
+
+// Publish sends a `message` to every member of a room and returns how many
+// members it goes to. It may be called from any goroutine: the HTTP publish
+// API uses it with the user id "server".
+func (h *Chat) Publish(roomID, userID, userName, content string, at time.Time) int {
+	b := bytebufferpool.Get()
+	b.B = append(b.B, `{"type":"message","roomId":`...)
+	b.B = AppendJSONString(b.B, roomID)
+	b.B = append(b.B, `,"userId":`...)
+	b.B = AppendJSONString(b.B, userID)
+	b.B = append(b.B, `,"userName":`...)
+	b.B = AppendJSONString(b.B, userName)
+	b.B = append(b.B, `,"content":`...)
+	b.B = AppendJSONString(b.B, content)
+	b.B = append(b.B, `,"timestamp":"`...)
+	b.B = at.UTC().AppendFormat(b.B, TimeLayout)
+	b.B = append(b.B, `"}`...)
+	n := h.broadcast(roomID, b.B, nil)
+	bytebufferpool.Put(b)
+	return n
+}
+
+func (h *Chat) leave(cc *chatConn, v *fastjson.Value) {
+	c := cc.c
+	id, ok := h.roomID(c, v)
+	if !ok {
+		return
+	}
+	i, m := cc.member(id)
+	if m == nil {
+		h.sendError(c, CodeNotInRoom, "Not in this room", "")
+		return
+	}
+	roomID := m.Room()
+	h.drop(cc, i)
+	b := bytebufferpool.Get()
+	b.B = append(b.B, `{"type":"left","roomId":`...)
+	b.B = AppendJSONString(b.B, roomID)
+	b.B = append(b.B, '}')
+	c.WriteText(b.B)
+	bytebufferpool.Put(b)
+}
+
+// drop takes the connection out of its i-th room and tells the others.
+func (h *Chat) drop(cc *chatConn, i int) {
+	m := cc.rooms[i]
+	roomID := m.Room()
+	count := h.Rooms.Leave(m)
+	last := len(cc.rooms) - 1
+	cc.rooms[i] = cc.rooms[last]
+	cc.rooms[last] = nil
+	cc.rooms = cc.rooms[:last]
+	h.presence(m, roomID, "user-left", count, cc)
 }
 
 // refresh replaces the connection's token expiry with a later token's, if the
 // token verifies and names the same subject.
 func (h *Chat) refresh(c *Conn, v *fastjson.Value) {
-	tv := v.Get("token")
-	if tv == nil || tv.Type() != fastjson.TypeString {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", "token")
+	tok, ok := h.stringField(c, v, "token")
+	if !ok {
 		return
 	}
 	if h.Auth == nil {
 		h.sendError(c, CodeInvalidToken, "Invalid token", "")
 		return
 	}
-	claims, err := h.Auth.Verify(string(tv.GetStringBytes()))
+	claims, err := h.Auth.Verify(string(tok))
 	switch {
 	case err != nil:
 		h.sendError(c, CodeInvalidToken, "Invalid token", "")
@@ -133,8 +470,31 @@ func (h *Chat) TokenExpired(c *Conn) {
 	h.sendError(c, CodeTokenExpired, "Token expired", "")
 }
 
-// OnClose implements Handler.
-func (h *Chat) OnClose(*Conn, ws.StatusCode, string) {}
+// Dropped implements DropNotifier: a slow consumer that caught up learns how
+// many messages it missed.
+func (h *Chat) Dropped(c *Conn, n int) {
+	b := bytebufferpool.Get()
+	b.B = append(b.B, `{"type":"error","code":"messages_dropped","message":"`...)
+	b.B = strconv.AppendInt(b.B, int64(n), 10)
+	b.B = append(b.B, ` messages were dropped","count":`...)
+	b.B = strconv.AppendInt(b.B, int64(n), 10)
+	b.B = append(b.B, '}')
+	c.WriteText(b.B)
+	bytebufferpool.Put(b)
+}
+
+// OnClose implements Handler: the connection leaves every room it was in, and
+// each room hears user-left.
+func (h *Chat) OnClose(c *Conn, _ ws.StatusCode, _ string) {
+	cc, ok := c.Data().(*chatConn)
+	if !ok {
+		return
+	}
+	for len(cc.rooms) > 0 {
+		h.drop(cc, len(cc.rooms)-1)
+	}
+	cc.rooms = nil
+}
 
 // OnError implements Handler.
 func (h *Chat) OnError(c *Conn, err error) {
@@ -144,17 +504,10 @@ func (h *Chat) OnError(c *Conn, err error) {
 }
 
 // sendError sends {"type":"error","code":…,"message":…}; a non-empty field is
-// appended to the message and sent as "field".
+// named in the message and sent as "field".
 func (h *Chat) sendError(c *Conn, code, msg, field string) {
 	b := bytebufferpool.Get()
 	b.B = appendError(b.B, code, msg, nil, field)
-	c.WriteText(b.B)
-	bytebufferpool.Put(b)
-}
-
-func (h *Chat) sendErrorf(c *Conn, code, msg string, arg []byte) {
-	b := bytebufferpool.Get()
-	b.B = appendError(b.B, code, msg, arg, "")
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
 }
@@ -175,62 +528,4 @@ func appendError(b []byte, code, msg string, arg []byte, field string) []byte {
 		b = AppendJSONString(b, field)
 	}
 	return append(b, '}')
-}
-
-// AppendJSONString appends s as a quoted JSON string.
-func AppendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	b = appendJSONStringBody(b, s)
-	return append(b, '"')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONStringBody appends s escaped for the inside of a JSON string. Invalid
-// UTF-8 becomes U+FFFD, and U+2028/U+2029 are escaped so the output is also
-// safe to embed in JavaScript.
-func appendJSONStringBody(b []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(b, s[start:]...)
 }

@@ -37,6 +37,10 @@ type Conn struct {
 	state   connState
 	fragOp  ws.OpCode // the opcode of the fragmented message in progress, or 0
 	told    bool      // the handler's OnClose has run
+	counted bool      // holds one of the user's MaxConnsPerUser
+	// dropped counts messages refused under SlowDrop since the handler was last
+	// told.
+	dropped uint32
 }
 
 type connState uint8
@@ -83,6 +87,9 @@ func (c *Conn) SetExpiresAt(t time.Time) {
 // Loop is the loop that owns the connection.
 func (c *Conn) Loop() *poller.Loop { return c.pc.Loop() }
 
+// Now is the server's clock, which tests inject.
+func (c *Conn) Now() time.Time { return c.srv().now() }
+
 // Open reports whether messages can still be sent.
 func (c *Conn) Open() bool { return c.state == stateOpen }
 
@@ -121,6 +128,12 @@ func (c *Conn) checkWrite(err error) error {
 		c.ctr().msgsOut.Add(1)
 		return nil
 	case errors.Is(err, poller.ErrPendingLimit):
+		if c.srv().opts.SlowConsumer == SlowDrop {
+			c.dropped++
+			c.ctr().slow[SlowDrop].Add(1)
+			return ErrDropped
+		}
+		c.ctr().slow[SlowClose].Add(1)
 		c.fail(CloseSlowConsumer, ErrSlowConsumer)
 		return ErrSlowConsumer
 	default:
@@ -257,8 +270,25 @@ func (s *Server) OnData(pc *poller.Conn, data []byte) int {
 	}
 }
 
-// OnWritable implements poller.Handler.
-func (s *Server) OnWritable(pc *poller.Conn) {}
+// OnWritable implements poller.Handler: a connection that had messages dropped
+// has caught up, and its handler is told how many it missed.
+func (s *Server) OnWritable(pc *poller.Conn) {
+	c, ok := pc.Context().(*Conn)
+	if !ok || c.dropped == 0 || c.state != stateOpen {
+		return
+	}
+	n := c.dropped
+	c.dropped = 0
+	if d, ok := c.route.h.(DropNotifier); ok {
+		d.Dropped(c, int(n))
+	}
+}
+
+// DropNotifier is implemented by handlers that want to tell a client how many
+// messages it missed under SlowDrop.
+type DropNotifier interface {
+	Dropped(c *Conn, n int)
+}
 
 // OnClose implements poller.Handler.
 func (s *Server) OnClose(pc *poller.Conn, cause error) {
@@ -278,6 +308,10 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	c.state = stateClosed
 	c.releaseMsg()
 	c.ctr().open.Add(-1)
+	if c.counted {
+		s.perUser.release(c.user)
+		c.counted = false
+	}
 }
 
 // OnTick implements poller.Handler: the loop's sweep for handshake, idle, ping,
@@ -285,6 +319,10 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 	ms := s.now().UnixMilli()
 	sec := ms / 1000
+	if s.ipLimit != nil && l.Index() == 0 && ms-s.lastPrune >= 30_000 {
+		s.lastPrune = ms // owned by loop 0
+		s.ipLimit.prune(ms)
+	}
 	idle := s.opts.IdleTimeout.Milliseconds()
 	ping := s.opts.PingInterval.Milliseconds()
 	l.Range(func(pc *poller.Conn) bool {
@@ -462,6 +500,12 @@ func (s *Server) closeFrame(c *Conn, p []byte) {
 		}
 		if err := ws.CheckCloseFrameData(code, ""); err != nil {
 			c.fail(CloseProtocol, err)
+			return
+		}
+		// gobwas/ws accepts codes past 4999, which RFC 6455 section 7.4.2 leaves
+		// undefined: answering with one would echo an invalid code.
+		if code > 4999 {
+			c.fail(CloseProtocol, errors.New("server: close code above 4999"))
 			return
 		}
 	}

@@ -31,6 +31,8 @@ const (
 	HandshakeUnauthorized
 	HandshakeUnavailable
 	HandshakeTimeout
+	HandshakeRateLimited
+	HandshakeTooManyConns
 
 	numHandshakeResults
 )
@@ -38,6 +40,7 @@ const (
 var handshakeLabels = [numHandshakeResults]string{
 	"ok", "bad_request", "not_found", "bad_method", "upgrade_required",
 	"too_large", "forbidden", "unauthorized", "unavailable", "timeout",
+	"rate_limited", "too_many_conns",
 }
 
 func (r HandshakeResult) String() string {
@@ -54,6 +57,8 @@ var (
 	errForbidden    = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
 	errUnavailable  = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server shutting down"))
 	errUnauthorized = ws.RejectConnectionError(ws.RejectionStatus(http.StatusUnauthorized), ws.RejectionReason("invalid or missing token"))
+	errRateLimited  = ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests), ws.RejectionReason("too many handshakes"))
+	errTooManyConns = ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests), ws.RejectionReason("too many connections for this user"))
 )
 
 // handshake upgrades requests on one loop. The loop runs one handshake at a time,
@@ -67,11 +72,14 @@ type handshake struct {
 	w    bytebufferpool.ByteBuffer
 
 	// The request in progress; reset for each.
-	route     *route
-	token     []byte
-	claims    auth.Claims
-	authErr   error
-	hasOrigin bool
+	pc         *poller.Conn
+	route      *route
+	token      []byte
+	user       string
+	claims     auth.Claims
+	authErr    error
+	retryAfter time.Duration
+	counted    bool // the user's connection count was taken
 }
 
 func (hs *handshake) init(s *Server, loop int) {
@@ -115,7 +123,6 @@ func (hs *handshake) onRequest(uri []byte) error {
 func (hs *handshake) onHeader(key, value []byte) error {
 	switch string(key) {
 	case "Origin":
-		hs.hasOrigin = true
 		if !hs.s.originAllowed(value) {
 			return errForbidden
 		}
@@ -159,15 +166,30 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	if s.draining.Load() {
 		return nil, errUnavailable
 	}
-	if s.opts.Auth == nil {
-		return nil, nil
-	}
-	hs.claims, hs.authErr = s.opts.Auth.Verify(string(hs.token))
-	if hs.authErr != nil {
-		s.stats(hs.loop).authFailures[auth.ReasonOf(hs.authErr)].Add(1)
-		if s.opts.AuthFailure == AuthFailReject {
-			return nil, errUnauthorized
+	if s.ipLimit != nil {
+		if ok, wait := s.ipLimit.allow(hs.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
+			hs.retryAfter = wait
+			return nil, errRateLimited
 		}
+	}
+	if s.opts.Auth == nil {
+		hs.user = anonymousID()
+	} else {
+		hs.claims, hs.authErr = s.opts.Auth.Verify(string(hs.token))
+		if hs.authErr != nil {
+			s.stats(hs.loop).authFailures[auth.ReasonOf(hs.authErr)].Add(1)
+			if s.opts.AuthFailure == AuthFailReject {
+				return nil, errUnauthorized
+			}
+			return nil, nil // upgraded, then closed with the reason
+		}
+		hs.user = hs.claims.Subject
+	}
+	if s.perUser != nil {
+		if !s.perUser.acquire(hs.user) {
+			return nil, errTooManyConns
+		}
+		hs.counted = true
 	}
 	return nil, nil
 }
@@ -189,27 +211,32 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 		hs.reject(pc, HandshakeTooLarge, http.StatusRequestHeaderFieldsTooLarge, "request too large")
 		return len(data), nil
 	}
-	hs.route, hs.token, hs.claims, hs.authErr, hs.hasOrigin = nil, hs.token[:0], auth.Claims{}, nil, false
+	hs.pc, hs.route, hs.token, hs.user, hs.claims, hs.authErr, hs.retryAfter, hs.counted =
+		pc, nil, hs.token[:0], "", auth.Claims{}, nil, 0, false
+	defer func() { hs.pc = nil }()
 	hs.r.Reset(data[:n])
 	hs.w.Reset()
 	hsr, err := hs.up.Upgrade(hs)
 	if err != nil {
+		if hs.counted {
+			s.perUser.release(hs.user)
+		}
 		res, status, msg := classify(err)
 		hs.reject(pc, res, status, msg)
 		return len(data), nil
 	}
 	if err := pc.Write(hs.w.B); err != nil {
+		if hs.counted {
+			s.perUser.release(hs.user)
+		}
 		pc.Close()
 		return len(data), nil
 	}
 	_ = hsr
 	s.stats(hs.loop).handshakes[HandshakeOK].Add(1)
 
-	user, exp := hs.claims.Subject, hs.claims.ExpiresAt
-	if s.opts.Auth == nil {
-		user = anonymousID()
-	}
-	c := s.newConn(pc, hs.route, user, exp)
+	c := s.newConn(pc, hs.route, hs.user, hs.claims.ExpiresAt)
+	c.counted = hs.counted
 	if hs.authErr != nil {
 		// AuthFailClose: the browser can read this reason, unlike a 401.
 		c.told = true
@@ -241,6 +268,10 @@ func classify(err error) (HandshakeResult, int, string) {
 		return HandshakeUnauthorized, http.StatusUnauthorized, "invalid or missing token"
 	case errors.Is(err, errUnavailable):
 		return HandshakeUnavailable, http.StatusServiceUnavailable, "server shutting down"
+	case errors.Is(err, errRateLimited):
+		return HandshakeRateLimited, http.StatusTooManyRequests, "too many handshakes from this address"
+	case errors.Is(err, errTooManyConns):
+		return HandshakeTooManyConns, http.StatusTooManyRequests, "too many connections for this user"
 	}
 	var rej *ws.ConnectionRejectedError
 	if errors.As(err, &rej) && rej.StatusCode() != 0 {
@@ -267,6 +298,12 @@ func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, ms
 		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
 	case http.StatusServiceUnavailable:
 		b = append(b, "Retry-After: 1\r\n"...)
+	case http.StatusTooManyRequests:
+		if hs.retryAfter > 0 {
+			b = append(b, "Retry-After: "...)
+			b = strconv.AppendInt(b, int64(max(1, (hs.retryAfter+time.Second-1)/time.Second)), 10)
+			b = append(b, "\r\n"...)
+		}
 	}
 	b = append(b, "Content-Length: "...)
 	b = strconv.AppendInt(b, int64(len(msg)+1), 10)

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/room"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -51,6 +52,8 @@ type testServer struct {
 	t     testing.TB
 	Addr  string // host:port
 	Clock *fakeClock
+	Chat  *Chat       // the /ws handler, unless Options.Handlers was set
+	Rooms *room.Table // its room table
 }
 
 // URL is the ws:// URL of path on the test server.
@@ -61,9 +64,12 @@ func (ts *testServer) URL(path string) string { return "ws://" + ts.Addr + path 
 // the test ends.
 func startServer(t testing.TB, o Options) *testServer {
 	t.Helper()
-	if o.Handlers == nil {
-		o.Handlers = map[string]Handler{"/ws": &Chat{Auth: o.Auth, Now: o.Now}, "/echo": Echo{}}
-	}
+	return startChatServer(t, o, nil)
+}
+
+// startChatServer is startServer with a hook to configure the Chat handler.
+func startChatServer(t testing.TB, o Options, configure func(*Chat)) *testServer {
+	t.Helper()
 	if o.Loops == 0 {
 		o.Loops = 2
 	}
@@ -74,13 +80,24 @@ func startServer(t testing.TB, o Options) *testServer {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	ts := &testServer{Server: s, t: t}
+	if o.Handlers == nil {
+		ts.Rooms = room.New(s.Loops(), room.Options{})
+		ts.Chat = &Chat{Auth: o.Auth, Rooms: ts.Rooms}
+		if configure != nil {
+			configure(ts.Chat)
+		}
+		s.Handle("/ws", ts.Chat)
+		s.Handle("/echo", Echo{})
+	}
 	addr, err := s.Listen("127.0.0.1:0")
 	if err != nil {
 		s.Close()
 		t.Fatalf("Listen: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return &testServer{Server: s, t: t, Addr: addr.String()}
+	ts.Addr = addr.String()
+	return ts
 }
 
 // startAuthServer starts a server that requires HS256 tokens signed with

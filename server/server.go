@@ -41,6 +41,27 @@ type Handler interface {
 	OnError(c *Conn, err error)
 }
 
+// SlowConsumerPolicy says what happens to a connection that does not read fast
+// enough.
+type SlowConsumerPolicy uint8
+
+const (
+	// SlowClose closes the connection with 1008 "slow consumer".
+	SlowClose SlowConsumerPolicy = iota
+	// SlowDrop drops the messages that do not fit; the handler's Dropped method,
+	// if it has one, is told how many once the connection has caught up.
+	SlowDrop
+
+	numSlowPolicies
+)
+
+func (p SlowConsumerPolicy) String() string {
+	if p == SlowDrop {
+		return "drop"
+	}
+	return "close"
+}
+
 // AuthFailure says what happens to a handshake whose token is missing or bad.
 type AuthFailure uint8
 
@@ -67,6 +88,19 @@ type Options struct {
 	// path.Match syntax). If empty, any origin is accepted. Requests without an
 	// Origin header (not from a browser) are always accepted.
 	Origins []string
+	// SlowConsumer chooses what happens to a connection whose unsent bytes pass
+	// MaxPending: SlowClose (the default) closes it with 1008, SlowDrop drops the
+	// messages it cannot take and tells it how many once it catches up.
+	SlowConsumer SlowConsumerPolicy
+	// HandshakeRate limits upgrades per client IP, per second; past it a request
+	// is answered 429 with Retry-After. If zero, there is no limit.
+	HandshakeRate float64
+	// HandshakeBurst is the number of upgrades an IP may make at once. If zero,
+	// it is twice HandshakeRate, at least 1.
+	HandshakeBurst int
+	// MaxConnsPerUser limits open connections per user id; past it an upgrade is
+	// answered 429. If zero, there is no limit.
+	MaxConnsPerUser int
 	// Subprotocols are the subprotocols the server may select, in preference
 	// order. A "bearer.<token>" entry carries a token and is never selected.
 	Subprotocols []string
@@ -127,6 +161,8 @@ var (
 	ErrInvalidUTF8 = errors.New("server: invalid UTF-8")
 	// ErrSlowConsumer is the OnError cause when a write passes MaxPending.
 	ErrSlowConsumer = errors.New("server: slow consumer")
+	// ErrDropped is returned by a write refused under SlowDrop.
+	ErrDropped = errors.New("server: message dropped for a slow consumer")
 )
 
 // Server is a WebSocket server on a poller.
@@ -141,6 +177,12 @@ type Server struct {
 	draining atomic.Bool
 	closed   atomic.Bool
 	closeMu  sync.Mutex
+
+	ipLimit  *ipLimiter  // nil without Options.HandshakeRate
+	perUser  *userCounts // nil without Options.MaxConnsPerUser
+	listened atomic.Bool
+	// lastPrune is when loop 0 last pruned ipLimit; owned by loop 0.
+	lastPrune int64
 }
 
 type route struct {
@@ -152,15 +194,11 @@ type route struct {
 // New validates o and starts the event loops. Call Listen to accept connections
 // and Shutdown or Close to stop.
 func New(o Options) (*Server, error) {
-	if len(o.Handlers) == 0 {
-		return nil, errors.New("server: no handlers")
-	}
 	s := &Server{opts: o, routes: make(map[string]*route)}
 	for p, h := range o.Handlers {
-		if !strings.HasPrefix(p, "/") || h == nil {
-			return nil, fmt.Errorf("server: bad handler path %q", p)
+		if err := s.Handle(p, h); err != nil {
+			return nil, err
 		}
-		s.routes[p] = &route{srv: s, path: p, h: h}
 	}
 	for _, pat := range o.Origins {
 		if _, err := path.Match(pat, ""); err != nil {
@@ -192,6 +230,18 @@ func New(o Options) (*Server, error) {
 	if o.TickInterval <= 0 {
 		o.TickInterval = min(time.Second, o.HandshakeTimeout/5, o.PingInterval/5, o.CloseTimeout/5)
 	}
+	if o.HandshakeRate < 0 || o.HandshakeBurst < 0 || o.MaxConnsPerUser < 0 {
+		return nil, errors.New("server: negative limit")
+	}
+	if o.HandshakeRate > 0 {
+		if o.HandshakeBurst == 0 {
+			o.HandshakeBurst = max(1, int(2*o.HandshakeRate))
+		}
+		s.ipLimit = newIPLimiter(o.HandshakeRate, o.HandshakeBurst)
+	}
+	if o.MaxConnsPerUser > 0 {
+		s.perUser = newUserCounts(o.MaxConnsPerUser)
+	}
 	if o.IdleTimeout <= o.PingInterval {
 		return nil, fmt.Errorf("server: idle timeout %v must exceed ping interval %v", o.IdleTimeout, o.PingInterval)
 	}
@@ -220,14 +270,38 @@ func New(o Options) (*Server, error) {
 	return s, nil
 }
 
+// Handle registers the handler for a WebSocket path. It must be called before
+// Listen, so handlers that need the server's loops (a room table) can be built
+// between New and Listen.
+func (s *Server) Handle(path string, h Handler) error {
+	if !strings.HasPrefix(path, "/") || h == nil {
+		return fmt.Errorf("server: bad handler path %q", path)
+	}
+	if s.listened.Load() {
+		return errors.New("server: Handle after Listen")
+	}
+	if _, dup := s.routes[path]; dup {
+		return fmt.Errorf("server: path %q registered twice", path)
+	}
+	s.routes[path] = &route{srv: s, path: path, h: h}
+	return nil
+}
+
 // Listen starts accepting WebSocket connections on addr and returns the bound
 // address.
 func (s *Server) Listen(addr string) (net.Addr, error) {
 	if s.closed.Load() || s.draining.Load() {
 		return nil, ErrServerClosed
 	}
+	if len(s.routes) == 0 {
+		return nil, errors.New("server: no handlers")
+	}
+	s.listened.Store(true)
 	return s.p.Listen(addr)
 }
+
+// Now is the server's clock.
+func (s *Server) Now() time.Time { return s.now() }
 
 // Addr is the listening address, or nil.
 func (s *Server) Addr() net.Addr { return s.p.Addr() }

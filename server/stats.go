@@ -18,7 +18,8 @@ type counters struct {
 	handshakes   [numHandshakeResults]atomic.Uint64
 	authFailures [auth.NumReasons]atomic.Uint64
 	closes       [numCloseReasons]atomic.Uint64
-	_            [64]byte // keep the next loop's counters off this cache line
+	slow         [numSlowPolicies]atomic.Uint64 // closed connections, dropped messages
+	_            [64]byte                       // keep the next loop's counters off this cache line
 }
 
 // Stats is a snapshot of the server's counters.
@@ -33,6 +34,8 @@ type Stats struct {
 	Handshakes   map[string]uint64 // by HandshakeResult
 	AuthFailures map[string]uint64 // by auth.Reason
 	Closes       map[string]uint64 // by CloseReason
+	SlowClosed   uint64            // connections closed as slow consumers
+	SlowDropped  uint64            // messages dropped for slow consumers
 }
 
 // Stats sums the loops' counters.
@@ -59,6 +62,8 @@ func (s *Server) Stats() Stats {
 				st.AuthFailures[auth.Reason(i).String()] += c.authFailures[i].Load()
 			}
 		}
+		st.SlowClosed += c.slow[SlowClose].Load()
+		st.SlowDropped += c.slow[SlowDrop].Load()
 		for i := range c.closes {
 			st.Closes[CloseReason(i).String()] += c.closes[i].Load()
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -35,6 +36,19 @@ type serveConfig struct {
 	drainTimeout     time.Duration
 	origins          string
 
+	maxRoomsPerConn int
+	maxRoomMembers  int
+	roomShards      int
+	maxContent      int
+	rate            float64
+	burst           int
+	ban             time.Duration
+	banCloseAfter   int
+	handshakeRate   float64
+	maxConnsPerUser int
+	slowConsumer    string
+	apiKey          string
+
 	authMode, authFailure   string
 	jwtSecret, jwtPublicKey string
 	jwtIssuer, jwtAudience  string
@@ -46,8 +60,8 @@ type serveConfig struct {
 func serveCommand() *ffcli.Command {
 	var c serveConfig
 	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
-	fs.StringVar(&c.wsAddr, "ws-addr", ":8080", "WebSocket listener address (/ws, /echo)")
-	fs.StringVar(&c.httpAddr, "http-addr", ":8081", "HTTP listener address (/healthz, /readyz)")
+	fs.StringVar(&c.wsAddr, "ws-addr", ":8080", "WebSocket listener address (/ws, /echo, /shootout)")
+	fs.StringVar(&c.httpAddr, "http-addr", ":8081", "HTTP listener address (/healthz, /readyz, /api)")
 	fs.IntVar(&c.loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.IntVar(&c.maxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
 	fs.IntVar(&c.maxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
@@ -57,6 +71,18 @@ func serveCommand() *ffcli.Command {
 	fs.IntVar(&c.drainRate, "drain-rate", server.DefaultDrainRate, "connections per second sent close 1001 on shutdown")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "how long shutdown waits for close acknowledgements")
 	fs.StringVar(&c.origins, "origin", "", "comma-separated allowed Origin patterns, such as https://*.example.com (empty: any)")
+	fs.IntVar(&c.maxRoomsPerConn, "max-rooms-per-conn", server.DefaultMaxRoomsPerConn, "rooms one connection may be in")
+	fs.IntVar(&c.maxRoomMembers, "max-room-members", 0, "members per room (0: unbounded)")
+	fs.IntVar(&c.roomShards, "room-shards", room.DefaultShards, "lock shards of the room table (rounded up to a power of two)")
+	fs.IntVar(&c.maxContent, "max-content", server.DefaultMaxContent, "characters in a chat message")
+	fs.Float64Var(&c.rate, "rate", server.DefaultRate, "inbound messages per second per connection (negative: unlimited)")
+	fs.IntVar(&c.burst, "burst", server.DefaultBurst, "inbound messages a connection may send at once")
+	fs.DurationVar(&c.ban, "ban", server.DefaultBan, "how long a connection over the rate is ignored")
+	fs.IntVar(&c.banCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
+	fs.Float64Var(&c.handshakeRate, "handshake-rate", 0, "upgrades per second per client IP, answered 429 past it (0: unlimited)")
+	fs.IntVar(&c.maxConnsPerUser, "max-conns-per-user", 0, "open connections per user id, answered 429 past it (0: unlimited)")
+	fs.StringVar(&c.slowConsumer, "slow-consumer", "close", "what happens past --max-pending: close (1008) or drop (messages dropped, client told the count)")
+	fs.StringVar(&c.apiKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
 	fs.StringVar(&c.authMode, "auth", "on", "on: a JWT is required; off: anonymous connections with random user ids")
 	fs.StringVar(&c.authFailure, "auth-failure", "reject", "reject: answer 401 before the upgrade; close: upgrade, then close 1008 with the reason")
 	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HMAC key for HS256/384/512 tokens")
@@ -101,11 +127,23 @@ func serve(ctx context.Context, c serveConfig) error {
 			origins = append(origins, o)
 		}
 	}
+	slow := server.SlowClose
+	switch c.slowConsumer {
+	case "close":
+	case "drop":
+		slow = server.SlowDrop
+	default:
+		return fmt.Errorf("--slow-consumer must be close or drop, not %q", c.slowConsumer)
+	}
+	if c.maxRoomsPerConn < 1 || c.maxContent < 1 || c.burst < 1 || c.maxRoomMembers < 0 || c.banCloseAfter < 0 {
+		return errors.New("--max-rooms-per-conn, --max-content and --burst must be at least 1, --max-room-members and --ban-close-after at least 0")
+	}
+	if c.apiKey == "" && c.dev {
+		var b [16]byte
+		rand.Read(b[:])
+		c.apiKey = hex.EncodeToString(b[:])
+	}
 	srv, err := server.New(server.Options{
-		Handlers: map[string]server.Handler{
-			"/ws":   &server.Chat{Auth: verifier, Logger: log},
-			"/echo": server.Echo{},
-		},
 		Auth:             verifier,
 		AuthFailure:      failure,
 		Origins:          origins,
@@ -116,10 +154,36 @@ func serve(ctx context.Context, c serveConfig) error {
 		PingInterval:     c.pingInterval,
 		IdleTimeout:      c.idleTimeout,
 		DrainRate:        c.drainRate,
+		SlowConsumer:     slow,
+		HandshakeRate:    c.handshakeRate,
+		MaxConnsPerUser:  c.maxConnsPerUser,
+		Subprotocols:     []string{"throng.v1"},
 		Logger:           log,
 	})
 	if err != nil {
 		return err
+	}
+	rooms := room.New(srv.Loops(), room.Options{Shards: c.roomShards, MaxMembers: c.maxRoomMembers})
+	chat := &server.Chat{
+		Rooms:           rooms,
+		Auth:            verifier,
+		Logger:          log,
+		MaxRoomsPerConn: c.maxRoomsPerConn,
+		MaxContent:      c.maxContent,
+		Rate:            c.rate,
+		Burst:           c.burst,
+		Ban:             c.ban,
+		BanCloseAfter:   c.banCloseAfter,
+	}
+	srv.Handle("/ws", chat)
+	srv.Handle("/echo", server.Echo{})
+	srv.Handle("/shootout", &server.Shootout{Rooms: room.New(srv.Loops(), room.Options{Shards: 1})})
+	mux := srv.HTTPHandler()
+	if c.apiKey != "" {
+		api := &server.API{Key: c.apiKey, Chat: chat, Rooms: rooms}
+		if err := api.Register(mux); err != nil {
+			return err
+		}
 	}
 	wsAddr, err := srv.Listen(c.wsAddr)
 	if err != nil {
@@ -131,7 +195,7 @@ func serve(ctx context.Context, c serveConfig) error {
 		srv.Close()
 		return fmt.Errorf("--http-addr: %w", err)
 	}
-	hs := &http.Server{Handler: srv.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 
@@ -145,8 +209,8 @@ func serve(ctx context.Context, c serveConfig) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "\n  dev mode: ws://%s/ws?token=%s\n  (secret %s, token for sub \"dev\", valid 24h)\n\n",
-			dialable(wsAddr), tok, devSecret)
+		fmt.Fprintf(os.Stderr, "\n  dev mode: ws://%s/ws?token=%s\n  (secret %s, token for sub \"dev\", valid 24h)\n  API: curl -H 'Authorization: Bearer %s' http://%s/api/rooms\n\n",
+			dialable(wsAddr), tok, devSecret, c.apiKey, dialable(hln.Addr()))
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)

@@ -1,0 +1,403 @@
+// Package room is the sharded room table: who is in which room, and fan-out of a
+// frame to a room's members without a copy or an allocation per recipient.
+//
+// Membership is split by event loop. A room keeps one member list per loop, and
+// only that loop's goroutine touches it: joins and leaves happen on the member's
+// own loop, and a broadcast posts one job to each loop that has members, which
+// then writes the same shared frame to each of its members. No socket is written
+// while a lock is held, and a room whose members sit on every loop is fanned out
+// by every core.
+//
+// The table's locks only guard the map from room id to room and each room's
+// counts. Broadcasts to one room are ordered: every member sees a room's
+// messages in the same order.
+//
+// A room's local members are one consumer of its messages; a broker that carries
+// messages between nodes is another, and delivers to the local ones through
+// Broadcast like any local sender.
+package room
+
+import (
+	"errors"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/throng-ws/throng/poller"
+)
+
+// Errors returned by Join.
+var (
+	// ErrRoomFull means the room has Options.MaxMembers members.
+	ErrRoomFull = errors.New("room: room is full")
+	// ErrAlreadyMember means the member is already in a room.
+	ErrAlreadyMember = errors.New("room: already a member")
+)
+
+// Sink receives a room's frames for one member. Deliver is called on the goroutine
+// of the member's loop and must not block; it must not keep f past the call
+// without f.Retain.
+type Sink interface {
+	Deliver(f *poller.Frame)
+}
+
+// Member is one connection's membership in one room. The caller fills in Sink,
+// UserID and Name before Join and must not change them while joined.
+type Member struct {
+	Sink   Sink
+	UserID string
+	Name   string
+
+	room *Room // nil when not joined
+	loop int32
+	idx  int32 // position in room.parts[loop].members
+}
+
+// Room returns the id of the member's room, or "" when not joined.
+func (m *Member) Room() string {
+	if m.room == nil {
+		return ""
+	}
+	return m.room.id
+}
+
+// Options configures a Table. The zero value works.
+type Options struct {
+	// Shards is the number of lock shards, rounded up to a power of two. If zero,
+	// DefaultShards is used.
+	Shards int
+	// MaxMembers bounds a room's members. If zero, rooms are unbounded.
+	MaxMembers int
+}
+
+// DefaultShards spreads the table's locks far enough that joins on different
+// cores rarely meet.
+const DefaultShards = 64
+
+// Table maps room ids to rooms.
+type Table struct {
+	loops  []*poller.Loop
+	shards []shard
+	mask   uint64
+	seed   maphash.Seed
+	max    int
+
+	jobs    sync.Pool
+	fanouts sync.Pool
+}
+
+type shard struct {
+	mu    sync.RWMutex
+	rooms map[string]*Room // guarded by mu
+	_     [32]byte         // keep neighbouring shards' locks on separate cache lines
+}
+
+// Room is one room: its counts, guarded by its shard's lock, and one member list
+// per loop, each owned by that loop's goroutine.
+type Room struct {
+	id    string
+	total int    // guarded by the shard lock
+	parts []part // parts[i] belongs to loop i
+
+	// order is held while a broadcast posts its jobs, so that every loop receives
+	// this room's frames in one order. It is taken inside the shard lock.
+	order sync.Mutex
+}
+
+type part struct {
+	count   int       // guarded by the shard lock
+	members []*Member // owned by the loop goroutine
+}
+
+// New creates a table whose members live on the given loops.
+func New(loops []*poller.Loop, o Options) *Table {
+	n := o.Shards
+	if n <= 0 {
+		n = DefaultShards
+	}
+	size := 1
+	for size < n {
+		size <<= 1
+	}
+	t := &Table{loops: loops, shards: make([]shard, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), max: o.MaxMembers}
+	for i := range t.shards {
+		t.shards[i].rooms = make(map[string]*Room)
+	}
+	t.jobs.New = func() any { return new(deliverJob) }
+	t.fanouts.New = func() any { return new(fanout) }
+	return t
+}
+
+func (t *Table) shard(id string) *shard {
+	return &t.shards[maphash.String(t.seed, id)&t.mask]
+}
+
+// Join adds m to room id, creating the room, and returns the room's member count.
+// It must be called on the goroutine of loop, which becomes m's loop. It costs
+// O(1): an append to the loop's member list.
+func (t *Table) Join(loop int, id string, m *Member) (int, error) {
+	if m.room != nil {
+		return 0, ErrAlreadyMember
+	}
+	sh := t.shard(id)
+	sh.mu.Lock()
+	r := sh.rooms[id]
+	if r == nil {
+		r = &Room{id: id, parts: make([]part, len(t.loops))}
+		sh.rooms[id] = r
+	}
+	if t.max > 0 && r.total >= t.max {
+		sh.mu.Unlock()
+		return r.total, ErrRoomFull
+	}
+	r.total++
+	r.parts[loop].count++
+	n := r.total
+	sh.mu.Unlock()
+
+	p := &r.parts[loop]
+	m.room, m.loop, m.idx = r, int32(loop), int32(len(p.members))
+	p.members = append(p.members, m)
+	return n, nil
+}
+
+// Leave removes m from its room and returns the count left; a room left empty is
+// deleted. It must be called on m's loop goroutine. It costs O(1): the last
+// member of the loop's list takes m's place.
+func (t *Table) Leave(m *Member) int {
+	r := m.room
+	if r == nil {
+		return 0
+	}
+	p := &r.parts[m.loop]
+	last := p.members[len(p.members)-1]
+	p.members[m.idx] = last
+	last.idx = m.idx
+	p.members[len(p.members)-1] = nil
+	p.members = p.members[:len(p.members)-1]
+	if len(p.members) == 0 {
+		p.members = nil // an emptied list gives its array back
+	}
+	m.room = nil
+
+	sh := t.shard(r.id)
+	sh.mu.Lock()
+	r.total--
+	p.count--
+	n := r.total
+	if n == 0 && sh.rooms[r.id] == r {
+		delete(sh.rooms, r.id)
+	}
+	sh.mu.Unlock()
+	return n
+}
+
+// Count is room id's member count, 0 if it does not exist.
+func (t *Table) Count(id string) int {
+	sh := t.shard(id)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if r := sh.rooms[id]; r != nil {
+		return r.total
+	}
+	return 0
+}
+
+// Broadcast delivers f to every member of room id except the one whose Sink is
+// except (nil for none), and returns the number of members it goes to. It takes
+// its own reference to f for each loop, so the caller still releases its own.
+// If done is not nil it is called with that number once every member's Deliver
+// has run, on the goroutine of the last loop to finish (or the caller's, if
+// there is no such room). Broadcast may be called from any goroutine; it never
+// writes to a socket itself.
+func (t *Table) Broadcast(id string, f *poller.Frame, except Sink, done func(recipients int)) int {
+	sh := t.shard(id)
+	sh.mu.RLock()
+	r := sh.rooms[id]
+	if r == nil {
+		sh.mu.RUnlock()
+		if done != nil {
+			done(0)
+		}
+		return 0
+	}
+	n := r.total
+	if except != nil {
+		n--
+	}
+	var fan *fanout
+	if done != nil {
+		fan = t.fanouts.Get().(*fanout)
+		fan.done, fan.n = done, n
+		fan.left.Store(1) // held until every job is posted
+	}
+	r.order.Lock()
+	for i := range r.parts {
+		if r.parts[i].count == 0 {
+			continue
+		}
+		j := t.jobs.Get().(*deliverJob)
+		j.t, j.room, j.f, j.except, j.fan = t, r, f, except, fan
+		f.Retain()
+		if fan != nil {
+			fan.left.Add(1)
+		}
+		if !t.loops[i].Post(j) {
+			j.finish()
+		}
+	}
+	r.order.Unlock()
+	sh.mu.RUnlock()
+	if fan != nil {
+		fan.release(t)
+	}
+	return n
+}
+
+// deliverJob is one loop's share of a broadcast.
+type deliverJob struct {
+	t      *Table
+	room   *Room
+	f      *poller.Frame
+	except Sink
+	fan    *fanout
+}
+
+// Run writes the frame to the loop's members of the room. It walks the list
+// backwards: a member whose delivery closes it leaves, and the member moved into
+// its slot has already been served.
+func (j *deliverJob) Run(l *poller.Loop) {
+	ms := j.room.parts[l.Index()].members
+	for i := len(ms) - 1; i >= 0; i-- {
+		ms = j.room.parts[l.Index()].members
+		if i >= len(ms) {
+			continue
+		}
+		if m := ms[i]; m.Sink != j.except {
+			m.Sink.Deliver(j.f)
+		}
+	}
+	j.finish()
+}
+
+func (j *deliverJob) finish() {
+	t, fan := j.t, j.fan
+	j.f.Release()
+	*j = deliverJob{}
+	t.jobs.Put(j)
+	if fan != nil {
+		fan.release(t)
+	}
+}
+
+// fanout counts a broadcast's outstanding loop jobs to call done after the last.
+type fanout struct {
+	left atomic.Int32
+	n    int
+	done func(int)
+}
+
+func (f *fanout) release(t *Table) {
+	if f.left.Add(-1) != 0 {
+		return
+	}
+	done, n := f.done, f.n
+	f.done = nil
+	t.fanouts.Put(f)
+	done(n)
+}
+
+// Stats are the table's totals.
+type Stats struct {
+	Rooms   int
+	Members int
+}
+
+// Stats counts rooms and memberships.
+func (t *Table) Stats() Stats {
+	var s Stats
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		s.Rooms += len(sh.rooms)
+		for _, r := range sh.rooms {
+			s.Members += r.total
+		}
+		sh.mu.RUnlock()
+	}
+	return s
+}
+
+// Info describes a room.
+type Info struct {
+	ID      string `json:"id"`
+	Members int    `json:"members"`
+}
+
+// List returns up to limit rooms with ids after the cursor, in id order, for
+// paginated listings.
+func (t *Table) List(after string, limit int) []Info {
+	var all []Info
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		for id, r := range sh.rooms {
+			if id > after {
+				all = append(all, Info{ID: id, Members: r.total})
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	slices.SortFunc(all, func(a, b Info) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	if limit > 0 && len(all) > limit {
+		all = all[:limit]
+	}
+	return all
+}
+
+// MemberInfo describes a member.
+type MemberInfo struct {
+	UserID string `json:"userId"`
+	Name   string `json:"userName"`
+}
+
+// Members lists room id's members. It asks each loop for its part, as only the
+// loop may read it, and waits for the answers; ok is false if the room does not
+// exist.
+func (t *Table) Members(id string) (members []MemberInfo, ok bool) {
+	sh := t.shard(id)
+	sh.mu.RLock()
+	r := sh.rooms[id]
+	sh.mu.RUnlock()
+	if r == nil {
+		return nil, false
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, l := range t.loops {
+		wg.Add(1)
+		posted := l.Post(poller.FuncJob(func() {
+			defer wg.Done()
+			ms := r.parts[i].members
+			mu.Lock()
+			for _, m := range ms {
+				members = append(members, MemberInfo{UserID: m.UserID, Name: m.Name})
+			}
+			mu.Unlock()
+		}))
+		if !posted {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	return members, true
+}
