@@ -13,6 +13,7 @@ package poller
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,12 +91,17 @@ type Frame struct {
 	buf  *bytebufferpool.ByteBuffer
 }
 
-var framePool bytebufferpool.Pool
+var (
+	frameBufs bytebufferpool.Pool
+	frames    = sync.Pool{New: func() any { return new(Frame) }}
+)
 
 // NewFrame returns a frame holding one reference, with an empty pooled buffer for
-// the caller to fill through Buffer before sharing it.
+// the caller to fill through Buffer before sharing it. Frames and their bytes
+// are pooled, so a broadcast allocates nothing once the pools are warm.
 func NewFrame() *Frame {
-	f := &Frame{buf: framePool.Get()}
+	f := frames.Get().(*Frame)
+	f.buf = frameBufs.Get()
 	f.refs.Store(1)
 	return f
 }
@@ -114,8 +120,9 @@ func (f *Frame) Retain() { f.refs.Add(1) }
 func (f *Frame) Release() {
 	switch n := f.refs.Add(-1); {
 	case n == 0:
-		framePool.Put(f.buf)
+		frameBufs.Put(f.buf)
 		f.buf = nil
+		frames.Put(f)
 	case n < 0:
 		panic("poller: frame released too many times")
 	}

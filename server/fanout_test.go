@@ -1,0 +1,122 @@
+package server
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/room"
+)
+
+// roomMember joins every connection to room "r" on open, with no protocol on
+// top, so fan-out over real sockets can be measured on its own.
+type roomMember struct {
+	Echo
+	rooms *room.Table
+}
+
+type memberSink struct {
+	c *Conn
+	m room.Member
+}
+
+func (s *memberSink) Deliver(f *poller.Frame) { s.c.WriteFrame(f) }
+
+func (h *roomMember) OnOpen(c *Conn) {
+	s := &memberSink{c: c}
+	s.m.Sink = s
+	c.SetData(s)
+	h.rooms.Join(c.Loop().Index(), "r", &s.m)
+}
+
+func (h *roomMember) OnClose(c *Conn, _ ws.StatusCode, _ string) {
+	h.rooms.Leave(&c.Data().(*memberSink).m)
+}
+
+// fanOutRig is a server whose members all sit in one room, read by raw sockets
+// that count the bytes they get.
+type fanOutRig struct {
+	rooms *room.Table
+	got   atomic.Int64
+	wg    sync.WaitGroup
+}
+
+func newFanOutRig(tb testing.TB, members int) *fanOutRig {
+	tb.Helper()
+	s, err := New(Options{Loops: 2})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rig := &fanOutRig{rooms: room.New(s.Loops(), room.Options{})}
+	s.Handle("/r", &roomMember{rooms: rig.rooms})
+	addr, err := s.Listen("127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	conns := make([]*rawConn, members)
+	for i := range conns {
+		conns[i] = rawDialB(tb, addr.String(), "/r")
+		conns[i].SetDeadline(time.Time{})
+	}
+	for rig.rooms.Count("r") != members {
+		runtime.Gosched()
+	}
+	for _, c := range conns {
+		rig.wg.Add(1)
+		go func() {
+			defer rig.wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := c.br.Read(buf)
+				rig.got.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	tb.Cleanup(func() {
+		s.Close()
+		for _, c := range conns {
+			c.Close()
+		}
+		rig.wg.Wait()
+	})
+	return rig
+}
+
+// publish broadcasts one frame of payload and waits until every member has read
+// it.
+func (rig *fanOutRig) publish(payload []byte, members int) {
+	want := rig.got.Load() + int64(members*(len(payload)+2))
+	f := poller.NewFrame()
+	f.Buffer().B = AppendFrame(f.Buffer().B, ws.OpText, payload)
+	rig.rooms.Broadcast("r", f, nil, nil)
+	f.Release()
+	for rig.got.Load() < want {
+		runtime.Gosched()
+	}
+}
+
+// TestFanOutSocketsNoAlloc proves the server's fan-out over real sockets
+// allocates nothing per broadcast, and so nothing per recipient: the frame is
+// encoded once and the same bytes are written to every member.
+func TestFanOutSocketsNoAlloc(t *testing.T) {
+	if raceEnabled || testing.CoverMode() != "" {
+		t.Skip("allocation counts are not meaningful under -race or -cover")
+	}
+	const members = 200
+	rig := newFanOutRig(t, members)
+	payload := []byte(`{"type":"message","content":"hello"}`)
+	for range 20 {
+		rig.publish(payload, members)
+	}
+	if n := testing.AllocsPerRun(100, func() { rig.publish(payload, members) }); n != 0 {
+		t.Fatalf("%.2f allocations per broadcast to %d sockets, want 0", n, members)
+	}
+}
