@@ -1,0 +1,376 @@
+package poller
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// lineEcho echoes complete lines and keeps a partial line for the next read, the
+// way a frame parser keeps a partial frame.
+type lineEcho struct {
+	mu       sync.Mutex
+	opened   int
+	closed   []error
+	writable int
+	ticks    atomic.Int64
+	onData   func(c *Conn, data []byte) int // overrides the echo when set
+}
+
+func (h *lineEcho) OnOpen(c *Conn) {
+	h.mu.Lock()
+	h.opened++
+	h.mu.Unlock()
+}
+
+func (h *lineEcho) OnData(c *Conn, data []byte) int {
+	if h.onData != nil {
+		return h.onData(c, data)
+	}
+	i := bytes.LastIndexByte(data, '\n')
+	if i < 0 {
+		return 0
+	}
+	c.Write(data[:i+1])
+	return i + 1
+}
+
+func (h *lineEcho) OnWritable(c *Conn) {
+	h.mu.Lock()
+	h.writable++
+	h.mu.Unlock()
+}
+
+func (h *lineEcho) OnClose(c *Conn, cause error) {
+	h.mu.Lock()
+	h.closed = append(h.closed, cause)
+	h.mu.Unlock()
+}
+
+func (h *lineEcho) OnTick(l *Loop, now time.Time) { h.ticks.Add(1) }
+
+func startPoller(t *testing.T, h Handler, o Options) (*Poller, string) {
+	t.Helper()
+	p, err := New(h, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	addr, err := p.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, addr.String()
+}
+
+func connect(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	return dialRcvBuf(t, addr, 0)
+}
+
+// dialRcvBuf connects with the receive buffer set before the handshake, as the
+// window it advertises must be small from the start for the peer's writes to
+// back up.
+func dialRcvBuf(t *testing.T, addr string, rcvbuf int) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		if rcvbuf > 0 {
+			rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+		}
+		return nil
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// onLoops runs fn on every loop and waits, so a test can read loop-owned state.
+func onLoops(p *Poller, fn func(l *Loop)) {
+	var wg sync.WaitGroup
+	for _, l := range p.Loops() {
+		wg.Add(1)
+		l.Post(FuncJob(func() { defer wg.Done(); fn(l) }))
+	}
+	wg.Wait()
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestEchoAcrossPartialReads(t *testing.T) {
+	h := &lineEcho{}
+	p, addr := startPoller(t, h, Options{Loops: 2})
+	c := connect(t, addr)
+	// A line split over three writes must come back whole, once.
+	for _, part := range []string{"hel", "lo wor", "ld\nsecond\n"} {
+		c.Write([]byte(part))
+		time.Sleep(5 * time.Millisecond) // let each piece arrive as its own read
+	}
+	got := make([]byte, len("hello world\nsecond\n"))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "hello world\nsecond\n" {
+		t.Fatalf("echo %q", got)
+	}
+	// With the line complete, the connection holds no input buffer again.
+	var buffered int
+	onLoops(p, func(l *Loop) {
+		l.Range(func(c *Conn) bool { buffered += c.Buffered() + c.Pending(); return true })
+	})
+	if buffered != 0 {
+		t.Fatalf("idle connection holds %d buffered bytes", buffered)
+	}
+}
+
+func TestPartialInputDoesNotBlockOthers(t *testing.T) {
+	h := &lineEcho{}
+	_, addr := startPoller(t, h, Options{Loops: 1})
+	stuck := connect(t, addr)
+	stuck.Write([]byte("no newline yet"))
+	other := connect(t, addr)
+	other.Write([]byte("ping\n"))
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(other, got); err != nil || string(got) != "ping\n" {
+		t.Fatalf("other connection: %q %v", got, err)
+	}
+}
+
+// TestBackpressureQueuesAndFlushes fills a client's receive window so writes
+// queue, then reads everything and checks order, OnWritable and the empty queue.
+func TestBackpressureQueuesAndFlushes(t *testing.T) {
+	const total = 8 << 20
+	var sent atomic.Int64
+	var pendingSeen atomic.Int64
+	wrote := make(chan struct{})
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		defer close(wrote)
+		// Any input asks for the whole stream: 8 MiB in 64 KiB writes.
+		chunk := make([]byte, 64<<10)
+		for off := 0; off < total; off += len(chunk) {
+			for i := range chunk {
+				chunk[i] = byte((off + i) % 251)
+			}
+			if err := c.Write(chunk); err != nil {
+				t.Errorf("write: %v", err)
+				return len(data)
+			}
+			sent.Add(int64(len(chunk)))
+			pendingSeen.Store(max(pendingSeen.Load(), int64(c.Pending())))
+		}
+		return len(data)
+	}
+	p, addr := startPoller(t, h, Options{Loops: 1})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go"))
+	<-wrote // read only once everything is written or queued
+	got, err := io.ReadAll(io.LimitReader(c, total))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != total {
+		t.Fatalf("read %d bytes, want %d", len(got), total)
+	}
+	for i, b := range got {
+		if b != byte(i%251) {
+			t.Fatalf("byte %d is %d, want %d: queue reordered data", i, b, i%251)
+		}
+	}
+	if pendingSeen.Load() == 0 {
+		t.Fatal("the socket took 8 MiB at once; the test did not exercise the queue")
+	}
+	eventually(t, "OnWritable", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.writable > 0 })
+	var pending int
+	onLoops(p, func(l *Loop) { l.Range(func(c *Conn) bool { pending += c.Pending(); return true }) })
+	if pending != 0 {
+		t.Fatalf("%d bytes still queued after the peer read everything", pending)
+	}
+}
+
+func TestPendingLimitRefusesWrites(t *testing.T) {
+	errs := make(chan error, 1)
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		chunk := make([]byte, 64<<10)
+		for range 1000 {
+			if err := c.Write(chunk); err != nil {
+				errs <- err
+				return len(data)
+			}
+		}
+		errs <- nil
+		return len(data)
+	}
+	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 256 << 10})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go")) // and never read
+	if err := <-errs; !errors.Is(err, ErrPendingLimit) {
+		t.Fatalf("write past MaxPending: %v, want ErrPendingLimit", err)
+	}
+}
+
+func TestSharedFrameQueuedByReference(t *testing.T) {
+	f := NewFrame()
+	f.Buffer().B = append(f.Buffer().B, bytes.Repeat([]byte("frame!"), 1_500_000)...)
+	want := append([]byte(nil), f.Bytes()...)
+	done := make(chan struct{})
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		if err := c.WriteFrame(f); err != nil {
+			t.Error(err)
+		}
+		if c.Pending() == 0 {
+			t.Error("9 MB went out at once; the queue was not exercised")
+		}
+		f.Release() // the queue holds its own reference
+		close(done)
+		return len(data)
+	}
+	_, addr := startPoller(t, h, Options{Loops: 1})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go"))
+	<-done
+	got, err := io.ReadAll(io.LimitReader(c, int64(len(want))))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("frame arrived damaged (%d of %d bytes): %v", len(got), len(want), err)
+	}
+}
+
+func TestCloseWriteSendsEOFAfterQueue(t *testing.T) {
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		c.Write([]byte("bye\n"))
+		c.CloseWrite()
+		return len(data)
+	}
+	_, addr := startPoller(t, h, Options{Loops: 1})
+	c := connect(t, addr)
+	c.Write([]byte("x"))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "bye\n" {
+		t.Fatalf("read %q, %v; want bye then EOF", got, err)
+	}
+}
+
+func TestPeerCloseReported(t *testing.T) {
+	h := &lineEcho{}
+	p, addr := startPoller(t, h, Options{Loops: 2})
+	c := connect(t, addr)
+	c.Write([]byte("hi\n"))
+	io.ReadFull(c, make([]byte, 3))
+	c.Close()
+	eventually(t, "OnClose", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return len(h.closed) == 1 })
+	if !errors.Is(h.closed[0], ErrPeerClosed) {
+		t.Fatalf("cause %v, want ErrPeerClosed", h.closed[0])
+	}
+	if n := p.Stats().Conns[0] + p.Stats().Conns[1]; n != 0 {
+		t.Fatalf("%d connections left", n)
+	}
+}
+
+func TestDialAndPost(t *testing.T) {
+	srv := &lineEcho{}
+	_, addr := startPoller(t, srv, Options{Loops: 1})
+
+	got := make(chan string, 1)
+	cli := &lineEcho{}
+	cli.onData = func(c *Conn, data []byte) int {
+		got <- string(data)
+		return len(data)
+	}
+	p, err := New(cli, Options{Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ap := netip.MustParseAddrPort(addr)
+	if err := p.Dial(ap, netip.MustParseAddr("127.0.0.3"), "ctx"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "dial", func() bool { cli.mu.Lock(); defer cli.mu.Unlock(); return cli.opened == 1 })
+	// Write from another goroutine by posting to the connection's loop.
+	onLoops(p, func(l *Loop) {
+		l.Range(func(c *Conn) bool {
+			if c.Context() != "ctx" {
+				t.Errorf("context %v", c.Context())
+			}
+			c.Write([]byte("over\n"))
+			return true
+		})
+	})
+	if s := <-got; s != "over\n" {
+		t.Fatalf("echo %q", s)
+	}
+	// A refused dial is reported to OnClose.
+	if err := p.Dial(netip.MustParseAddrPort("127.0.0.1:1"), netip.Addr{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "refused dial", func() bool { cli.mu.Lock(); defer cli.mu.Unlock(); return len(cli.closed) == 1 })
+}
+
+func TestStopAcceptingKeepsConnections(t *testing.T) {
+	h := &lineEcho{}
+	p, addr := startPoller(t, h, Options{Loops: 2})
+	c := connect(t, addr)
+	p.StopAccepting()
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("dial succeeded after StopAccepting")
+	}
+	c.Write([]byte("still\n"))
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "still\n" {
+		t.Fatalf("open connection after StopAccepting: %q %v", got, err)
+	}
+}
+
+func TestTicksAndCloseReportsOpenConns(t *testing.T) {
+	h := &lineEcho{}
+	p, addr := startPoller(t, h, Options{Loops: 2, TickInterval: 5 * time.Millisecond})
+	connect(t, addr)
+	eventually(t, "ticks", func() bool { return h.ticks.Load() >= 4 })
+	eventually(t, "accept", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.opened == 1 })
+	p.Close()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.closed) != 1 || !errors.Is(h.closed[0], ErrClosed) {
+		t.Fatalf("close causes %v, want one ErrClosed", h.closed)
+	}
+}
+
+func TestFrameRefcount(t *testing.T) {
+	f := NewFrame()
+	f.Retain()
+	f.Release()
+	f.Release()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("releasing a frame too many times did not panic")
+		}
+	}()
+	f.refs.Store(0)
+	f.Release()
+}
