@@ -23,6 +23,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/throng-ws/throng/poller"
 )
@@ -52,6 +53,10 @@ type Member struct {
 	room *Room // nil when not joined
 	loop int32
 	idx  int32 // position in room.parts[loop].members
+	// since is the room's broadcast count when the member joined: a broadcast
+	// made before the join may still be on its way to the loop, and must not
+	// reach it.
+	since uint64
 }
 
 // Room returns the id of the member's room, or "" when not joined.
@@ -85,6 +90,9 @@ type Table struct {
 
 	jobs    sync.Pool
 	fanouts sync.Pool
+
+	fanSize *histogram // recipients per broadcast
+	fanTime *histogram // nanoseconds from Broadcast to the last loop's delivery
 }
 
 type shard struct {
@@ -99,6 +107,9 @@ type Room struct {
 	id    string
 	total int    // guarded by the shard lock
 	parts []part // parts[i] belongs to loop i
+	// seq counts the broadcasts posted. It is written under order inside the
+	// shard's read lock, and read by Join under the write lock.
+	seq uint64
 
 	// order is held while a broadcast posts its jobs, so that every loop receives
 	// this room's frames in one order. It is taken inside the shard lock.
@@ -120,7 +131,8 @@ func New(loops []*poller.Loop, o Options) *Table {
 	for size < n {
 		size <<= 1
 	}
-	t := &Table{loops: loops, shards: make([]shard, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), max: o.MaxMembers}
+	t := &Table{loops: loops, shards: make([]shard, size), mask: uint64(size - 1), seed: maphash.MakeSeed(), max: o.MaxMembers,
+		fanSize: newHistogram(recipientBounds), fanTime: newHistogram(durationBounds)}
 	for i := range t.shards {
 		t.shards[i].rooms = make(map[string]*Room)
 	}
@@ -153,11 +165,11 @@ func (t *Table) Join(loop int, id string, m *Member) (int, error) {
 	}
 	r.total++
 	r.parts[loop].count++
-	n := r.total
+	n, since := r.total, r.seq
 	sh.mu.Unlock()
 
 	p := &r.parts[loop]
-	m.room, m.loop, m.idx = r, int32(loop), int32(len(p.members))
+	m.room, m.loop, m.idx, m.since = r, int32(loop), int32(len(p.members)), since
 	p.members = append(p.members, m)
 	return n, nil
 }
@@ -226,32 +238,28 @@ func (t *Table) Broadcast(id string, f *poller.Frame, except Sink, done func(rec
 	if except != nil {
 		n--
 	}
-	var fan *fanout
-	if done != nil {
-		fan = t.fanouts.Get().(*fanout)
-		fan.done, fan.n = done, n
-		fan.left.Store(1) // held until every job is posted
-	}
+	// Every broadcast gets a fan-out counter, done or not: its last release
+	// records the recipients and the duration in the table's histograms.
+	fan := t.fanouts.Get().(*fanout)
+	fan.done, fan.n, fan.start = done, n, time.Now()
+	fan.left.Store(1) // held until every job is posted
 	r.order.Lock()
+	r.seq++
 	for i := range r.parts {
 		if r.parts[i].count == 0 {
 			continue
 		}
 		j := t.jobs.Get().(*deliverJob)
-		j.t, j.room, j.f, j.except, j.fan = t, r, f, except, fan
+		j.t, j.room, j.f, j.except, j.fan, j.seq = t, r, f, except, fan, r.seq
 		f.Retain()
-		if fan != nil {
-			fan.left.Add(1)
-		}
+		fan.left.Add(1)
 		if !t.loops[i].Post(j) {
 			j.finish()
 		}
 	}
 	r.order.Unlock()
 	sh.mu.RUnlock()
-	if fan != nil {
-		fan.release(t)
-	}
+	fan.release(t)
 	return n
 }
 
@@ -262,6 +270,7 @@ type deliverJob struct {
 	f      *poller.Frame
 	except Sink
 	fan    *fanout
+	seq    uint64 // the broadcast's Room.seq: members who joined later are skipped
 }
 
 // Run writes the frame to the loop's members of the room. It walks the list
@@ -274,7 +283,7 @@ func (j *deliverJob) Run(l *poller.Loop) {
 		if i >= len(ms) {
 			continue
 		}
-		if m := ms[i]; m.Sink != j.except {
+		if m := ms[i]; m.Sink != j.except && m.since < j.seq {
 			m.Sink.Deliver(j.f)
 		}
 	}
@@ -291,11 +300,13 @@ func (j *deliverJob) finish() {
 	}
 }
 
-// fanout counts a broadcast's outstanding loop jobs to call done after the last.
+// fanout counts a broadcast's outstanding loop jobs, to record the broadcast in
+// the histograms and call done after the last.
 type fanout struct {
-	left atomic.Int32
-	n    int
-	done func(int)
+	left  atomic.Int32
+	n     int
+	start time.Time
+	done  func(int) // nil if the caller wants no callback
 }
 
 func (f *fanout) release(t *Table) {
@@ -303,9 +314,13 @@ func (f *fanout) release(t *Table) {
 		return
 	}
 	done, n := f.done, f.n
+	t.fanSize.observe(uint64(n))
+	t.fanTime.observe(uint64(time.Since(f.start)))
 	f.done = nil
 	t.fanouts.Put(f)
-	done(n)
+	if done != nil {
+		done(n)
+	}
 }
 
 // Stats are the table's totals.
