@@ -295,16 +295,52 @@ func (l *Loop) accept(lnfd int) {
 		if p.opts.NoDelay {
 			unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		}
-		c := &Conn{loop: l, fd: int32(nfd)}
-		l.add(c)
-		ev := unix.EpollEvent{Events: epollIn, Fd: int32(nfd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, nfd, &ev); err != nil {
-			l.closeConn(c, err)
+		p.accepted.Add(1)
+		// The kernel wakes whichever loop is waiting first, which under a burst is
+		// mostly the same one; the connection goes to the least loaded loop, so
+		// every core carries its share of reads and fan-out.
+		target := p.leastLoaded(l)
+		c := &Conn{loop: target, fd: int32(nfd)}
+		if target == l {
+			l.adopt(c)
 			continue
 		}
-		p.accepted.Add(1)
-		p.h.OnOpen(c)
+		target.incoming.Add(1)
+		if !target.Post(adoptJob{c}) {
+			target.incoming.Add(-1)
+			unix.Close(nfd)
+		}
 	}
+}
+
+// leastLoaded picks the loop with the fewest connections, counting those handed
+// to it and not yet adopted; l wins ties.
+func (p *Poller) leastLoaded(l *Loop) *Loop {
+	best, load := l, l.nconns.Load()+l.incoming.Load()
+	for _, o := range p.loops {
+		if n := o.nconns.Load() + o.incoming.Load(); n < load {
+			best, load = o, n
+		}
+	}
+	return best
+}
+
+type adoptJob struct{ c *Conn }
+
+func (j adoptJob) Run(l *Loop) {
+	l.incoming.Add(-1)
+	l.adopt(j.c)
+}
+
+// adopt registers an accepted connection with this loop.
+func (l *Loop) adopt(c *Conn) {
+	l.add(c)
+	ev := unix.EpollEvent{Events: epollIn, Fd: c.fd}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(c.fd), &ev); err != nil {
+		l.closeConn(c, err)
+		return
+	}
+	l.p.h.OnOpen(c)
 }
 
 func (l *Loop) resumeAccept() {

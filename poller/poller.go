@@ -205,7 +205,8 @@ type Loop struct {
 	acceptOff bool // accepting paused after EMFILE until the next tick
 	inData    *Conn
 
-	nconns atomic.Int64
+	nconns   atomic.Int64
+	incoming atomic.Int64 // accepted connections posted to this loop, not yet adopted
 
 	mu      sync.Mutex
 	jobs    []Job // guarded by mu

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -408,4 +408,22 @@ func TestFrameRefcount(t *testing.T) {
 	}()
 	f.refs.Store(0)
 	f.Release()
+}
+
+// TestAcceptSpreadsOverLoops checks connections end up shared by the loops,
+// whichever loop the kernel wakes to accept them.
+func TestAcceptSpreadsOverLoops(t *testing.T) {
+	h := &lineEcho{}
+	p, addr := startPoller(t, h, Options{Loops: 2})
+	const n = 40
+	for range n {
+		connect(t, addr)
+	}
+	eventually(t, "accepts", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.opened == n })
+	st := p.Stats()
+	for i, c := range st.Conns {
+		if c < n/2-2 {
+			t.Fatalf("loop %d holds %d of %d connections: %v", i, c, n, st.Conns)
+		}
+	}
 }
