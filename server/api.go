@@ -19,6 +19,7 @@ import (
 //	GET  /api/rooms?after=ID&limit=N   rooms with member counts, in id order
 //	GET  /api/rooms/{id}               a room's members
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
+//	GET  /api/stats                    the Overview: connections, memory, counters
 //
 // Every request carries the key as a bearer token.
 type API struct {
@@ -28,6 +29,9 @@ type API struct {
 	Chat *Chat
 	// Rooms is the chat's room table.
 	Rooms *room.Table
+	// Server is the server whose Overview GET /api/stats returns. If nil, that
+	// route is not registered.
+	Server *Server
 	// Now timestamps published messages. If nil, time.Now is used.
 	Now func() time.Time
 }
@@ -46,7 +50,14 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.Handle("GET /api/rooms", a.authed(a.listRooms))
 	mux.Handle("GET /api/rooms/{id}", a.authed(a.getRoom))
 	mux.Handle("POST /api/rooms/{id}/messages", a.authed(a.publish))
+	if a.Server != nil {
+		mux.Handle("GET /api/stats", a.authed(a.stats))
+	}
 	return nil
+}
+
+func (a *API) stats(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.Server.Overview(a.Chat, a.Rooms))
 }
 
 // apiError is the body of every API error.
@@ -72,8 +83,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (a *API) authed(h http.HandlerFunc) http.Handler {
 	want := []byte(a.Key)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		// The scheme name is case-insensitive (RFC 9110 section 11.1), as the
+		// WebSocket handshake already treats it.
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="throng-api"`)
 			writeAPIError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required as a bearer token")
 			return

@@ -310,6 +310,12 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 	}
 	cc.rooms = append(cc.rooms, m)
 
+	// The room hears of the join before the joiner does: once the joiner has
+	// its reply, whatever it (or a client it tells) does next is ordered after
+	// this user-joined in the room. The joiner still reads joined first, as
+	// anything the room sends it is delivered by a later job on this loop.
+	h.presence(m, roomID, "user-joined", count, cc)
+
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"joined","roomId":`...)
 	b.B = AppendJSONString(b.B, roomID)
@@ -320,8 +326,6 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 	b.B = append(b.B, '}')
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
-
-	h.presence(m, roomID, "user-joined", count, cc)
 }
 
 // presence tells a room's other members that m joined or left.
@@ -425,7 +429,9 @@ func (h *Chat) drop(cc *chatConn, i int) {
 	cc.rooms[i] = cc.rooms[last]
 	cc.rooms[last] = nil
 	cc.rooms = cc.rooms[:last]
-	h.presence(m, roomID, "user-left", count, cc)
+	// No exception: the connection is out of the room already, and Broadcast
+	// counts an excepted sink as one of the members.
+	h.presence(m, roomID, "user-left", count, nil)
 }
 
 // refresh replaces the connection's token expiry with a later token's, if the

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -110,7 +112,7 @@ func (c *Conn) WriteMessage(op ws.OpCode, p []byte) error {
 	}
 	var h [ws.MaxHeaderSize]byte
 	n := putHeader(h[:], op, len(p))
-	return c.checkWrite(c.pc.Write2(h[:n], p))
+	return c.checkWrite(c.pc.Write2(h[:n], p), len(p))
 }
 
 // WriteFrame sends a frame already encoded (see AppendFrame) and shared between
@@ -119,13 +121,25 @@ func (c *Conn) WriteFrame(f *poller.Frame) error {
 	if c.state != stateOpen {
 		return poller.ErrClosed
 	}
-	return c.checkWrite(c.pc.WriteFrame(f))
+	return c.checkWrite(c.pc.WriteFrame(f), framePayloadLen(f.Bytes()))
 }
 
-func (c *Conn) checkWrite(err error) error {
+// framePayloadLen is the payload length of an encoded frame, for the sent-bytes
+// counter, which counts payloads as the received one does.
+func framePayloadLen(b []byte) int {
+	if h, ok, _ := parseHeader(b); ok {
+		return int(h.Length)
+	}
+	return 0
+}
+
+// checkWrite counts a sent message of n payload bytes, or handles the error.
+func (c *Conn) checkWrite(err error, n int) error {
 	switch {
 	case err == nil:
-		c.ctr().msgsOut.Add(1)
+		ctr := c.ctr()
+		ctr.msgsOut.Add(1)
+		ctr.bytesOut.Add(uint64(n))
 		return nil
 	case errors.Is(err, poller.ErrPendingLimit):
 		if c.srv().opts.SlowConsumer == SlowDrop {
@@ -197,6 +211,10 @@ func (c *Conn) tell(code ws.StatusCode, text string) {
 		return
 	}
 	c.told = true
+	if log := c.srv().log; log.Enabled(context.Background(), slog.LevelDebug) {
+		log.LogAttrs(context.Background(), slog.LevelDebug, "connection closed",
+			slog.String("user", c.user), slog.Int("code", int(code)), slog.String("reason", text))
+	}
 	c.route.h.OnClose(c, code, text)
 }
 
@@ -311,6 +329,9 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	if c.counted {
 		s.perUser.release(c.user)
 		c.counted = false
+	}
+	if s.opts.MaxConns > 0 {
+		s.admitted.Add(-1) // every Conn holds one of MaxConns (see onBeforeUpgrade)
 	}
 }
 
@@ -433,7 +454,7 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 			var hb [2]byte
 			putHeader(hb[:], ws.OpPong, len(p))
 			if err := c.pc.Write2(hb[:], p); err != nil {
-				c.checkWrite(err)
+				c.checkWrite(err, 0)
 			}
 		}
 		return
@@ -482,8 +503,12 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 // sent theirs.
 func (s *Server) closeFrame(c *Conn, p []byte) {
 	if c.state == stateClosing {
-		// The peer answered our close: the handshake is complete.
-		c.pc.Close()
+		// The peer answered our close: the handshake is complete. If our close
+		// frame is still queued the peer's crossed it, and closing now would cut
+		// the stream; CloseWrite ends it once flushed, and closeAt bounds the wait.
+		if c.pc.Pending() == 0 {
+			c.pc.Close()
+		}
 		return
 	}
 	code, reason := ws.StatusNoStatusRcvd, ""
@@ -511,7 +536,9 @@ func (s *Server) closeFrame(c *Conn, p []byte) {
 	}
 	c.state = stateClosing
 	c.releaseMsg()
-	c.ctr().closes[ClosePeer].Add(1)
+	ctr := c.ctr()
+	ctr.closes[ClosePeer].Add(1)
+	ctr.peerCodes[peerCodeIndex(uint16(code))].Add(1)
 	var buf [2]byte
 	body := closeBody(buf[:], code, "")
 	var h [2]byte

@@ -2,8 +2,10 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -33,6 +35,10 @@ const (
 	HandshakeTimeout
 	HandshakeRateLimited
 	HandshakeTooManyConns
+	// HandshakeOverCapacity: Options.MaxConns connections are open (503).
+	HandshakeOverCapacity
+	// HandshakeMemory: the process's RSS passed the memory high-water mark (503).
+	HandshakeMemory
 
 	numHandshakeResults
 )
@@ -40,7 +46,7 @@ const (
 var handshakeLabels = [numHandshakeResults]string{
 	"ok", "bad_request", "not_found", "bad_method", "upgrade_required",
 	"too_large", "forbidden", "unauthorized", "unavailable", "timeout",
-	"rate_limited", "too_many_conns",
+	"rate_limited", "too_many_conns", "over_capacity", "memory",
 }
 
 func (r HandshakeResult) String() string {
@@ -59,7 +65,15 @@ var (
 	errUnauthorized = ws.RejectConnectionError(ws.RejectionStatus(http.StatusUnauthorized), ws.RejectionReason("invalid or missing token"))
 	errRateLimited  = ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests), ws.RejectionReason("too many handshakes"))
 	errTooManyConns = ws.RejectConnectionError(ws.RejectionStatus(http.StatusTooManyRequests), ws.RejectionReason("too many connections for this user"))
+	errOverCap      = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server at its connection limit"))
+	errMemory       = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server at its memory limit"))
 )
+
+// OverloadRetryAfter is the Retry-After of a handshake refused because the
+// server is at Options.MaxConns or its memory high-water mark. It is longer
+// than a shutdown's second: a full server frees room slowly, and a herd of
+// clients retrying every second would only keep it busy refusing them.
+const OverloadRetryAfter = 5 * time.Second
 
 // handshake upgrades requests on one loop. The loop runs one handshake at a time,
 // so a single Upgrader, reader and response buffer serve all of them, and the
@@ -71,6 +85,10 @@ type handshake struct {
 	r    bytes.Reader
 	w    bytebufferpool.ByteBuffer
 
+	// protoHeaders[i] is the response line selecting Options.Subprotocols[i],
+	// made once so that a handshake does not allocate it.
+	protoHeaders []ws.HandshakeHeader
+
 	// The request in progress; reset for each.
 	pc         *poller.Conn
 	route      *route
@@ -78,8 +96,13 @@ type handshake struct {
 	user       string
 	claims     auth.Claims
 	authErr    error
+	proto      int // 1 + the index in Options.Subprotocols of the choice; 0 for none
 	retryAfter time.Duration
 	counted    bool // the user's connection count was taken
+	reserved   bool // one of Options.MaxConns was taken
+	// uri is the request URI, kept only when debug logging is on; it may hold a
+	// token, so it is logged only through RedactURI.
+	uri []byte
 }
 
 func (hs *handshake) init(s *Server, loop int) {
@@ -89,7 +112,10 @@ func (hs *handshake) init(s *Server, loop int) {
 		OnRequest:       hs.onRequest,
 		OnHeader:        hs.onHeader,
 		ProtocolCustom:  hs.onProtocol,
-		OnBeforeUpgrade: hs.onBeforeUpgrade,
+		OnBeforeUpgrade: hs.beforeUpgrade,
+	}
+	for _, p := range s.opts.Subprotocols {
+		hs.protoHeaders = append(hs.protoHeaders, ws.HandshakeHeaderString("Sec-WebSocket-Protocol: "+p+"\r\n"))
 	}
 }
 
@@ -100,6 +126,10 @@ func (hs *handshake) Read(p []byte) (int, error)  { return hs.r.Read(p) }
 func (hs *handshake) Write(p []byte) (int, error) { return hs.w.Write(p) }
 
 func (hs *handshake) onRequest(uri []byte) error {
+	hs.proto = 0
+	if hs.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		hs.uri = append(hs.uri[:0], uri...)
+	}
 	hs.route = hs.s.route(uri)
 	if hs.route == nil {
 		return errNotFound
@@ -137,8 +167,12 @@ func (hs *handshake) onHeader(key, value []byte) error {
 // onProtocol picks a subprotocol from the client's list and takes a token from a
 // "bearer.<token>" entry, which browsers use as they cannot set headers. That
 // entry is never echoed back: the response would carry the token.
+//
+// The list may arrive over several header lines (RFC 6455 section 11.3.4), and
+// gobwas/ws stops calling once a protocol is returned, so the choice is kept in
+// hs.proto and sent by beforeUpgrade: a bearer entry after the chosen protocol
+// is still read.
 func (hs *handshake) onProtocol(v []byte) (string, bool) {
-	chosen := ""
 	for len(v) > 0 {
 		var p []byte
 		p, v, _ = bytes.Cut(v, []byte{','})
@@ -149,22 +183,45 @@ func (hs *handshake) onProtocol(v []byte) (string, bool) {
 			}
 			continue
 		}
-		if chosen == "" {
-			for _, sp := range hs.s.opts.Subprotocols {
-				if string(p) == sp {
-					chosen = sp
-					break
-				}
+		for i, sp := range hs.s.opts.Subprotocols {
+			if string(p) == sp && (hs.proto == 0 || i+1 < hs.proto) {
+				hs.proto = i + 1 // Subprotocols are in the server's preference order
+				break
 			}
 		}
 	}
-	return chosen, true
+	return "", true
+}
+
+// beforeUpgrade adds the chosen subprotocol to a successful upgrade.
+func (hs *handshake) beforeUpgrade() (ws.HandshakeHeader, error) {
+	h, err := hs.onBeforeUpgrade()
+	if err == nil && h == nil && hs.proto > 0 {
+		h = hs.protoHeaders[hs.proto-1]
+	}
+	return h, err
 }
 
 func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	s := hs.s
 	if s.draining.Load() {
 		return nil, errUnavailable
+	}
+	// Overload is checked before the rate limit and the token, so a full server
+	// spends neither a client's handshake budget nor a signature check.
+	if s.mem != nil && s.mem.refusing.Load() {
+		hs.retryAfter = OverloadRetryAfter
+		return nil, errMemory
+	}
+	if limit := int64(s.opts.MaxConns); limit > 0 {
+		// One shared counter, not the loops' sums, so that loops admitting at the
+		// same moment cannot pass the cap together.
+		if s.admitted.Add(1) > limit {
+			s.admitted.Add(-1)
+			hs.retryAfter = OverloadRetryAfter
+			return nil, errOverCap
+		}
+		hs.reserved = true
 	}
 	if s.ipLimit != nil {
 		if ok, wait := s.ipLimit.allow(hs.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
@@ -198,6 +255,7 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 // it used and, once upgraded, the new connection.
 func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	s := hs.s
+	hs.uri = hs.uri[:0]
 	end := bytes.Index(data, []byte("\r\n\r\n"))
 	if end < 0 {
 		if len(data) > MaxRequestSize {
@@ -211,24 +269,20 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 		hs.reject(pc, HandshakeTooLarge, http.StatusRequestHeaderFieldsTooLarge, "request too large")
 		return len(data), nil
 	}
-	hs.pc, hs.route, hs.token, hs.user, hs.claims, hs.authErr, hs.retryAfter, hs.counted =
-		pc, nil, hs.token[:0], "", auth.Claims{}, nil, 0, false
+	hs.pc, hs.route, hs.token, hs.user, hs.claims, hs.authErr, hs.retryAfter, hs.counted, hs.reserved =
+		pc, nil, hs.token[:0], "", auth.Claims{}, nil, 0, false, false
 	defer func() { hs.pc = nil }()
 	hs.r.Reset(data[:n])
 	hs.w.Reset()
 	hsr, err := hs.up.Upgrade(hs)
 	if err != nil {
-		if hs.counted {
-			s.perUser.release(hs.user)
-		}
+		hs.release()
 		res, status, msg := classify(err)
 		hs.reject(pc, res, status, msg)
 		return len(data), nil
 	}
 	if err := pc.Write(hs.w.B); err != nil {
-		if hs.counted {
-			s.perUser.release(hs.user)
-		}
+		hs.release()
 		pc.Close()
 		return len(data), nil
 	}
@@ -247,8 +301,26 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 		}
 		return len(data), nil
 	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.LogAttrs(context.Background(), slog.LevelDebug, "connection opened",
+			slog.String("user", hs.user), slog.String("uri", RedactURI(string(hs.uri))),
+			slog.String("remote", pc.RemoteAddr().String()), slog.Int("loop", hs.loop))
+	}
 	c.route.h.OnOpen(c)
 	return n, c
+}
+
+// release gives back what onBeforeUpgrade took for a handshake that did not
+// become a connection; a Conn gives them back in OnClose.
+func (hs *handshake) release() {
+	if hs.counted {
+		hs.s.perUser.release(hs.user)
+		hs.counted = false
+	}
+	if hs.reserved {
+		hs.s.admitted.Add(-1)
+		hs.reserved = false
+	}
 }
 
 // classify maps an Upgrade error to a result, a status and a message.
@@ -272,6 +344,10 @@ func classify(err error) (HandshakeResult, int, string) {
 		return HandshakeRateLimited, http.StatusTooManyRequests, "too many handshakes from this address"
 	case errors.Is(err, errTooManyConns):
 		return HandshakeTooManyConns, http.StatusTooManyRequests, "too many connections for this user"
+	case errors.Is(err, errOverCap):
+		return HandshakeOverCapacity, http.StatusServiceUnavailable, "server at its connection limit"
+	case errors.Is(err, errMemory):
+		return HandshakeMemory, http.StatusServiceUnavailable, "server at its memory limit"
 	}
 	var rej *ws.ConnectionRejectedError
 	if errors.As(err, &rej) && rej.StatusCode() != 0 {
@@ -285,6 +361,11 @@ func classify(err error) (HandshakeResult, int, string) {
 func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, msg string) {
 	s := hs.s
 	s.stats(pc.Loop().Index()).handshakes[res].Add(1)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.LogAttrs(context.Background(), slog.LevelDebug, "handshake refused",
+			slog.String("result", res.String()), slog.Int("status", status),
+			slog.String("uri", RedactURI(string(hs.uri))), slog.String("remote", pc.RemoteAddr().String()))
+	}
 	b := hs.w.B[:0]
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
@@ -297,7 +378,13 @@ func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, ms
 	case http.StatusUpgradeRequired:
 		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
 	case http.StatusServiceUnavailable:
-		b = append(b, "Retry-After: 1\r\n"...)
+		if hs.retryAfter > 0 {
+			b = append(b, "Retry-After: "...)
+			b = strconv.AppendInt(b, int64(max(1, (hs.retryAfter+time.Second-1)/time.Second)), 10)
+			b = append(b, "\r\n"...)
+		} else {
+			b = append(b, "Retry-After: 1\r\n"...)
+		}
 	case http.StatusTooManyRequests:
 		if hs.retryAfter > 0 {
 			b = append(b, "Retry-After: "...)

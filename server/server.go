@@ -101,6 +101,34 @@ type Options struct {
 	// MaxConnsPerUser limits open connections per user id; past it an upgrade is
 	// answered 429. If zero, there is no limit.
 	MaxConnsPerUser int
+	// MaxConns is a hard cap on open connections; past it an upgrade is answered
+	// 503 with Retry-After (OverloadRetryAfter). If zero, there is no cap.
+	MaxConns int
+
+	// MemoryLimit is the process's memory budget in bytes, measured as its
+	// resident set size (RSS). When RSS reaches MemoryHighWater of it, upgrades
+	// are answered 503 with Retry-After until RSS falls below MemoryLowWater of
+	// it; open connections are never closed for it. If zero, memory does not
+	// limit admission. The server does not set the Go runtime's limit
+	// (debug.SetMemoryLimit, GOMEMLIMIT): that is process-wide, for the caller.
+	MemoryLimit uint64
+	// MemoryHighWater is the fraction of MemoryLimit at which admission stops. If
+	// zero, DefaultMemoryHighWater is used.
+	MemoryHighWater float64
+	// MemoryLowWater is the fraction of MemoryLimit below which admission resumes.
+	// It must be below MemoryHighWater. If zero, DefaultMemoryLowWater is used.
+	MemoryLowWater float64
+	// MemoryInterval is how often RSS is read, for admission and for the
+	// baseline of bytes per connection. If zero, DefaultMemoryInterval is used.
+	MemoryInterval time.Duration
+	// MemoryReader returns the process's RSS in bytes, 0 if unknown. If nil,
+	// ReadRSS is used. Tests inject readings.
+	MemoryReader func() uint64
+	// StatsInterval is how often a line with the connections, RSS and bytes per
+	// connection is logged, with a warning when bytes per connection rise
+	// steadily while the count holds: a leak signal (leakWatch defines it). If
+	// zero, no line is logged.
+	StatsInterval time.Duration
 	// Subprotocols are the subprotocols the server may select, in preference
 	// order. A "bearer.<token>" entry carries a token and is never selected.
 	Subprotocols []string
@@ -147,6 +175,9 @@ const (
 	DefaultIdleTimeout      = 75 * time.Second
 	DefaultCloseTimeout     = 5 * time.Second
 	DefaultDrainRate        = 10000
+	DefaultMemoryHighWater  = 0.9
+	DefaultMemoryLowWater   = 0.8
+	DefaultMemoryInterval   = time.Second
 	// MaxRequestSize bounds an upgrade request; a longer one is answered 431.
 	MaxRequestSize = 8 << 10
 )
@@ -178,9 +209,21 @@ type Server struct {
 	closed   atomic.Bool
 	closeMu  sync.Mutex
 
-	ipLimit  *ipLimiter  // nil without Options.HandshakeRate
-	perUser  *userCounts // nil without Options.MaxConnsPerUser
+	ipLimit  *ipLimiter   // nil without Options.HandshakeRate
+	perUser  *userCounts  // nil without Options.MaxConnsPerUser
+	admitted atomic.Int64 // connections holding one of Options.MaxConns
+	mem      *memMonitor  // nil without Options.MemoryLimit
 	listened atomic.Bool
+	started  time.Time
+	// baseline is the RSS the last time the server had no socket open (first
+	// read when Listen is called): what the process costs with no connections,
+	// subtracted to estimate bytes per connection.
+	baseline atomic.Uint64
+
+	// Background goroutines (the memory and stats monitor) are started with
+	// goTracked and stopped by Close, which closes quit and waits on bg.
+	bg   sync.WaitGroup
+	quit chan struct{}
 	// lastPrune is when loop 0 last pruned ipLimit; owned by loop 0.
 	lastPrune int64
 }
@@ -245,6 +288,27 @@ func New(o Options) (*Server, error) {
 	if o.IdleTimeout <= o.PingInterval {
 		return nil, fmt.Errorf("server: idle timeout %v must exceed ping interval %v", o.IdleTimeout, o.PingInterval)
 	}
+	if o.MaxConns < 0 || o.StatsInterval < 0 {
+		return nil, errors.New("server: negative limit")
+	}
+	if o.MemoryHighWater == 0 {
+		o.MemoryHighWater = DefaultMemoryHighWater
+	}
+	if o.MemoryLowWater == 0 {
+		o.MemoryLowWater = DefaultMemoryLowWater
+	}
+	if !(o.MemoryHighWater > 0 && o.MemoryHighWater <= 1) || !(o.MemoryLowWater > 0 && o.MemoryLowWater < o.MemoryHighWater) {
+		return nil, fmt.Errorf("server: memory marks must satisfy 0 < low (%v) < high (%v) <= 1", o.MemoryLowWater, o.MemoryHighWater)
+	}
+	if o.MemoryInterval <= 0 {
+		o.MemoryInterval = DefaultMemoryInterval
+	}
+	if o.MemoryReader == nil {
+		o.MemoryReader = ReadRSS
+	}
+	if o.MemoryLimit > 0 {
+		s.mem = newMemMonitor(o.MemoryLimit, o.MemoryHighWater, o.MemoryLowWater)
+	}
 	s.opts = o
 	s.log = o.Logger
 	if s.log == nil {
@@ -267,7 +331,29 @@ func New(o Options) (*Server, error) {
 	for _, l := range p.Loops() {
 		s.loops = append(s.loops, newLoopState(s, l))
 	}
+	s.started = s.now()
+	s.quit = make(chan struct{})
+	if s.mem != nil {
+		s.mem.update(o.MemoryReader(), s.log) // admission is decided from the start
+	}
+	s.goTracked(s.monitor)
 	return s, nil
+}
+
+// goTracked runs f on a goroutine that Close waits for; it refuses once Close has
+// begun. f must return when s.quit is closed.
+func (s *Server) goTracked(f func()) bool {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed.Load() {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+	return true
 }
 
 // Handle registers the handler for a WebSocket path. It must be called before
@@ -296,7 +382,9 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if len(s.routes) == 0 {
 		return nil, errors.New("server: no handlers")
 	}
-	s.listened.Store(true)
+	if !s.listened.Swap(true) {
+		s.baseline.Store(s.opts.MemoryReader())
+	}
 	return s.p.Listen(addr)
 }
 
@@ -394,6 +482,8 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.draining.Store(true)
+	close(s.quit)
+	s.bg.Wait()
 	return s.p.Close()
 }
 

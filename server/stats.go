@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"sync/atomic"
 
 	"github.com/throng-ws/throng/auth"
@@ -18,6 +19,7 @@ type counters struct {
 	handshakes   [numHandshakeResults]atomic.Uint64
 	authFailures [auth.NumReasons]atomic.Uint64
 	closes       [numCloseReasons]atomic.Uint64
+	peerCodes    [numPeerCodes]atomic.Uint64    // ClosePeer closes by the peer's code
 	slow         [numSlowPolicies]atomic.Uint64 // closed connections, dropped messages
 	_            [64]byte                       // keep the next loop's counters off this cache line
 }
@@ -34,6 +36,8 @@ type Stats struct {
 	Handshakes   map[string]uint64 // by HandshakeResult
 	AuthFailures map[string]uint64 // by auth.Reason
 	Closes       map[string]uint64 // by CloseReason
+	PeerCloses   map[string]uint64 // closes the peer started, by its code (see PeerCloseCodes)
+	OpenPerLoop  []int64           // upgraded connections open now, per loop
 	SlowClosed   uint64            // connections closed as slow consumers
 	SlowDropped  uint64            // messages dropped for slow consumers
 }
@@ -44,12 +48,15 @@ func (s *Server) Stats() Stats {
 		Handshakes:   make(map[string]uint64),
 		AuthFailures: make(map[string]uint64),
 		Closes:       make(map[string]uint64),
+		PeerCloses:   make(map[string]uint64),
+		OpenPerLoop:  make([]int64, len(s.loops)),
 		Sockets:      s.Conns(),
 	}
-	for _, ls := range s.loops {
+	for i, ls := range s.loops {
 		c := &ls.c
 		st.Accepted += c.accepted.Load()
-		st.Open += c.open.Load()
+		st.OpenPerLoop[i] = c.open.Load()
+		st.Open += st.OpenPerLoop[i]
 		st.MessagesIn += c.msgsIn.Load()
 		st.MessagesOut += c.msgsOut.Load()
 		st.BytesIn += c.bytesIn.Load()
@@ -67,8 +74,40 @@ func (s *Server) Stats() Stats {
 		for i := range c.closes {
 			st.Closes[CloseReason(i).String()] += c.closes[i].Load()
 		}
+		for i := range c.peerCodes {
+			st.PeerCloses[peerCodeLabels[i]] += c.peerCodes[i].Load()
+		}
 	}
 	return st
 }
 
 func (s *Server) stats(loop int) *counters { return &s.loops[loop].c }
+
+// Close codes a peer may send are counted in a few classes rather than one
+// counter per code: the registered ones throng's clients use, then the private
+// ranges. Labels are the code, or its range.
+var peerCodeLabels = [...]string{
+	"1000", "1001", "1002", "1003", "1005", "1007", "1008", "1009", "1010", "1011",
+	"3000-3999", "4000-4999", "other",
+}
+
+const numPeerCodes = len(peerCodeLabels)
+
+// PeerCloseCodes lists the labels of Stats.PeerCloses, in metric label order.
+func PeerCloseCodes() []string { return slices.Clone(peerCodeLabels[:]) }
+
+func peerCodeIndex(code uint16) int {
+	switch {
+	case code >= 1000 && code <= 1003:
+		return int(code - 1000)
+	case code == 1005:
+		return 4
+	case code >= 1007 && code <= 1011:
+		return int(code-1007) + 5
+	case code >= 3000 && code <= 3999:
+		return 10
+	case code >= 4000 && code <= 4999:
+		return 11
+	}
+	return 12
+}

@@ -1,0 +1,341 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+func TestBucket(t *testing.T) {
+	type step struct {
+		at   int64 // ms
+		ok   bool
+		wait time.Duration
+	}
+	cases := []struct {
+		name  string
+		rate  float64
+		burst int
+		steps []step
+	}{
+		{"starts full", 10, 3, []step{{1000, true, 0}, {1000, true, 0}, {1000, true, 0}, {1000, false, 100 * time.Millisecond}}},
+		{"refills at the rate", 10, 2, []step{{1000, true, 0}, {1000, true, 0}, {1000, false, 100 * time.Millisecond},
+			{1050, false, 50 * time.Millisecond}, {1100, true, 0}, {1100, false, 100 * time.Millisecond}}},
+		{"never above burst", 1, 2, []step{{1000, true, 0}, {60_000, true, 0}, {60_000, true, 0}, {60_000, false, time.Second}}},
+		{"clock going back is not a refill", 1, 1, []step{{5000, true, 0}, {4000, false, time.Second}, {6000, true, 0}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bucket
+			for i, s := range tc.steps {
+				ok, wait := b.take(s.at, tc.rate, tc.burst)
+				if ok != s.ok || wait.Round(time.Millisecond) != s.wait {
+					t.Fatalf("step %d at %dms: take = %v, %v; want %v, %v", i, s.at, ok, wait, s.ok, s.wait)
+				}
+			}
+		})
+	}
+}
+
+// startClockChat starts an anonymous chat server on an injected clock, with
+// pings and idle timeouts far enough away that moving the clock by minutes
+// does not reap the clients.
+func startClockChat(t *testing.T, configure func(*Chat)) *testServer {
+	t.Helper()
+	clock := newFakeClock()
+	ts := startChatServer(t, Options{Now: clock.Now, PingInterval: time.Hour, IdleTimeout: 2 * time.Hour}, configure)
+	ts.Clock = clock
+	return ts
+}
+
+// TestRateLimitBan breaks the message rate, and checks the client is told once,
+// that what it sends during the ban is dropped, and that it is heard again
+// once the ban is served.
+func TestRateLimitBan(t *testing.T) {
+	ts := startClockChat(t, func(c *Chat) { c.Rate, c.Burst = 10, 20 })
+	p := dialPeer(t, ts)
+	bystander := dialPeer(t, ts)
+	// The burst passes, with the clock standing still.
+	for range 20 {
+		p.sync()
+	}
+	if st := ts.Chat.Stats(); st != (ChatStats{}) {
+		t.Fatalf("stats %+v after the burst, want none limited", st)
+	}
+	p.send(`{"type":"ping"}`)
+	m := p.expect("error")
+	m.hasKeys(t, "type", "code", "message")
+	if m.Code != CodeRateLimited || m.Message != "Rate limit exceeded. You are temporarily banned." {
+		t.Fatalf("21st message: %s", m.raw)
+	}
+	if st := ts.Chat.Stats(); st.RateLimited != 1 || st.Bans != 1 {
+		t.Fatalf("stats %+v, want one message limited and one ban", st)
+	}
+
+	// Messages during the ban are dropped, each of a kind that would have had
+	// an answer. The clock moves within the ban.
+	const during = 10
+	for i := range during {
+		p.send(fmt.Sprintf(`{"type":"banned-%d"}`, i))
+		ts.Clock.Advance(10 * time.Second)
+	}
+	pollUntil(t, "the banned messages to be counted", func() bool { return ts.Chat.Stats().RateLimited == 1+during })
+	// Others are not limited by one client's ban.
+	bystander.sync()
+
+	// Still banned one millisecond before the end.
+	ts.Clock.Advance(DefaultBan - during*10*time.Second - time.Millisecond)
+	p.send(`{"type":"banned-last"}`)
+	pollUntil(t, "the last banned message to be counted", func() bool { return ts.Chat.Stats().RateLimited == 2+during })
+
+	ts.Clock.Advance(time.Millisecond)
+	// The first reply since rate_limited is this pong: nothing sent during the
+	// ban was answered.
+	p.sync()
+	// The ban was served: a full burst again, then a new ban.
+	for range 19 {
+		p.sync()
+	}
+	p.send(`{"type":"ping"}`)
+	if m := p.expect("error"); m.Code != CodeRateLimited {
+		t.Fatalf("after a second burst: %s", m.raw)
+	}
+	if st := ts.Chat.Stats(); st.RateLimited != 3+during || st.Bans != 2 {
+		t.Fatalf("stats %+v, want %d limited and 2 bans", st, 3+during)
+	}
+}
+
+// TestRateLimitRefill spends the burst and checks the bucket refills at the
+// rate on the server's clock.
+func TestRateLimitRefill(t *testing.T) {
+	ts := startClockChat(t, func(c *Chat) { c.Rate, c.Burst = 10, 20 })
+	p := dialPeer(t, ts)
+	for range 20 {
+		p.sync()
+	}
+	for range 3 {
+		ts.Clock.Advance(time.Second) // ten more
+		for range 10 {
+			p.sync()
+		}
+	}
+	ts.Clock.Advance(99 * time.Millisecond) // not quite one
+	p.send(`{"type":"ping"}`)
+	if m := p.expect("error"); m.Code != CodeRateLimited {
+		t.Fatalf("got %s, want rate_limited", m.raw)
+	}
+}
+
+// TestRateLimitBanClose keeps sending through the ban and checks the server
+// closes the connection with 1008 on the first message past BanCloseAfter.
+func TestRateLimitBanClose(t *testing.T) {
+	ts := startClockChat(t, func(c *Chat) { c.Rate, c.Burst, c.BanCloseAfter = 10, 20, 5 })
+	p := dialPeer(t, ts)
+	obs := dialPeer(t, ts)
+	p.join("r", "P", 1)
+	obs.join("r", "Obs", 2)
+	p.expectPresence("user-joined", "r", obs, "Obs", 2)
+	for range 19 {
+		p.sync()
+	}
+	p.send(`{"type":"ping"}`)
+	if m := p.expect("error"); m.Code != CodeRateLimited {
+		t.Fatalf("21st message: %s", m.raw)
+	}
+	for i := range 5 {
+		p.send(fmt.Sprintf(`{"type":"banned-%d"}`, i))
+	}
+	pollUntil(t, "five banned messages", func() bool { return ts.Chat.Stats().RateLimited == 6 })
+	if st := ts.Stats(); st.Closes["rate_limited"] != 0 {
+		t.Fatalf("closed after %d banned messages, want after 6", 5)
+	}
+	p.send(`{"type":"banned-5"}`)
+	ce := expectClose(t, p.c, websocket.ClosePolicyViolation)
+	if ce.Text != "rate limited" {
+		t.Errorf("close reason %q, want %q", ce.Text, "rate limited")
+	}
+	obs.expectPresence("user-left", "r", p, "P", 1)
+	if st := ts.Stats(); st.Closes["rate_limited"] != 1 {
+		t.Errorf("Closes = %v, want one rate_limited", st.Closes)
+	}
+	if st := ts.Chat.Stats(); st.Bans != 1 || st.RateLimited != 7 {
+		t.Errorf("chat stats %+v, want 1 ban and 7 limited", st)
+	}
+}
+
+// TestRateLimitDisabled sends far past the default burst with a negative rate.
+func TestRateLimitDisabled(t *testing.T) {
+	ts := startClockChat(t, func(c *Chat) { c.Rate = -1 })
+	p := dialPeer(t, ts)
+	for range 200 {
+		p.send(`{"type":"ping"}`)
+	}
+	for range 200 {
+		p.expect("pong")
+	}
+	if st := ts.Chat.Stats(); st != (ChatStats{}) {
+		t.Fatalf("stats %+v, want nothing limited", st)
+	}
+}
+
+// dialStatus attempts an upgrade from the local address laddr (127.0.0.1 if
+// empty) and returns the response, closing the connection if it was upgraded.
+func dialStatus(t *testing.T, url, laddr string, h http.Header) *http.Response {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	if laddr != "" {
+		nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(laddr)}}
+		d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return nd.DialContext(ctx, network, addr)
+		}
+	}
+	c, resp, err := d.Dial(url, h)
+	if c != nil {
+		c.Close()
+	}
+	if resp == nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	return resp
+}
+
+func TestHandshakeRatePerIP(t *testing.T) {
+	clock := newFakeClock()
+	ts := startServer(t, Options{HandshakeRate: 1, HandshakeBurst: 2, Now: clock.Now})
+	status := func(laddr string) (int, string) {
+		t.Helper()
+		resp := dialStatus(t, ts.URL("/echo"), laddr, nil)
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	for i := range 2 {
+		if code, _ := status(""); code != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade %d: status %d, want 101", i+1, code)
+		}
+	}
+	for range 2 {
+		code, retry := status("")
+		if code != http.StatusTooManyRequests || retry != "1" {
+			t.Fatalf("third upgrade: status %d, Retry-After %q; want 429 with Retry-After 1", code, retry)
+		}
+	}
+	// Another address has its own bucket.
+	if code, _ := status("127.0.0.2"); code != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade from another address: status %d, want 101", code)
+	}
+	clock.Advance(500 * time.Millisecond)
+	if code, _ := status(""); code != http.StatusTooManyRequests {
+		t.Fatalf("after half a second: status %d, want 429", code)
+	}
+	clock.Advance(500 * time.Millisecond)
+	if code, _ := status(""); code != http.StatusSwitchingProtocols {
+		t.Fatalf("after a second: status %d, want 101", code)
+	}
+	if code, _ := status(""); code != http.StatusTooManyRequests {
+		t.Fatalf("second upgrade after a second: status %d, want 429", code)
+	}
+	clock.Advance(time.Hour) // a full bucket, not an hour of tokens
+	for i := range 2 {
+		if code, _ := status(""); code != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade %d after an hour: status %d, want 101", i+1, code)
+		}
+	}
+	if code, _ := status(""); code != http.StatusTooManyRequests {
+		t.Fatalf("third upgrade after an hour: status %d, want 429", code)
+	}
+	st := ts.Stats()
+	if st.Handshakes["rate_limited"] != 5 || st.Handshakes["ok"] != 6 {
+		t.Errorf("handshakes %v, want 6 ok and 5 rate_limited", st.Handshakes)
+	}
+}
+
+func TestHandshakeRateAppliesToEveryPath(t *testing.T) {
+	clock := newFakeClock()
+	ts := startServer(t, Options{HandshakeRate: 1, HandshakeBurst: 1, Now: clock.Now})
+	if resp := dialStatus(t, ts.URL("/ws"), "", nil); resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	if resp := dialStatus(t, ts.URL("/echo"), "", nil); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("status %d on another path, want 429", resp.StatusCode)
+	}
+}
+
+func TestMaxConnsPerUser(t *testing.T) {
+	ts := startAuthServer(t, Options{MaxConnsPerUser: 2})
+	bearer := func(sub string) http.Header {
+		return http.Header{"Authorization": {"Bearer " + ts.token(sub, time.Hour)}}
+	}
+	a1 := dial(t, ts.URL("/ws"), bearer("alice"))
+	a2 := dial(t, ts.URL("/echo"), bearer("alice"))
+	resp := dialStatus(t, ts.URL("/ws"), "", bearer("alice"))
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("third connection for alice: status %d, want 429", resp.StatusCode)
+	}
+	// Other users have their own count.
+	dial(t, ts.URL("/ws"), bearer("bob"))
+	dial(t, ts.URL("/ws"), bearer("bob"))
+	// A refused token takes no slot.
+	if resp := dialStatus(t, ts.URL("/ws"), "", http.Header{"Authorization": {"Bearer nope"}}); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("bad token: status %d, want 401", resp.StatusCode)
+	}
+
+	// Once the server has seen one of alice's connections go, there is room for
+	// one more, and only one.
+	a1.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp := dialStatus(t, ts.URL("/ws"), "", bearer("alice"))
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		if resp.StatusCode != http.StatusTooManyRequests || time.Now().After(deadline) {
+			t.Fatalf("after closing one: status %d", resp.StatusCode)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// That upgrade was closed by dialStatus; wait until the server saw it too,
+	// keeping a2 and a fresh third open.
+	a3 := func() bool {
+		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+		c, resp, err := d.Dial(ts.URL("/ws"), bearer("alice"))
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+			return true
+		}
+		if resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("dial: %v", err)
+		}
+		return false
+	}
+	pollUntil(t, "room for alice's second connection", a3)
+	if resp := dialStatus(t, ts.URL("/ws"), "", bearer("alice")); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("third connection again: status %d, want 429", resp.StatusCode)
+	}
+	a2.Close()
+	pollUntil(t, "room after a close handshake", a3)
+	st := ts.Stats()
+	if st.Handshakes["too_many_conns"] < 2 {
+		t.Errorf("handshakes %v, want too_many_conns counted", st.Handshakes)
+	}
+}
+
+// TestMaxConnsPerUserCloseHandshake checks a slot is given back after a clean
+// close handshake too, not only after a dropped socket.
+func TestMaxConnsPerUserCloseHandshake(t *testing.T) {
+	ts := startAuthServer(t, Options{MaxConnsPerUser: 1})
+	h := http.Header{"Authorization": {"Bearer " + ts.token("carol", time.Hour)}}
+	c := dial(t, ts.URL("/echo"), h)
+	if resp := dialStatus(t, ts.URL("/echo"), "", h); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("second connection: status %d, want 429", resp.StatusCode)
+	}
+	c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+	expectClose(t, c, websocket.CloseNormalClosure)
+	c.Close()
+	pollUntil(t, "carol's slot", func() bool {
+		return dialStatus(t, ts.URL("/echo"), "", h).StatusCode == http.StatusSwitchingProtocols
+	})
+}
