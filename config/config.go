@@ -1,0 +1,477 @@
+// Package config is the configuration of `throng serve`: one struct whose
+// fields are the command's flags, the THRONG_* environment variables and the
+// keys of an optional TOML or YAML file, in that order of precedence over the
+// defaults; and Validate, which refuses a configuration that cannot work before
+// anything starts. It is apart from cmd/throng so that all of it is tested
+// without building or running the binary.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/fftoml"
+	"github.com/peterbourgon/ff/v3/ffyaml"
+
+	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
+)
+
+// EnvPrefix prefixes the environment variable of every flag: --ws-addr is
+// THRONG_WS_ADDR.
+const EnvPrefix = "THRONG"
+
+// Serve is the configuration of `throng serve`. Each field is one flag, named in
+// its comment; FlagSet binds them and sets the defaults.
+type Serve struct {
+	Config string // --config: a .toml, .yaml or .yml file of settings
+
+	WSAddr   string // --ws-addr
+	HTTPAddr string // --http-addr
+	Loops    int    // --loops
+
+	MaxMessageSize   int           // --max-message-size
+	MaxPending       int           // --max-pending
+	SlowConsumer     string        // --slow-consumer: close or drop
+	HandshakeTimeout time.Duration // --handshake-timeout
+	PingInterval     time.Duration // --ping-interval
+	IdleTimeout      time.Duration // --idle-timeout
+	DrainRate        int           // --drain-rate
+	DrainTimeout     time.Duration // --drain-timeout
+	Origins          string        // --origin: comma-separated patterns
+
+	MaxConns        int      // --max-conns
+	MaxConnsPerUser int      // --max-conns-per-user
+	HandshakeRate   float64  // --handshake-rate
+	MemoryLimit     ByteSize // --memory-limit
+	MemoryHighWater float64  // --memory-high-water, percent of MemoryLimit
+	MemoryLowWater  float64  // --memory-low-water, percent of MemoryLimit
+
+	MaxRoomsPerConn int           // --max-rooms-per-conn
+	MaxRoomMembers  int           // --max-room-members
+	RoomShards      int           // --room-shards
+	MaxContent      int           // --max-content
+	Rate            float64       // --rate
+	Burst           int           // --burst
+	Ban             time.Duration // --ban
+	BanCloseAfter   int           // --ban-close-after
+
+	Auth         string        // --auth: on or off
+	AuthFailure  string        // --auth-failure: reject or close
+	JWTSecret    string        // --jwt-secret
+	JWTPublicKey string        // --jwt-public-key: a PEM file
+	JWTIssuer    string        // --jwt-issuer
+	JWTAudience  string        // --jwt-audience
+	JWTLeeway    time.Duration // --jwt-leeway
+	APIKey       string        // --api-key
+	Dev          bool          // --dev
+
+	LogLevel      string        // --log-level
+	LogFormat     string        // --log-format: text or json
+	StatsInterval time.Duration // --stats-interval
+}
+
+// Defaults that are the command's own; the rest are the packages' defaults.
+const (
+	DefaultWSAddr          = ":8080"
+	DefaultHTTPAddr        = ":8081"
+	DefaultDrainTimeout    = 30 * time.Second
+	DefaultStatsInterval   = time.Minute
+	DefaultMemoryHighWater = server.DefaultMemoryHighWater * 100
+	DefaultMemoryLowWater  = server.DefaultMemoryLowWater * 100
+	// MinMemoryLimit is the smallest --memory-limit accepted: below it the
+	// process's own start-up footprint would pass the high-water mark and no
+	// connection would ever be admitted.
+	MinMemoryLimit = 32 << 20
+)
+
+// FlagSet returns the flags of `throng serve`, bound to c's fields and set to
+// their defaults. Its help text is the reference for every setting; the README's
+// table repeats it.
+func (c *Serve) FlagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
+	fs.StringVar(&c.Config, "config", "", "file of settings, .toml or .yaml by extension; flags and THRONG_* variables win over it")
+
+	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
+	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
+
+	fs.IntVar(&c.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
+	fs.IntVar(&c.MaxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
+	fs.StringVar(&c.SlowConsumer, "slow-consumer", "close", "what happens past --max-pending: close (1008) or drop (messages dropped, client told the count)")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "time allowed to send the whole upgrade request")
+	fs.DurationVar(&c.PingInterval, "ping-interval", server.DefaultPingInterval, "ping a connection silent for this long; keep it below the load balancer's idle timeout")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close a connection silent for this long (1001); must exceed --ping-interval")
+	fs.IntVar(&c.DrainRate, "drain-rate", server.DefaultDrainRate, "connections per second sent close 1001 on shutdown")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", DefaultDrainTimeout, "how long shutdown waits for close acknowledgements")
+	fs.StringVar(&c.Origins, "origin", "", "comma-separated allowed Origin patterns, such as https://*.example.com (empty: any)")
+
+	fs.IntVar(&c.MaxConns, "max-conns", 0, "open connections at most; past it upgrades are answered 503 with Retry-After (0: no cap)")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 0, "open connections per user id, answered 429 past it (0: unlimited)")
+	fs.Float64Var(&c.HandshakeRate, "handshake-rate", 0, "upgrades per second per client IP, answered 429 past it (0: unlimited)")
+	fs.Var(&c.MemoryLimit, "memory-limit", "memory budget, such as 2GiB: sets GOMEMLIMIT, and past --memory-high-water of it (as RSS) upgrades are answered 503 (0: none)")
+	fs.Float64Var(&c.MemoryHighWater, "memory-high-water", DefaultMemoryHighWater, "percent of --memory-limit at which new connections are refused")
+	fs.Float64Var(&c.MemoryLowWater, "memory-low-water", DefaultMemoryLowWater, "percent of --memory-limit below which new connections are admitted again")
+
+	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", server.DefaultMaxRoomsPerConn, "rooms one connection may be in")
+	fs.IntVar(&c.MaxRoomMembers, "max-room-members", 0, "members per room (0: unbounded)")
+	fs.IntVar(&c.RoomShards, "room-shards", room.DefaultShards, "lock shards of the room table (rounded up to a power of two)")
+	fs.IntVar(&c.MaxContent, "max-content", server.DefaultMaxContent, "characters in a chat message")
+	fs.Float64Var(&c.Rate, "rate", server.DefaultRate, "inbound messages per second per connection (negative: unlimited)")
+	fs.IntVar(&c.Burst, "burst", server.DefaultBurst, "inbound messages a connection may send at once")
+	fs.DurationVar(&c.Ban, "ban", server.DefaultBan, "how long a connection over the rate is ignored")
+	fs.IntVar(&c.BanCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
+
+	fs.StringVar(&c.Auth, "auth", "on", "on: a JWT is required; off: anonymous connections with random user ids")
+	fs.StringVar(&c.AuthFailure, "auth-failure", "reject", "reject: answer 401 before the upgrade; close: upgrade, then close 1008 with the reason")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC key for HS256/384/512 tokens")
+	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file with the public key for RS*/PS*/ES*/EdDSA tokens")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim (empty: not checked)")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim (empty: not checked)")
+	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp and nbf")
+	fs.StringVar(&c.APIKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
+	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, and a ready ws:// URL printed")
+
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&c.StatsInterval, "stats-interval", DefaultStatsInterval, "how often to log connections, RSS and bytes per connection, warning of a leak signal (0: never)")
+	return fs
+}
+
+// Options are the ff options that read THRONG_* variables and the --config file,
+// for ffcli.Command.Options. ff gives flags precedence over the environment,
+// and the environment over the file.
+func Options(fs *flag.FlagSet) []ff.Option {
+	return []ff.Option{
+		ff.WithEnvVarPrefix(EnvPrefix),
+		ff.WithConfigFileFlag("config"),
+		ff.WithConfigFileParser(fileParser(fs)),
+	}
+}
+
+// Parse sets fs from args, the environment and the config file, in that order of
+// precedence. It is what ffcli does with Options; tests call it directly.
+func Parse(fs *flag.FlagSet, args []string) error {
+	return ff.Parse(fs, args, Options(fs)...)
+}
+
+// fileParser picks the parser by the --config file's extension. ff does not
+// pass the name to the parser, but it has parsed the flags and the environment
+// by the time it reads the file, so the flag holds the name.
+func fileParser(fs *flag.FlagSet) ff.ConfigFileParser {
+	return func(r io.Reader, set func(name, value string) error) error {
+		name := fs.Lookup("config").Value.String()
+		set = noConfigKey(set)
+		switch strings.ToLower(filepath.Ext(name)) {
+		case ".toml":
+			return fftoml.Parser(r, set)
+		case ".yaml", ".yml":
+			return ffyaml.Parser(r, set)
+		}
+		return fmt.Errorf("--config %s: the name must end in .toml, .yaml or .yml", name)
+	}
+}
+
+// noConfigKey refuses a config key in the config file, which would name a
+// second file that is never read.
+func noConfigKey(set func(name, value string) error) func(name, value string) error {
+	return func(name, value string) error {
+		if name == "config" {
+			return errors.New("a config file cannot set config")
+		}
+		return set(name, value)
+	}
+}
+
+// Validate checks every setting and returns all the problems at once, each
+// naming its flag, or nil.
+func (c *Serve) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	wsAddr, err1 := checkAddr("--ws-addr", c.WSAddr)
+	httpAddr, err2 := checkAddr("--http-addr", c.HTTPAddr)
+	switch {
+	case err1 != nil || err2 != nil:
+		errs = append(errs, err1, err2)
+	case wsAddr.Port != 0 && wsAddr.Port == httpAddr.Port && (anyIP(wsAddr.IP) || anyIP(httpAddr.IP) || wsAddr.IP.Equal(httpAddr.IP)):
+		bad("--ws-addr %s and --http-addr %s would listen on the same port", c.WSAddr, c.HTTPAddr)
+	}
+
+	for _, n := range []struct {
+		flag string
+		v    int
+		min  int
+	}{
+		{"--loops", c.Loops, 0},
+		{"--max-message-size", c.MaxMessageSize, 0},
+		{"--max-pending", c.MaxPending, 0},
+		{"--drain-rate", c.DrainRate, 0},
+		{"--max-conns", c.MaxConns, 0},
+		{"--max-conns-per-user", c.MaxConnsPerUser, 0},
+		{"--max-rooms-per-conn", c.MaxRoomsPerConn, 1},
+		{"--max-room-members", c.MaxRoomMembers, 0},
+		{"--room-shards", c.RoomShards, 0},
+		{"--max-content", c.MaxContent, 1},
+		{"--burst", c.Burst, 1},
+		{"--ban-close-after", c.BanCloseAfter, 0},
+	} {
+		if n.v < n.min {
+			bad("%s must be at least %d, not %d", n.flag, n.min, n.v)
+		}
+	}
+	if c.HandshakeRate < 0 {
+		bad("--handshake-rate must be at least 0, not %v", c.HandshakeRate)
+	}
+
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{
+		{"--handshake-timeout", c.HandshakeTimeout},
+		{"--ping-interval", c.PingInterval},
+		{"--idle-timeout", c.IdleTimeout},
+		{"--drain-timeout", c.DrainTimeout},
+		{"--ban", c.Ban},
+	} {
+		if d.v <= 0 {
+			bad("%s must be more than 0, not %v", d.flag, d.v)
+		}
+	}
+	if c.JWTLeeway < 0 || c.StatsInterval < 0 {
+		bad("--jwt-leeway and --stats-interval must not be negative")
+	}
+	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
+		bad("--idle-timeout %v must exceed --ping-interval %v, or every connection is closed before it is pinged", c.IdleTimeout, c.PingInterval)
+	}
+
+	if c.MemoryLimit != 0 && c.MemoryLimit < MinMemoryLimit {
+		bad("--memory-limit %v is below the %v the process needs to start", c.MemoryLimit, ByteSize(MinMemoryLimit))
+	}
+	if !(c.MemoryHighWater > 0 && c.MemoryHighWater <= 100) {
+		bad("--memory-high-water must be a percentage above 0 and at most 100, not %v", c.MemoryHighWater)
+	}
+	if !(c.MemoryLowWater > 0 && c.MemoryLowWater < c.MemoryHighWater) {
+		bad("--memory-low-water %v must be above 0 and below --memory-high-water %v", c.MemoryLowWater, c.MemoryHighWater)
+	}
+
+	for _, o := range c.OriginList() {
+		if _, err := path.Match(o, ""); err != nil {
+			bad("--origin %q: %v", o, err)
+		}
+	}
+	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
+		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
+	}
+	if c.AuthFailure != "reject" && c.AuthFailure != "close" {
+		bad("--auth-failure must be reject or close, not %q", c.AuthFailure)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		bad("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("--log-format must be text or json, not %q", c.LogFormat)
+	}
+	switch c.Auth {
+	case "on":
+		switch {
+		case c.JWTSecret != "" && c.JWTPublicKey != "":
+			bad("set --jwt-secret or --jwt-public-key, not both")
+		case c.JWTPublicKey != "":
+			if _, err := auth.LoadPublicKeyFile(c.JWTPublicKey); err != nil {
+				bad("--jwt-public-key: %v", err)
+			}
+		case c.JWTSecret == "" && !c.Dev:
+			bad("no token key: set --jwt-secret (THRONG_JWT_SECRET) or --jwt-public-key, or run with --auth=off or --dev")
+		}
+	case "off":
+		if c.JWTSecret != "" || c.JWTPublicKey != "" {
+			bad("--auth=off conflicts with --jwt-secret and --jwt-public-key")
+		}
+	default:
+		bad("--auth must be on or off, not %q", c.Auth)
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr checks a listen address: host:port, the port a number or a service
+// name, the host empty, an IP or a name that resolves.
+func checkAddr(flag, addr string) (*net.TCPAddr, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("%s %q: %v (want host:port, such as :8080 or 127.0.0.1:8080)", flag, addr, err)
+	}
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %v", flag, addr, err)
+	}
+	return a, nil
+}
+
+func anyIP(ip net.IP) bool { return len(ip) == 0 || ip.IsUnspecified() }
+
+// OriginList splits --origin into its patterns.
+func (c *Serve) OriginList() []string {
+	var out []string
+	for _, o := range strings.Split(c.Origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// Logger returns the logger --log-format and --log-level ask for, writing to w.
+// Credentials are redacted from every attribute (server.RedactAttr). Call it
+// after Validate.
+func (c *Serve) Logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	o := &slog.HandlerOptions{Level: level, ReplaceAttr: server.RedactAttr}
+	switch c.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", c.LogFormat)
+}
+
+// Verifier returns the token verifier, or nil with --auth=off. In --dev without a
+// key it makes up a secret from random, and returns it so that the command can
+// print a URL with a token; otherwise devSecret is the --jwt-secret in --dev
+// and empty without it. Call it after Validate.
+func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, err error) {
+	if c.Auth == "off" {
+		return nil, "", nil
+	}
+	o := auth.Options{Secret: []byte(c.JWTSecret), Issuer: c.JWTIssuer, Audience: c.JWTAudience, Leeway: c.JWTLeeway}
+	switch {
+	case c.JWTPublicKey != "":
+		pem, err := auth.LoadPublicKeyFile(c.JWTPublicKey)
+		if err != nil {
+			return nil, "", fmt.Errorf("--jwt-public-key: %w", err)
+		}
+		o.Secret, o.PublicKeyPEM = nil, pem
+	case c.JWTSecret == "" && c.Dev:
+		var b [32]byte
+		if _, err := io.ReadFull(random, b[:]); err != nil {
+			return nil, "", err
+		}
+		devSecret = fmt.Sprintf("%x", b)
+		o.Secret = []byte(devSecret)
+	case c.JWTSecret == "":
+		return nil, "", errors.New("no token key: set --jwt-secret (THRONG_JWT_SECRET) or --jwt-public-key, or run with --auth=off or --dev")
+	case c.Dev:
+		devSecret = c.JWTSecret
+	}
+	v, err = auth.New(o)
+	if err != nil {
+		return nil, "", err
+	}
+	return v, devSecret, nil
+}
+
+// ServerOptions maps the settings onto server.Options, one field per flag.
+func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options {
+	o := server.Options{
+		Auth:             v,
+		Origins:          c.OriginList(),
+		HandshakeRate:    c.HandshakeRate,
+		MaxConnsPerUser:  c.MaxConnsPerUser,
+		MaxConns:         c.MaxConns,
+		MemoryLimit:      uint64(c.MemoryLimit),
+		MemoryHighWater:  c.MemoryHighWater / 100,
+		MemoryLowWater:   c.MemoryLowWater / 100,
+		StatsInterval:    c.StatsInterval,
+		Subprotocols:     []string{"throng.v1"},
+		Loops:            c.Loops,
+		MaxMessageSize:   c.MaxMessageSize,
+		MaxPending:       c.MaxPending,
+		HandshakeTimeout: c.HandshakeTimeout,
+		PingInterval:     c.PingInterval,
+		IdleTimeout:      c.IdleTimeout,
+		DrainRate:        c.DrainRate,
+		Logger:           log,
+	}
+	if c.AuthFailure == "close" {
+		o.AuthFailure = server.AuthFailClose
+	}
+	if c.SlowConsumer == "drop" {
+		o.SlowConsumer = server.SlowDrop
+	}
+	return o
+}
+
+// RoomOptions maps the settings onto room.Options.
+func (c *Serve) RoomOptions() room.Options {
+	return room.Options{Shards: c.RoomShards, MaxMembers: c.MaxRoomMembers}
+}
+
+// Chat returns the /ws endpoint the settings describe.
+func (c *Serve) Chat(rooms *room.Table, v *auth.Verifier, log *slog.Logger) *server.Chat {
+	return &server.Chat{
+		Rooms:           rooms,
+		Auth:            v,
+		Logger:          log,
+		MaxRoomsPerConn: c.MaxRoomsPerConn,
+		MaxContent:      c.MaxContent,
+		Rate:            c.Rate,
+		Burst:           c.Burst,
+		Ban:             c.Ban,
+		BanCloseAfter:   c.BanCloseAfter,
+	}
+}
+
+// ByteSize is a flag value for a size in bytes, written with a unit as
+// GOMEMLIMIT is: 2GiB, 512MiB, or a plain number of bytes. KiB, MiB, GiB and
+// TiB are powers of 1024; KB, MB, GB and TB (and K, M, G, T) powers of 1000,
+// as go-humanize reads them.
+type ByteSize uint64
+
+// Set parses s.
+func (b *ByteSize) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		*b = 0
+		return nil
+	}
+	v, err := humanize.ParseBytes(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a size such as 2GiB or 512MiB", s)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+// String writes the size in the largest binary unit that divides it exactly,
+// so that it reads back as the same number.
+func (b ByteSize) String() string {
+	v := uint64(b)
+	if v == 0 {
+		return "0"
+	}
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if v%u.size == 0 {
+			return strconv.FormatUint(v/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatUint(v, 10)
+}

@@ -1,0 +1,363 @@
+package config
+
+import (
+	"bytes"
+	"crypto/rand"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/throng-ws/throng/server"
+)
+
+// clearEnv unsets every THRONG_ variable for the test, so a developer's
+// settings cannot change what it sees.
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, EnvPrefix+"_") {
+			t.Setenv(k, "") // restored after the test
+			os.Unsetenv(k)
+		}
+	}
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func parse(t *testing.T, args ...string) (*Serve, error) {
+	t.Helper()
+	var c Serve
+	fs := c.FlagSet()
+	fs.SetOutput(new(bytes.Buffer))
+	err := Parse(fs, args)
+	return &c, err
+}
+
+func TestDefaults(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WSAddr != ":8080" || c.HTTPAddr != ":8081" || c.PingInterval != server.DefaultPingInterval ||
+		c.IdleTimeout != server.DefaultIdleTimeout || c.MemoryLimit != 0 || c.MemoryHighWater != 90 ||
+		c.MemoryLowWater != 80 || c.MaxConns != 0 || c.LogFormat != "text" || c.StatsInterval != time.Minute {
+		t.Errorf("defaults: %+v", c)
+	}
+	c.Dev = true // no key otherwise
+	if err := c.Validate(); err != nil {
+		t.Errorf("the defaults (with --dev) do not validate: %v", err)
+	}
+}
+
+// TestPrecedence sets each setting in every combination of file, environment
+// and flag, and checks the flag wins over the environment, the environment
+// over the file, and the file over the default.
+func TestPrecedence(t *testing.T) {
+	for _, ext := range []string{".toml", ".yaml"} {
+		t.Run(ext, func(t *testing.T) {
+			file := map[string]string{
+				".toml": "ws-addr = \"127.0.0.1:1001\"\nmemory-limit = \"1GiB\"\nping-interval = \"11s\"\nmax-conns = 10\n",
+				".yaml": "ws-addr: \"127.0.0.1:1001\"\nmemory-limit: 1GiB\nping-interval: 11s\nmax-conns: 10\n",
+			}[ext]
+			path := writeFile(t, "throng"+ext, file)
+			for _, tc := range []struct {
+				name                string
+				useFile, env, flags bool
+				addr, ping, limit   string
+				conns               int
+			}{
+				{"default", false, false, false, ":8080", "30s", "0", 0},
+				{"file", true, false, false, "127.0.0.1:1001", "11s", "1GiB", 10},
+				{"env over file", true, true, false, "127.0.0.1:2002", "22s", "2GiB", 20},
+				{"env alone", false, true, false, "127.0.0.1:2002", "22s", "2GiB", 20},
+				{"flag over env and file", true, true, true, "127.0.0.1:3003", "33s", "3GiB", 30},
+				{"flag over file", true, false, true, "127.0.0.1:3003", "33s", "3GiB", 30},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					clearEnv(t)
+					var args []string
+					if tc.useFile {
+						args = append(args, "--config", path)
+					}
+					if tc.env {
+						t.Setenv("THRONG_WS_ADDR", "127.0.0.1:2002")
+						t.Setenv("THRONG_PING_INTERVAL", "22s")
+						t.Setenv("THRONG_MEMORY_LIMIT", "2GiB")
+						t.Setenv("THRONG_MAX_CONNS", "20")
+					}
+					if tc.flags {
+						args = append(args, "--ws-addr", "127.0.0.1:3003", "--ping-interval=33s", "--memory-limit", "3GiB", "--max-conns", "30")
+					}
+					c, err := parse(t, args...)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if c.WSAddr != tc.addr || c.PingInterval.String() != tc.ping || c.MemoryLimit.String() != tc.limit || c.MaxConns != tc.conns {
+						t.Errorf("ws-addr %s ping-interval %v memory-limit %v max-conns %d; want %s %s %s %d",
+							c.WSAddr, c.PingInterval, c.MemoryLimit, c.MaxConns, tc.addr, tc.ping, tc.limit, tc.conns)
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("THRONG_CONFIG", writeFile(t, "c.yml", "max-conns: 7\n"))
+	c, err := parse(t)
+	if err != nil || c.MaxConns != 7 {
+		t.Fatalf("THRONG_CONFIG: max-conns %d, %v; want 7", c.MaxConns, err)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, content, want string
+	}{
+		{"unknown extension", "c.ini", "ws-addr = x\n", "must end in .toml, .yaml or .yml"},
+		{"unknown key", "c.toml", "no-such-setting = 1\n", "no-such-setting"},
+		{"bad TOML", "c.toml", "ws-addr = \n", "TOML"},
+		{"bad YAML", "c.yaml", "ws-addr: [\n", "YAML"},
+		{"bad value", "c.toml", "ping-interval = \"soon\"\n", "ping-interval"},
+		{"bad size", "c.toml", "memory-limit = \"lots\"\n", "not a size"},
+		{"config in config", "c.toml", "config = \"other.toml\"\n", "cannot set config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			_, err := parse(t, "--config", writeFile(t, tc.file, tc.content))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+	clearEnv(t)
+	if _, err := parse(t, "--config", filepath.Join(t.TempDir(), "missing.toml")); err == nil {
+		t.Error("a missing config file was accepted")
+	}
+}
+
+// TestSampleConfig loads the shipped deploy/throng.toml: it must parse and, with
+// a secret from the environment as its unit provides, validate.
+func TestSampleConfig(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("THRONG_JWT_SECRET", "from the environment file")
+	c, err := parse(t, "--config", "../deploy/throng.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("deploy/throng.toml does not validate: %v", err)
+	}
+	if c.MaxConns != 1_000_000 || c.MemoryLimit != 12<<30 || c.LogFormat != "json" || c.HTTPAddr != "127.0.0.1:8081" {
+		t.Errorf("deploy/throng.toml read as %+v", c)
+	}
+	o := c.ServerOptions(nil, nil)
+	if o.MemoryLimit != 12<<30 || o.MemoryHighWater != 0.9 || o.MemoryLowWater != 0.8 || o.MaxConns != 1_000_000 {
+		t.Errorf("server options %+v", o)
+	}
+}
+
+// TestSettingsTable checks that the README's one table of settings names every
+// flag and its environment variable, so the two cannot drift apart.
+func TestSettingsTable(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table []string
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "| `--") {
+			table = append(table, line)
+		}
+	}
+	all := strings.Join(table, "\n")
+	var c Serve
+	c.FlagSet().VisitAll(func(f *flag.Flag) {
+		env := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if !regexp.MustCompile("`--" + regexp.QuoteMeta(f.Name) + "`").MatchString(all) {
+			t.Errorf("README settings table lacks `--%s`", f.Name)
+		}
+		if !strings.Contains(all, "`"+env+"`") {
+			t.Errorf("README settings table lacks `%s`", env)
+		}
+	})
+}
+
+func TestValidate(t *testing.T) {
+	keyFile := writeFile(t, "not-a-key.pem", "not a PEM file")
+	unreadable := filepath.Join(t.TempDir(), "absent.pem")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // "" for valid
+	}{
+		{"valid", nil, ""},
+		{"ws-addr without a port", []string{"--ws-addr", "localhost"}, `--ws-addr "localhost": address localhost: missing port`},
+		{"http-addr port out of range", []string{"--http-addr", ":99999"}, `--http-addr ":99999"`},
+		{"http-addr unknown service", []string{"--http-addr", "127.0.0.1:no-such-service"}, `--http-addr "127.0.0.1:no-such-service"`},
+		{"same port twice", []string{"--ws-addr", ":9000", "--http-addr", "127.0.0.1:9000"}, "would listen on the same port"},
+		{"both on port 0 is fine", []string{"--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, ""},
+		{"idle timeout equal to ping", []string{"--ping-interval", "30s", "--idle-timeout", "30s"}, "--idle-timeout 30s must exceed --ping-interval 30s"},
+		{"idle timeout below ping", []string{"--ping-interval", "1m", "--idle-timeout", "30s"}, "must exceed --ping-interval"},
+		{"zero ping interval", []string{"--ping-interval", "0s"}, "--ping-interval must be more than 0"},
+		{"negative max-conns", []string{"--max-conns", "-1"}, "--max-conns must be at least 0, not -1"},
+		{"low water above high", []string{"--memory-high-water", "70", "--memory-low-water", "80"}, "--memory-low-water 80 must be above 0 and below --memory-high-water 70"},
+		{"low water equal to high", []string{"--memory-high-water", "80", "--memory-low-water", "80"}, "must be above 0 and below --memory-high-water"},
+		{"high water over 100", []string{"--memory-high-water", "120"}, "--memory-high-water must be a percentage"},
+		{"memory limit too small", []string{"--memory-limit", "1MiB"}, "--memory-limit 1MiB is below"},
+		{"memory limit fine", []string{"--memory-limit", "2GiB"}, ""},
+		{"zero burst", []string{"--burst", "0"}, "--burst must be at least 1"},
+		{"unknown slow-consumer", []string{"--slow-consumer", "ignore"}, "--slow-consumer must be close or drop"},
+		{"unknown log format", []string{"--log-format", "xml"}, "--log-format must be text or json"},
+		{"unknown log level", []string{"--log-level", "loud"}, "--log-level must be debug, info, warn or error"},
+		{"bad origin", []string{"--origin", "https://[x"}, "--origin"},
+		{"unreadable key file", []string{"--jwt-secret", "", "--jwt-public-key", unreadable}, "--jwt-public-key"},
+		{"key file that is no key", []string{"--jwt-secret", "", "--jwt-public-key", keyFile}, "--jwt-public-key"},
+		{"secret and key", []string{"--jwt-public-key", keyFile}, "not both"},
+		{"no key", []string{"--jwt-secret", ""}, "no token key"},
+		{"no key in dev", []string{"--jwt-secret", "", "--dev"}, ""},
+		{"auth off with a secret", []string{"--auth", "off"}, "--auth=off conflicts"},
+		{"unknown auth", []string{"--auth", "maybe"}, "--auth must be on or off"},
+		{"unknown auth failure", []string{"--auth-failure", "maybe"}, "--auth-failure must be reject or close"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			c, err := parse(t, append([]string{"--jwt-secret", "s"}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate: %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("Validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t, "--max-conns", "-1", "--log-format", "xml", "--ws-addr", "nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	for _, want := range []string{"--max-conns", "--log-format", "--ws-addr", "no token key"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to mention %s", err, want)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+		str  string
+	}{
+		{"2GiB", 2 << 30, "2GiB"},
+		{"512MiB", 512 << 20, "512MiB"},
+		{"1.5GiB", 3 << 29, "1536MiB"},
+		{"2G", 2_000_000_000, "1953125KiB"},
+		{"2 GB", 2_000_000_000, "1953125KiB"},
+		{"1048576", 1 << 20, "1MiB"},
+		{"1000", 1000, "1000"},
+		{"0", 0, "0"},
+		{"", 0, "0"},
+	} {
+		var b ByteSize
+		if err := b.Set(tc.in); err != nil || uint64(b) != tc.want || b.String() != tc.str {
+			t.Errorf("Set(%q): %d %q %v, want %d %q", tc.in, uint64(b), b.String(), err, tc.want, tc.str)
+		}
+		var back ByteSize
+		if err := back.Set(b.String()); err != nil || back != b {
+			t.Errorf("%q does not read back: %v %v", b.String(), back, err)
+		}
+	}
+	for _, bad := range []string{"lots", "-1GiB", "2XB"} {
+		var b ByteSize
+		if err := b.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted: %v", bad, b)
+		}
+	}
+}
+
+func TestLogger(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		var buf bytes.Buffer
+		c := Serve{LogLevel: "info", LogFormat: format}
+		log, err := c.Logger(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Debug("hidden")
+		log.Info("shown", "token", "s3cr3t", "uri", "/ws?token=s3cr3t", "api_key", "k3y")
+		out := buf.String()
+		if strings.Contains(out, "hidden") || !strings.Contains(out, "shown") {
+			t.Errorf("%s: level not applied: %s", format, out)
+		}
+		if strings.Contains(out, "s3cr3t") || strings.Contains(out, "k3y") || !strings.Contains(out, server.Redacted) {
+			t.Errorf("%s: credentials not redacted: %s", format, out)
+		}
+		if format == "json" && !strings.HasPrefix(out, "{") {
+			t.Errorf("json: %s", out)
+		}
+	}
+	if _, err := (&Serve{LogLevel: "info", LogFormat: "xml"}).Logger(new(bytes.Buffer)); err == nil {
+		t.Error("xml log format accepted")
+	}
+}
+
+func TestVerifier(t *testing.T) {
+	clearEnv(t)
+	c, _ := parse(t, "--dev")
+	v, dev, err := c.Verifier(rand.Reader)
+	if err != nil || v == nil || len(dev) != 64 {
+		t.Fatalf("--dev: verifier %v, secret %q, %v", v, dev, err)
+	}
+	c, _ = parse(t, "--auth", "off")
+	if v, _, err := c.Verifier(rand.Reader); v != nil || err != nil {
+		t.Fatalf("--auth=off: %v, %v", v, err)
+	}
+	c, _ = parse(t, "--jwt-secret", "s")
+	if v, dev, err := c.Verifier(rand.Reader); v == nil || dev != "" || err != nil {
+		t.Fatalf("--jwt-secret: %v, %q, %v", v, dev, err)
+	}
+}
+
+func TestServerOptions(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t, "--slow-consumer", "drop", "--auth-failure", "close", "--origin", " https://a.example , https://*.b.example ",
+		"--max-conns", "5", "--memory-limit", "1GiB", "--memory-high-water", "95", "--memory-low-water", "85", "--stats-interval", "10s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	o := c.ServerOptions(nil, log)
+	if o.SlowConsumer != server.SlowDrop || o.AuthFailure != server.AuthFailClose || len(o.Origins) != 2 || o.Origins[1] != "https://*.b.example" ||
+		o.MaxConns != 5 || o.MemoryLimit != 1<<30 || o.MemoryHighWater != 0.95 || o.MemoryLowWater != 0.85 || o.StatsInterval != 10*time.Second || o.Logger != log {
+		t.Errorf("server options %+v", o)
+	}
+	if r := c.RoomOptions(); r.Shards != 64 {
+		t.Errorf("room options %+v", r)
+	}
+	if ch := c.Chat(nil, nil, log); ch.Rate != server.DefaultRate || ch.Burst != server.DefaultBurst {
+		t.Errorf("chat %+v", ch)
+	}
+}
