@@ -25,7 +25,7 @@ func main() {
 		ShortUsage: "throng <subcommand> [flags]",
 		LongHelp: "throng holds many mostly idle WebSocket connections on a few event loops.\n" +
 			"Every flag can also be set as an environment variable: --ws-addr is THRONG_WS_ADDR.",
-		Subcommands: []*ffcli.Command{serveCommand(), tokenCommand()},
+		Subcommands: []*ffcli.Command{serveCommand(), tokenCommand(), benchCommand(), clientCommand()},
 		Exec: func(context.Context, []string) error {
 			return flag.ErrHelp
 		},

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,208 +11,123 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/web"
 )
 
-type serveConfig struct {
-	wsAddr, httpAddr string
-	loops            int
-	maxMessageSize   int
-	maxPending       int
-	handshakeTimeout time.Duration
-	pingInterval     time.Duration
-	idleTimeout      time.Duration
-	drainRate        int
-	drainTimeout     time.Duration
-	origins          string
-
-	maxRoomsPerConn int
-	maxRoomMembers  int
-	roomShards      int
-	maxContent      int
-	rate            float64
-	burst           int
-	ban             time.Duration
-	banCloseAfter   int
-	handshakeRate   float64
-	maxConnsPerUser int
-	slowConsumer    string
-	apiKey          string
-
-	authMode, authFailure   string
-	jwtSecret, jwtPublicKey string
-	jwtIssuer, jwtAudience  string
-	jwtLeeway               time.Duration
-	dev                     bool
-	logLevel                string
-}
-
 func serveCommand() *ffcli.Command {
-	var c serveConfig
-	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
-	fs.StringVar(&c.wsAddr, "ws-addr", ":8080", "WebSocket listener address (/ws, /echo, /shootout)")
-	fs.StringVar(&c.httpAddr, "http-addr", ":8081", "HTTP listener address (/healthz, /readyz, /api)")
-	fs.IntVar(&c.loops, "loops", 0, "event loops (0: GOMAXPROCS)")
-	fs.IntVar(&c.maxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
-	fs.IntVar(&c.maxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
-	fs.DurationVar(&c.handshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "time allowed to send the whole upgrade request")
-	fs.DurationVar(&c.pingInterval, "ping-interval", server.DefaultPingInterval, "ping a connection silent for this long")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close a connection silent for this long (1001)")
-	fs.IntVar(&c.drainRate, "drain-rate", server.DefaultDrainRate, "connections per second sent close 1001 on shutdown")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "how long shutdown waits for close acknowledgements")
-	fs.StringVar(&c.origins, "origin", "", "comma-separated allowed Origin patterns, such as https://*.example.com (empty: any)")
-	fs.IntVar(&c.maxRoomsPerConn, "max-rooms-per-conn", server.DefaultMaxRoomsPerConn, "rooms one connection may be in")
-	fs.IntVar(&c.maxRoomMembers, "max-room-members", 0, "members per room (0: unbounded)")
-	fs.IntVar(&c.roomShards, "room-shards", room.DefaultShards, "lock shards of the room table (rounded up to a power of two)")
-	fs.IntVar(&c.maxContent, "max-content", server.DefaultMaxContent, "characters in a chat message")
-	fs.Float64Var(&c.rate, "rate", server.DefaultRate, "inbound messages per second per connection (negative: unlimited)")
-	fs.IntVar(&c.burst, "burst", server.DefaultBurst, "inbound messages a connection may send at once")
-	fs.DurationVar(&c.ban, "ban", server.DefaultBan, "how long a connection over the rate is ignored")
-	fs.IntVar(&c.banCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
-	fs.Float64Var(&c.handshakeRate, "handshake-rate", 0, "upgrades per second per client IP, answered 429 past it (0: unlimited)")
-	fs.IntVar(&c.maxConnsPerUser, "max-conns-per-user", 0, "open connections per user id, answered 429 past it (0: unlimited)")
-	fs.StringVar(&c.slowConsumer, "slow-consumer", "close", "what happens past --max-pending: close (1008) or drop (messages dropped, client told the count)")
-	fs.StringVar(&c.apiKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
-	fs.StringVar(&c.authMode, "auth", "on", "on: a JWT is required; off: anonymous connections with random user ids")
-	fs.StringVar(&c.authFailure, "auth-failure", "reject", "reject: answer 401 before the upgrade; close: upgrade, then close 1008 with the reason")
-	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HMAC key for HS256/384/512 tokens")
-	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", "", "PEM file with the public key for RS*/PS*/ES*/EdDSA tokens")
-	fs.StringVar(&c.jwtIssuer, "jwt-issuer", "", "required iss claim (empty: not checked)")
-	fs.StringVar(&c.jwtAudience, "jwt-audience", "", "required aud claim (empty: not checked)")
-	fs.DurationVar(&c.jwtLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp and nbf")
-	fs.BoolVar(&c.dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, and a ready ws:// URL printed")
-	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	var c config.Serve
+	fs := c.FlagSet()
 	return &ffcli.Command{
 		Name:       "serve",
 		ShortUsage: "throng serve [flags]",
 		ShortHelp:  "run the WebSocket server",
-		FlagSet:    fs,
-		Options:    envOptions,
-		Exec:       func(ctx context.Context, _ []string) error { return serve(ctx, c) },
+		LongHelp: "Every flag can also be set as a THRONG_* environment variable (--ws-addr is THRONG_WS_ADDR)\n" +
+			"or as a key of the --config file (ws-addr = \":8080\"). A flag wins over the environment,\n" +
+			"which wins over the file.",
+		FlagSet: fs,
+		Options: config.Options(fs),
+		Exec:    func(ctx context.Context, _ []string) error { return serve(ctx, &c) },
 	}
 }
 
-func serve(ctx context.Context, c serveConfig) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+func serve(ctx context.Context, c *config.Serve) error {
+	if err := c.Validate(); err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	verifier, devSecret, err := buildAuth(c)
+	// Catch the signals before anything is announced: a SIGTERM that arrives
+	// just after the "serving" line must drain, not kill.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log, err := c.Logger(os.Stderr)
 	if err != nil {
 		return err
 	}
-	failure := server.AuthFailReject
-	switch c.authFailure {
-	case "reject":
-	case "close":
-		failure = server.AuthFailClose
-	default:
-		return fmt.Errorf("--auth-failure must be reject or close, not %q", c.authFailure)
+	verifier, devSecret, err := c.Verifier(rand.Reader)
+	if err != nil {
+		return err
 	}
-	var origins []string
-	for _, o := range strings.Split(c.origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			origins = append(origins, o)
-		}
+	if c.MemoryLimit > 0 {
+		// The Go runtime collects harder as it nears the limit; admission control
+		// (in the server) stops new connections at the high-water mark of the same.
+		debug.SetMemoryLimit(int64(c.MemoryLimit))
 	}
-	slow := server.SlowClose
-	switch c.slowConsumer {
-	case "close":
-	case "drop":
-		slow = server.SlowDrop
-	default:
-		return fmt.Errorf("--slow-consumer must be close or drop, not %q", c.slowConsumer)
-	}
-	if c.maxRoomsPerConn < 1 || c.maxContent < 1 || c.burst < 1 || c.maxRoomMembers < 0 || c.banCloseAfter < 0 {
-		return errors.New("--max-rooms-per-conn, --max-content and --burst must be at least 1, --max-room-members and --ban-close-after at least 0")
-	}
-	if c.apiKey == "" && c.dev {
+	if c.APIKey == "" && c.Dev {
 		var b [16]byte
 		rand.Read(b[:])
-		c.apiKey = hex.EncodeToString(b[:])
+		c.APIKey = hex.EncodeToString(b[:])
 	}
-	srv, err := server.New(server.Options{
-		Auth:             verifier,
-		AuthFailure:      failure,
-		Origins:          origins,
-		Loops:            c.loops,
-		MaxMessageSize:   c.maxMessageSize,
-		MaxPending:       c.maxPending,
-		HandshakeTimeout: c.handshakeTimeout,
-		PingInterval:     c.pingInterval,
-		IdleTimeout:      c.idleTimeout,
-		DrainRate:        c.drainRate,
-		SlowConsumer:     slow,
-		HandshakeRate:    c.handshakeRate,
-		MaxConnsPerUser:  c.maxConnsPerUser,
-		Subprotocols:     []string{"throng.v1"},
-		Logger:           log,
-	})
+	srv, err := server.New(c.ServerOptions(verifier, log))
 	if err != nil {
 		return err
 	}
-	rooms := room.New(srv.Loops(), room.Options{Shards: c.roomShards, MaxMembers: c.maxRoomMembers})
-	chat := &server.Chat{
-		Rooms:           rooms,
-		Auth:            verifier,
-		Logger:          log,
-		MaxRoomsPerConn: c.maxRoomsPerConn,
-		MaxContent:      c.maxContent,
-		Rate:            c.rate,
-		Burst:           c.burst,
-		Ban:             c.ban,
-		BanCloseAfter:   c.banCloseAfter,
-	}
+	rooms := room.New(srv.Loops(), c.RoomOptions())
+	chat := c.Chat(rooms, verifier, log)
 	srv.Handle("/ws", chat)
 	srv.Handle("/echo", server.Echo{})
 	srv.Handle("/shootout", &server.Shootout{Rooms: room.New(srv.Loops(), room.Options{Shards: 1})})
 	mux := srv.HTTPHandler()
-	if c.apiKey != "" {
-		api := &server.API{Key: c.apiKey, Chat: chat, Rooms: rooms}
+	// Metrics go on a registry of their own, never the global one.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		srv.Collector(chat, rooms),
+	)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if c.APIKey != "" {
+		api := &server.API{Key: c.APIKey, Chat: chat, Rooms: rooms, Server: srv}
 		if err := api.Register(mux); err != nil {
 			return err
 		}
 	}
-	wsAddr, err := srv.Listen(c.wsAddr)
+	wsAddr, err := srv.Listen(c.WSAddr)
 	if err != nil {
 		srv.Close()
 		return fmt.Errorf("--ws-addr: %w", err)
 	}
-	hln, err := net.Listen("tcp", c.httpAddr)
+	hln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		srv.Close()
 		return fmt.Errorf("--http-addr: %w", err)
 	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The demo page and /client.js; the page connects to the WebSocket listener.
+	mux.Handle("/", web.Handler(web.Options{WSAddr: wsAddr.String(), Auth: verifier, DevSecret: []byte(devSecret)}))
+	hs := &http.Server{
+		Handler:           server.LogRequests(log, mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 
-	loops := c.loops
+	loops := c.Loops
 	if loops <= 0 {
 		loops = runtime.GOMAXPROCS(0)
 	}
-	log.Info("serving", "ws", wsAddr.String(), "http", hln.Addr().String(), "loops", loops, "auth", verifier != nil)
+	log.Info("serving", "ws", wsAddr.String(), "http", hln.Addr().String(), "loops", loops, "auth", verifier != nil,
+		"max_conns", c.MaxConns, "memory_limit", c.MemoryLimit.String())
 	if devSecret != "" {
 		tok, err := auth.Mint([]byte(devSecret), "", "dev", 24*time.Hour, "Developer", time.Time{})
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "\n  dev mode: ws://%s/ws?token=%s\n  (secret %s, token for sub \"dev\", valid 24h)\n  API: curl -H 'Authorization: Bearer %s' http://%s/api/rooms\n\n",
-			dialable(wsAddr), tok, devSecret, c.apiKey, dialable(hln.Addr()))
+			dialable(wsAddr), tok, devSecret, c.APIKey, dialable(hln.Addr()))
 	}
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	select {
 	case <-ctx.Done():
 	case err := <-httpDone:
@@ -222,8 +135,8 @@ func serve(ctx context.Context, c serveConfig) error {
 		return fmt.Errorf("http: %w", err)
 	}
 	stop()
-	log.Info("shutting down", "drain_timeout", c.drainTimeout)
-	dctx, cancel := context.WithTimeout(context.Background(), c.drainTimeout)
+	log.Info("shutting down", "drain_timeout", c.DrainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(dctx); err != nil {
 		log.Warn("drain incomplete", "err", err)
@@ -233,47 +146,6 @@ func serve(ctx context.Context, c serveConfig) error {
 	hs.Shutdown(hctx)
 	log.Info("stopped")
 	return nil
-}
-
-// buildAuth returns the token verifier, or nil with --auth=off. In --dev without a
-// key it makes a random secret and returns it so a URL can be printed.
-func buildAuth(c serveConfig) (*auth.Verifier, string, error) {
-	switch c.authMode {
-	case "on":
-	case "off":
-		if c.jwtSecret != "" || c.jwtPublicKey != "" {
-			return nil, "", errors.New("--auth=off conflicts with --jwt-secret and --jwt-public-key")
-		}
-		return nil, "", nil
-	default:
-		return nil, "", fmt.Errorf("--auth must be on or off, not %q", c.authMode)
-	}
-	o := auth.Options{Secret: []byte(c.jwtSecret), Issuer: c.jwtIssuer, Audience: c.jwtAudience, Leeway: c.jwtLeeway}
-	var devSecret string
-	switch {
-	case c.jwtSecret != "" && c.jwtPublicKey != "":
-		return nil, "", errors.New("set --jwt-secret or --jwt-public-key, not both")
-	case c.jwtPublicKey != "":
-		pem, err := auth.LoadPublicKeyFile(c.jwtPublicKey)
-		if err != nil {
-			return nil, "", fmt.Errorf("--jwt-public-key: %w", err)
-		}
-		o.Secret, o.PublicKeyPEM = nil, pem
-	case c.jwtSecret == "" && c.dev:
-		var b [32]byte
-		rand.Read(b[:])
-		devSecret = hex.EncodeToString(b[:])
-		o.Secret = []byte(devSecret)
-	case c.jwtSecret == "":
-		return nil, "", errors.New("no token key: set --jwt-secret (THRONG_JWT_SECRET) or --jwt-public-key, or run with --auth=off or --dev")
-	case c.dev:
-		devSecret = c.jwtSecret
-	}
-	v, err := auth.New(o)
-	if err != nil {
-		return nil, "", err
-	}
-	return v, devSecret, nil
 }
 
 // dialable turns a listening address such as [::]:8080 into one a client on this

@@ -1,0 +1,311 @@
+// app.js: the demo chat page. It asks /config.json where the WebSocket
+// listener is and how to get a token, then talks to one room through
+// client.js. Everything shown to the person is set as text, never as HTML.
+import { WebSocketClient, State } from "/client.js";
+
+const $ = (id) => document.getElementById(id);
+
+let config = { wsUrl: "", auth: "none" };
+let client = null;
+let session = null; // { room, name, joined, leaving }
+
+// A dev token's subject stays with the tab, so a reload is the same user.
+let devSub = sessionStorage.getItem("throng.sub") || "";
+
+const tokenReasons = {
+  missing: "no token was given",
+  malformed: "it is not a valid JWT",
+  expired: "it has expired",
+  not_yet_valid: "it is not valid yet",
+  bad_signature: "its signature does not match this server's key",
+  bad_algorithm: "its signing algorithm is not accepted",
+  bad_issuer: "its issuer is not accepted",
+  bad_audience: "its audience is not accepted",
+  no_subject: "it names no user (sub)",
+};
+
+class UserError extends Error {}
+
+function showBanner(text, kind = "error") {
+  $("banner-text").textContent = text;
+  $("banner").className = "banner banner-" + kind;
+  $("banner").hidden = false;
+}
+
+function clearBanner() {
+  $("banner").hidden = true;
+  $("banner-text").textContent = "";
+}
+
+function setStatus(text, kind) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = "status status-" + kind;
+}
+
+function members(n) {
+  $("members").textContent = n === 1 ? "1 member" : `${n} members`;
+}
+
+function closeText(code, reason) {
+  switch (code) {
+    case 1000:
+      return "closed normally";
+    case 1001:
+      return reason ? `server going away: ${reason}` : "server going away";
+    case 1006:
+      return "connection lost";
+    case 1008:
+      return reason || "policy violation";
+    case 0:
+    case undefined:
+      return reason || "could not connect";
+    default:
+      return reason ? `${code}: ${reason}` : `code ${code}`;
+  }
+}
+
+function addLine(kind, parts) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const li = document.createElement("li");
+  li.className = kind;
+  if (kind === "sys") {
+    li.textContent = parts.text;
+  } else {
+    const head = document.createElement("div");
+    head.className = "head";
+    const who = document.createElement("span");
+    who.className = "who-name";
+    who.textContent = parts.name;
+    const time = document.createElement("time");
+    const at = new Date(parts.timestamp);
+    time.dateTime = at.toISOString();
+    time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    head.append(who, time);
+    const text = document.createElement("p");
+    text.className = "text";
+    text.textContent = parts.text;
+    li.append(head, text);
+  }
+  list.append(li);
+  if (atBottom || kind === "msg mine") list.scrollTop = list.scrollHeight;
+}
+
+function showJoin() {
+  $("chat-panel").hidden = true;
+  $("join-panel").hidden = false;
+  $("join").disabled = false;
+  $("join").textContent = "Join";
+}
+
+function showChat() {
+  $("join-panel").hidden = true;
+  $("chat-panel").hidden = false;
+  $("message").disabled = false;
+  $("send").disabled = false;
+  $("message").focus();
+}
+
+async function getToken(name) {
+  if (config.auth === "none") return "";
+  if (config.auth === "dev") {
+    const q = new URLSearchParams({ name });
+    if (devSub) q.set("sub", devSub);
+    const r = await fetch("/dev/token?" + q);
+    if (!r.ok) throw new UserError(`Could not get a dev token (HTTP ${r.status}).`);
+    const t = await r.json();
+    devSub = t.userId;
+    sessionStorage.setItem("throng.sub", devSub);
+    return t.token;
+  }
+  const token = $("token").value.trim();
+  if (!token) throw new UserError("Bad token: enter a token to connect.");
+  // A browser cannot see why a handshake was refused, so ask first.
+  const r = await fetch("/token/verify", { method: "POST", body: token });
+  if (r.status === 401) {
+    const j = await r.json().catch(() => ({}));
+    throw new UserError(`Bad token: ${tokenReasons[j.reason] || "the server refuses it"}.`);
+  }
+  if (!r.ok) throw new UserError(`Could not check the token (HTTP ${r.status}).`);
+  return token;
+}
+
+async function join(event) {
+  event.preventDefault();
+  clearBanner();
+  const name = $("name").value.trim();
+  const room = $("room").value.trim();
+  if (!name || !room) return;
+  $("join").disabled = true;
+  $("join").textContent = "Joining…";
+  let token;
+  try {
+    token = await getToken(name);
+  } catch (err) {
+    showBanner(err instanceof UserError ? err.message : `Could not get a token: ${err.message}`);
+    showJoin();
+    return;
+  }
+  if (client) client.disconnect();
+  $("messages").replaceChildren();
+  $("room-title").textContent = "# " + room;
+  $("me").textContent = name;
+  members(0);
+  session = { room, name, joined: false, joinSent: false, leaving: false, lostBecause: null };
+  const c = new WebSocketClient(config.wsUrl, token, {
+    refreshToken: config.auth === "dev" ? () => getToken(name) : undefined,
+  });
+  client = c;
+  wire(c, session);
+  try {
+    await c.connect();
+  } catch (err) {
+    // The state handler has said what happens next (retrying or stopped).
+  }
+}
+
+function wire(c, s) {
+  const mine = () => client === c;
+  c.onConnected = () => {
+    if (!mine()) return;
+    // The first join; after a reconnect the client rejoins by itself.
+    if (!s.joinSent) {
+      s.joinSent = true;
+      c.join(s.room, s.name);
+    }
+  };
+  c.onJoined = (d) => {
+    if (!mine() || d.roomId !== s.room) return;
+    members(d.userCount);
+    addLine("sys", { text: s.joined ? `Rejoined #${s.room}` : `You joined #${s.room} as ${s.name}` });
+    s.joined = true;
+    showChat();
+  };
+  c.onUserJoined = (d) => {
+    if (!mine() || d.roomId !== s.room) return;
+    members(d.userCount);
+    addLine("sys", { text: `${d.userName} joined` });
+  };
+  c.onUserLeft = (d) => {
+    if (!mine() || d.roomId !== s.room) return;
+    members(d.userCount);
+    addLine("sys", { text: `${d.userName} left` });
+  };
+  c.onMessage = (d) => {
+    if (!mine() || d.roomId !== s.room) return;
+    addLine(d.userId === c.userId ? "msg mine" : "msg", { name: d.userName, text: d.content, timestamp: d.timestamp });
+  };
+  c.onError = (d) => {
+    if (!mine()) return;
+    switch (d.code) {
+      case "rate_limited":
+        showBanner("Rate limited: you sent too much too fast, so the server ignores you for a while.", "warn");
+        break;
+      case "token_expired":
+        showBanner("Your token expired.");
+        break;
+      case "messages_dropped":
+        showBanner(`You missed ${d.count} messages: the connection was too slow.`, "warn");
+        break;
+      default:
+        showBanner(d.message || d.code);
+        if (!s.joined) {
+          // The join itself was refused: back to the form.
+          c.disconnect();
+          showJoin();
+        }
+    }
+  };
+  c.onStateChange = (state, d) => {
+    if (!mine()) return;
+    switch (state) {
+      case State.CONNECTING:
+        setStatus("Connecting…", "busy");
+        break;
+      case State.OPEN:
+        setStatus("Connected", "ok");
+        s.lostBecause = null;
+        if (d.reconnected) {
+          clearBanner();
+          if (s.joined) addLine("sys", { text: "Reconnected" });
+        }
+        break;
+      case State.RECONNECTING: {
+        setStatus("Reconnecting…", "busy");
+        // Later attempts fail as "connection lost"; the first close says why.
+        s.lostBecause ??= closeText(d.code, d.reason);
+        const secs = (d.delay / 1000).toFixed(1);
+        showBanner(
+          `Disconnected (${s.lostBecause}). Reconnecting in ${secs} s, attempt ${d.attempt} of ${d.maxAttempts}…`,
+          "warn",
+        );
+        $("message").disabled = true;
+        $("send").disabled = true;
+        break;
+      }
+      case State.CLOSED:
+        setStatus("Disconnected", "off");
+        if (s.leaving) break;
+        if (d.gaveUp) {
+          showBanner(`Disconnected (${closeText(d.code, d.reason)}). Gave up after ${d.attempts} attempts.`);
+        } else if (d.code === 1008 && /token|auth/i.test(d.reason || "")) {
+          showBanner(`Bad token: ${d.reason}.`);
+        } else {
+          showBanner(`Disconnected: ${closeText(d.code, d.reason)}.`);
+        }
+        showJoin();
+        break;
+    }
+  };
+}
+
+function leave() {
+  if (!client || !session) return;
+  session.leaving = true;
+  client.leave(session.room);
+  client.disconnect();
+  client = null;
+  clearBanner();
+  setStatus("Not connected", "idle");
+  showJoin();
+}
+
+function send(event) {
+  event.preventDefault();
+  const input = $("message");
+  const content = input.value.trim();
+  if (!content || !client || !session) return;
+  if (!client.chat(session.room, content)) {
+    showBanner("Not connected: the message was not sent.", "warn");
+    return;
+  }
+  input.value = "";
+  input.focus();
+}
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  $("name").value = params.get("name") || "";
+  $("room").value = params.get("room") || "general";
+  $("join-form").addEventListener("submit", join);
+  $("send-form").addEventListener("submit", send);
+  $("leave").addEventListener("click", leave);
+  $("banner-close").addEventListener("click", clearBanner);
+  try {
+    const r = await fetch("/config.json");
+    config = await r.json();
+  } catch (err) {
+    showBanner("Could not load the page's settings (/config.json).");
+    return;
+  }
+  $("token-field").hidden = config.auth !== "token";
+  $("auth-note").textContent = {
+    dev: "Dev mode: a token is made for you.",
+    token: "This server needs a token for you.",
+    none: "This server lets anyone in without a token.",
+  }[config.auth];
+  document.body.dataset.ready = "true";
+}
+
+start();
