@@ -1,0 +1,690 @@
+// Package bench is throng's load tester: it drives many WebSocket client
+// connections against a server (throng, a reference peer, or any server that
+// speaks exact echo or the websocket-shootout protocol) and measures what the
+// server does with them: memory per idle connection, echo throughput and
+// latency per server CPU-second, broadcast round trips as clients are added,
+// chat deliveries, churn and reconnect storms.
+//
+// Client connections run on the same epoll poller as the server, so one
+// process holds about 19,000 of them without a goroutine each; --workers
+// spreads more over child processes, whose counters and HdrHistograms a
+// coordinator merges. Every run is bounded in connections and time and stops
+// by itself.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Scenarios.
+const (
+	ScenarioIdle      = "idle"
+	ScenarioEcho      = "echo"
+	ScenarioBroadcast = "broadcast"
+	ScenarioChat      = "chat"
+	ScenarioChurn     = "churn"
+	ScenarioStorm     = "reconnect-storm"
+)
+
+// Scenarios lists every scenario, in the order the help text gives them.
+var Scenarios = []string{ScenarioIdle, ScenarioEcho, ScenarioBroadcast, ScenarioChat, ScenarioChurn, ScenarioStorm}
+
+// ScenarioHelp is a line of help per scenario.
+var ScenarioHelp = map[string]string{
+	ScenarioIdle:      "ramp --conns at --rate, hold, ping a sample; server RSS per connection",
+	ScenarioEcho:      "--conns with --inflight echoes each for --duration; throughput, latency, server CPU per echo",
+	ScenarioBroadcast: "websocket-shootout stepping: add --step-size clients until the p95 RTT passes --limit-rtt",
+	ScenarioChat:      "rooms of --room-size, --room-rate messages per room per second; deliveries/s and latency",
+	ScenarioChurn:     "hold --conns while closing and reopening --churn-rate per second",
+	ScenarioStorm:     "drop every connection at once; seconds until all are back and handshakes/s",
+}
+
+// Target is one server to measure.
+type Target struct {
+	// Name labels the target's column in the table and report. If empty, the
+	// URL's host is used.
+	Name string `json:"name"`
+	// URL is the WebSocket endpoint. If it has no path, the scenario's default
+	// path is used (/echo, /shootout for broadcast, /ws for chat).
+	URL string `json:"url"`
+	// PID is the server's process id, for RSS and CPU from /proc. Zero: not
+	// measured.
+	PID int `json:"pid,omitempty"`
+	// StatsURL is an HTTP URL answering JSON with the server's RSS in bytes at
+	// the field named by Config.StatsField, an alternative to PID for memory.
+	StatsURL string `json:"stats_url,omitempty"`
+}
+
+// ParseTarget parses "name=URL[,pid=N][,stats=URL]" or a bare URL.
+func ParseTarget(s string) (Target, error) {
+	var t Target
+	for i, f := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(f, "=")
+		switch {
+		case i == 0 && !ok:
+			t.URL = f
+		case i == 0 && strings.Contains(k, "://"):
+			t.URL = f
+		case i == 0:
+			t.Name, t.URL = k, v
+		case k == "pid":
+			pid, err := strconv.Atoi(v)
+			if err != nil || pid <= 0 {
+				return t, fmt.Errorf("bench: target %q: bad pid", s)
+			}
+			t.PID = pid
+		case k == "stats":
+			t.StatsURL = v
+		default:
+			return t, fmt.Errorf("bench: target %q: unknown field %q", s, k)
+		}
+	}
+	if t.URL == "" {
+		return t, fmt.Errorf("bench: target %q: no URL", s)
+	}
+	return t, nil
+}
+
+// Config is one bench run. Zero fields take the defaults documented on them,
+// which depend on the scenario.
+type Config struct {
+	// Scenario is one of Scenarios.
+	Scenario string `json:"scenario"`
+	// Targets are measured one after another with the same load. At least one.
+	Targets []Target `json:"targets"`
+
+	// Conns is the number of connections: idle's N, echo's C, churn's and
+	// reconnect-storm's population, chat's total (rounded down to whole rooms).
+	// If zero: 1000 for idle and reconnect-storm, 100 otherwise.
+	Conns int `json:"conns"`
+	// Rate is how many connections per second are opened while ramping up. If
+	// zero, 1000. reconnect-storm's redial is not paced unless ReconnectRate is.
+	Rate float64 `json:"rate"`
+	// Hold is how long idle holds its connections. If zero, 10s.
+	Hold time.Duration `json:"hold"`
+	// Sample is how many connections idle checks are still alive. If zero, 100.
+	Sample int `json:"sample"`
+	// Duration is how long echo, chat and churn run. If zero, 10s.
+	Duration time.Duration `json:"duration"`
+	// Inflight is echo's messages in flight per connection (if zero, 1) and
+	// broadcast's broadcasts in flight in all (-c; if zero, 4).
+	Inflight int `json:"inflight"`
+	// Size is the payload size in bytes. If zero, 64; echo needs at least 32.
+	Size int `json:"size"`
+	// Text sends echo payloads as text frames instead of binary.
+	Text bool `json:"text,omitempty"`
+
+	// Protocol is broadcast's shootout form: "json" (the default) or "binary".
+	Protocol string `json:"protocol"`
+	// StepSize is how many clients broadcast adds per step. If zero, 1000.
+	StepSize int `json:"step_size"`
+	// Samples is how many broadcasts each step measures (-s). If zero, 40.
+	Samples int `json:"samples"`
+	// MaxClients stops broadcast once this many clients are connected. If zero,
+	// 10000.
+	MaxClients int `json:"max_clients"`
+	// LimitPercentile and LimitRTT stop broadcast once the percentile's round
+	// trip passes the limit. If zero, 95 and 500ms.
+	LimitPercentile float64       `json:"limit_percentile"`
+	LimitRTT        time.Duration `json:"limit_rtt"`
+
+	// RoomSize is chat's members per room (K). If zero, 10.
+	RoomSize int `json:"room_size"`
+	// RoomRate is chat's messages per second per room (M). If zero, 1.
+	RoomRate float64 `json:"room_rate"`
+	// ChurnRate is churn's disconnects (each followed by a reconnect) per
+	// second. If zero, 10.
+	ChurnRate float64 `json:"churn_rate"`
+	// ReconnectRate paces reconnect-storm's redial. If zero, every client
+	// redials at once.
+	ReconnectRate float64 `json:"reconnect_rate,omitempty"`
+
+	// JWTSecret, if set, mints an HS256 token per client, subject "bench-<i>".
+	JWTSecret string `json:"-"`
+	// TokenInHeader sends tokens as an Authorization header, not ?token=.
+	TokenInHeader bool `json:"token_in_header,omitempty"`
+	// SourceIPs are local addresses to spread connections over, such as
+	// "127.0.0.2-127.0.0.50" or "127.0.0.2,127.0.0.3".
+	SourceIPs string `json:"source_ips,omitempty"`
+	// StatsField is the JSON field of a target's StatsURL holding RSS bytes,
+	// dotted for nesting. If empty, "rss_bytes".
+	StatsField string `json:"stats_field,omitempty"`
+
+	// Workers is the number of worker processes. If zero or one, the load runs
+	// in this process. Each holds at most MaxConnsPerProcess connections.
+	Workers int `json:"workers"`
+	// Loops is the event loops per process. If zero, GOMAXPROCS.
+	Loops int `json:"loops,omitempty"`
+	// WorkerCommand starts a worker. If empty, this executable with the
+	// argument "bench".
+	WorkerCommand []string `json:"-"`
+	// HandshakeTimeout bounds each connect plus upgrade. If zero, 10s.
+	HandshakeTimeout time.Duration `json:"handshake_timeout"`
+	// Timeout bounds the whole run for one target. If zero, 10 minutes.
+	Timeout time.Duration `json:"timeout"`
+
+	// Progress receives a progress line every second. If nil, none.
+	Progress io.Writer `json:"-"`
+}
+
+func (c *Config) setDefaults() error {
+	known := false
+	for _, s := range Scenarios {
+		known = known || s == c.Scenario
+	}
+	if !known {
+		return fmt.Errorf("bench: unknown scenario %q (want one of %s)", c.Scenario, strings.Join(Scenarios, ", "))
+	}
+	if len(c.Targets) == 0 {
+		return errors.New("bench: no target: set --url or --target")
+	}
+	if c.Conns <= 0 {
+		c.Conns = 100
+		if c.Scenario == ScenarioIdle || c.Scenario == ScenarioStorm {
+			c.Conns = 1000
+		}
+	}
+	setDef(&c.Rate, 1000)
+	setDef(&c.Hold, 10*time.Second)
+	setDef(&c.Sample, 100)
+	setDef(&c.Duration, 10*time.Second)
+	if c.Inflight <= 0 {
+		c.Inflight = 1
+		if c.Scenario == ScenarioBroadcast {
+			c.Inflight = 4
+		}
+	}
+	setDef(&c.Size, 64)
+	if c.Protocol == "" {
+		c.Protocol = ProtoShootoutJSON
+	}
+	if c.Protocol != ProtoShootoutJSON && c.Protocol != ProtoShootoutBinary {
+		return fmt.Errorf("bench: --protocol must be json or binary, not %q", c.Protocol)
+	}
+	setDef(&c.StepSize, 1000)
+	setDef(&c.Samples, 40)
+	setDef(&c.MaxClients, 10000)
+	setDef(&c.LimitPercentile, 95)
+	setDef(&c.LimitRTT, 500*time.Millisecond)
+	setDef(&c.RoomSize, 10)
+	setDef(&c.RoomRate, 1)
+	setDef(&c.ChurnRate, 10)
+	setDef(&c.HandshakeTimeout, 10*time.Second)
+	setDef(&c.Timeout, 10*time.Minute)
+	if c.StatsField == "" {
+		c.StatsField = "rss_bytes"
+	}
+	if c.Scenario == ScenarioEcho && c.Size < echoHeader {
+		return fmt.Errorf("bench: echo --size must be at least %d", echoHeader)
+	}
+	if c.Scenario == ScenarioBroadcast && c.Samples > 1<<16 {
+		return errors.New("bench: --samples is at most 65536 per step")
+	}
+	if c.Scenario == ScenarioChat {
+		c.Conns -= c.Conns % c.RoomSize
+		if c.Conns == 0 {
+			return errors.New("bench: chat needs --conns of at least --room-size")
+		}
+	}
+	if c.LimitPercentile <= 0 || c.LimitPercentile > 100 {
+		return errors.New("bench: --limit-percentile must be in (0, 100]")
+	}
+	if _, err := ParseSourceIPs(c.SourceIPs); err != nil {
+		return err
+	}
+	perProc := c.peakConns() / max(c.Workers, 1)
+	if c.peakConns()%max(c.Workers, 1) != 0 {
+		perProc++
+	}
+	if perProc > MaxConnsPerProcess {
+		return fmt.Errorf("bench: %d connections per process passes the limit of %d (20,000 open files per process): use more --workers",
+			perProc, MaxConnsPerProcess)
+	}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		u, err := url.Parse(t.URL)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("bench: target url %q: not a ws:// URL", t.URL)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = c.defaultPath()
+			t.URL = u.String()
+		}
+		if t.Name == "" {
+			t.Name = u.Host
+		}
+	}
+	return nil
+}
+
+func setDef[T int | float64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
+// peakConns is the most connections the run holds at once.
+func (c *Config) peakConns() int {
+	if c.Scenario == ScenarioBroadcast {
+		return c.MaxClients
+	}
+	return c.Conns
+}
+
+func (c *Config) defaultPath() string {
+	switch c.Scenario {
+	case ScenarioBroadcast:
+		return "/shootout"
+	case ScenarioChat:
+		return "/ws"
+	}
+	return "/echo"
+}
+
+func (c *Config) protocol() string {
+	switch c.Scenario {
+	case ScenarioBroadcast:
+		return c.Protocol
+	case ScenarioChat:
+		return ProtoChat
+	}
+	return ProtoEcho
+}
+
+// ParseSourceIPs parses a comma-separated list of addresses and inclusive
+// IPv4 ranges ("127.0.0.2-127.0.0.50").
+func ParseSourceIPs(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(f, "-")
+		a, err := netip.ParseAddr(lo)
+		if err != nil {
+			return nil, fmt.Errorf("bench: source ip %q: %w", f, err)
+		}
+		if !isRange {
+			out = append(out, a)
+			continue
+		}
+		b, err := netip.ParseAddr(hi)
+		if err != nil || b.Less(a) || a.Is4() != b.Is4() {
+			return nil, fmt.Errorf("bench: source ip range %q", f)
+		}
+		for ; a.Compare(b) <= 0; a = a.Next() {
+			out = append(out, a)
+			if len(out) > 1<<16 {
+				return nil, fmt.Errorf("bench: source ip range %q is too large", f)
+			}
+		}
+	}
+	return out, nil
+}
+
+// split divides total into parts as evenly as possible and returns part i's
+// first index and count.
+func split(total, parts, i int) (first, n int) {
+	q, r := total/parts, total%parts
+	first = i*q + min(i, r)
+	n = q
+	if i < r {
+		n++
+	}
+	return first, n
+}
+
+// Run measures every target in turn and returns the report. A target that fails
+// gets its error recorded in its result; Run fails only on a bad Config.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Scenario: cfg.Scenario, Started: time.Now(), Config: cfg, CPUs: runtime.NumCPU()}
+	for _, t := range cfg.Targets {
+		if ctx.Err() != nil {
+			break
+		}
+		res := runTarget(ctx, cfg, t)
+		rep.Results = append(rep.Results, res)
+	}
+	return rep, ctx.Err()
+}
+
+// run is the coordinator's state for one target.
+type run struct {
+	cfg   Config
+	t     Target
+	parts []part
+	res   *Result
+
+	mu      sync.Mutex
+	last    []*snapshot // guarded by mu: each part's latest snapshot
+	lat, hs *hdrhistogram.Histogram
+	start   time.Time
+	phase   string // guarded by mu: shown on the progress line
+}
+
+func runTarget(ctx context.Context, cfg Config, t Target) *Result {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	r := &run{cfg: cfg, t: t, lat: newHist(), hs: newHist(), start: time.Now()}
+	r.res = &Result{Target: t.Name, URL: t.URL, Workers: max(cfg.Workers, 1)}
+	if err := r.startParts(); err != nil {
+		r.res.Error = err.Error()
+		return r.res
+	}
+	cpu0 := r.clientCPU()
+	progCtx, stopProgress := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); r.progress(progCtx) }()
+
+	var err error
+	switch cfg.Scenario {
+	case ScenarioIdle:
+		err = r.idle(ctx)
+	case ScenarioEcho:
+		err = r.echo(ctx)
+	case ScenarioBroadcast:
+		err = r.broadcast(ctx)
+	case ScenarioChat:
+		err = r.chat(ctx)
+	case ScenarioChurn:
+		err = r.churn(ctx)
+	case ScenarioStorm:
+		err = r.storm(ctx)
+	}
+	r.setPhase("closing")
+	r.all(context.Background(), func(int) command { return command{Op: opClose} })
+	stopProgress()
+	wg.Wait()
+	r.collect()
+	r.res.Client.CPUSeconds = (r.clientCPU() - cpu0).Seconds()
+	r.res.Client.WallSeconds = time.Since(r.start).Seconds()
+	r.res.Client.finish()
+	for _, p := range r.parts {
+		p.stop()
+	}
+	if err != nil {
+		r.res.Error = err.Error()
+	}
+	return r.res
+}
+
+func (r *run) startParts() error {
+	cfg := r.cfg
+	ips := []string{}
+	addrs, _ := ParseSourceIPs(cfg.SourceIPs)
+	for _, a := range addrs {
+		ips = append(ips, a.String())
+	}
+	w := max(cfg.Workers, 1)
+	// Chat rooms must not straddle processes, or no process could count a
+	// room's deliveries: bases fall on room boundaries.
+	unit := 1
+	if cfg.Scenario == ScenarioChat {
+		unit = cfg.RoomSize
+	}
+	for i := range w {
+		first, _ := split(cfg.peakConns()/unit, w, i)
+		ac := agentConfig{
+			URL:              r.t.URL,
+			Protocol:         cfg.protocol(),
+			JWTSecret:        cfg.JWTSecret,
+			TokenInHeader:    cfg.TokenInHeader,
+			SourceIPs:        ips,
+			Loops:            cfg.Loops,
+			Base:             first * unit,
+			Size:             cfg.Size,
+			Text:             cfg.Text,
+			RoomSize:         cfg.RoomSize,
+			HandshakeTimeout: cfg.HandshakeTimeout,
+		}
+		if cfg.Scenario != ScenarioChat {
+			ac.RoomSize = 0
+		}
+		if cfg.Workers <= 1 {
+			a, err := newAgent(ac)
+			if err != nil {
+				return err
+			}
+			r.parts = append(r.parts, localPart{a})
+			break
+		}
+		argv := cfg.WorkerCommand
+		if len(argv) == 0 {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench: find own executable for --workers: %w", err)
+			}
+			argv = []string{exe, "bench"}
+		}
+		rp, err := startWorker(argv, ac)
+		if err != nil {
+			for _, p := range r.parts {
+				p.stop()
+			}
+			r.parts = nil
+			return err
+		}
+		r.parts = append(r.parts, rp)
+	}
+	r.last = make([]*snapshot, len(r.parts))
+	return nil
+}
+
+// all sends each part the command mk(i) and waits for every reply. The first
+// error is returned with the replies.
+func (r *run) all(ctx context.Context, mk func(i int) command) ([]reply, error) {
+	out := make([]reply, len(r.parts))
+	var wg sync.WaitGroup
+	for i, p := range r.parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = p.do(ctx, mk(i))
+		}()
+	}
+	wg.Wait()
+	for i, rp := range out {
+		if rp.Err != "" {
+			if len(r.parts) > 1 {
+				return out, fmt.Errorf("worker %d: %s", i, rp.Err)
+			}
+			return out, errors.New(rp.Err)
+		}
+	}
+	return out, nil
+}
+
+// connect adds n connections across the parts at the configured rate and
+// returns how many opened.
+func (r *run) connect(ctx context.Context, n int) (opened, failed int, err error) {
+	w := len(r.parts)
+	replies, err := r.all(ctx, func(i int) command {
+		_, k := split(n, w, i)
+		if r.cfg.Scenario == ScenarioChat {
+			_, rooms := split(n/r.cfg.RoomSize, w, i)
+			k = rooms * r.cfg.RoomSize
+		}
+		return command{Op: opConnect, N: k, Rate: r.cfg.Rate / float64(w)}
+	})
+	for _, rp := range replies {
+		opened += rp.Opened
+		failed += rp.Failed
+	}
+	r.res.Conns.Requested += n
+	return opened, failed, err
+}
+
+func (r *run) setPhase(p string) {
+	r.mu.Lock()
+	r.phase = p
+	r.mu.Unlock()
+}
+
+// snapshot asks every part for its snapshot and folds the histograms into the
+// run's totals. It returns the summed counters and the interval histogram.
+func (r *run) snapshot() (sum snapshot, lat *hdrhistogram.Histogram) {
+	replies, _ := r.all(context.Background(), func(int) command { return command{Op: opSnapshot} })
+	lat = newHist()
+	hs := newHist()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, rp := range replies {
+		if rp.Snap != nil {
+			r.last[i] = rp.Snap
+			merge(lat, rp.Snap.Lat)
+			merge(hs, rp.Snap.Handshake)
+		}
+	}
+	r.lat.Merge(lat)
+	r.hs.Merge(hs)
+	sum.Errors = map[string]uint64{}
+	for _, s := range r.last {
+		if s == nil {
+			continue
+		}
+		sum.Open += s.Open
+		sum.Dialed += s.Dialed
+		sum.Opened += s.Opened
+		sum.Failed += s.Failed
+		sum.Dropped += s.Dropped
+		sum.Sent += s.Sent
+		sum.Recv += s.Recv
+		sum.BytesSent += s.BytesSent
+		sum.BytesRecv += s.BytesRecv
+		sum.Mismatch += s.Mismatch
+		sum.Receipts += s.Receipts
+		sum.CPU += s.CPU
+		for k, v := range s.Errors {
+			sum.Errors[k] += v
+		}
+	}
+	return sum, lat
+}
+
+// clientCPU is the CPU the harness has used: the workers' and this process's.
+func (r *run) clientCPU() time.Duration {
+	cpu := selfCPU()
+	if r.cfg.Workers > 1 {
+		s, _ := r.snapshot()
+		cpu += s.CPU
+	}
+	return cpu
+}
+
+// progress samples the parts every second, prints a line and records the
+// timeline, until ctx ends.
+func (r *run) progress(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var prev snapshot
+	prevT := time.Now()
+	tty := isTerminal(r.cfg.Progress)
+	for {
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprintln(r.cfg.Progress)
+			}
+			return
+		case <-t.C:
+		}
+		s, lat := r.snapshot()
+		now := time.Now()
+		dt := now.Sub(prevT).Seconds()
+		prevT = now
+		var errs uint64
+		for _, v := range s.Errors {
+			errs += v
+		}
+		tick := Tick{
+			T:          now.Sub(r.start).Seconds(),
+			Open:       s.Open,
+			MsgsPerSec: float64(s.Recv-prev.Recv) / dt,
+			SentPerSec: float64(s.Sent-prev.Sent) / dt,
+			OpenPerSec: float64(s.Opened-prev.Opened) / dt,
+			Errors:     errs + s.Mismatch,
+		}
+		if lat.TotalCount() > 0 {
+			tick.P50 = ms(lat.ValueAtQuantile(50))
+			tick.P99 = ms(lat.ValueAtQuantile(99))
+		}
+		prev = s
+		r.mu.Lock()
+		r.res.Timeline = append(r.res.Timeline, tick)
+		phase := r.phase
+		r.mu.Unlock()
+		if r.cfg.Progress == nil {
+			continue
+		}
+		line := fmt.Sprintf("%s %-9s [%4.0fs] conns %d (+%.0f/s)  msgs/s %.0f  p50 %.2fms p99 %.2fms  errors %d",
+			r.t.Name, phase, tick.T, tick.Open, tick.OpenPerSec, tick.MsgsPerSec, tick.P50, tick.P99, tick.Errors)
+		if tty {
+			fmt.Fprintf(r.cfg.Progress, "\r\033[K%s", line)
+		} else {
+			fmt.Fprintln(r.cfg.Progress, line)
+		}
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// collect takes the final snapshot and fills the result's common figures.
+func (r *run) collect() {
+	s, _ := r.snapshot()
+	res := r.res
+	res.Conns.Opened = int(s.Opened)
+	res.Conns.Failed = int(s.Failed)
+	res.Conns.Dropped = int(s.Dropped)
+	res.Messages.Sent = s.Sent
+	res.Messages.Recv = s.Recv
+	res.Messages.BytesSent = s.BytesSent
+	res.Messages.BytesRecv = s.BytesRecv
+	res.Messages.Mismatch = s.Mismatch
+	if len(s.Errors) > 0 {
+		res.Errors = s.Errors
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res.Latency = latencyOf(r.lat)
+	res.Handshake = latencyOf(r.hs)
+	for _, t := range res.Timeline {
+		res.Conns.PeakOpen = max(res.Conns.PeakOpen, int(t.Open))
+	}
+}
+
+// sleep waits for d or ctx.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
