@@ -409,6 +409,10 @@ func (l *Loop) read(c *Conn) {
 	l.deliver(c, l.buf[:n])
 }
 
+// maxCork bounds the replies a loop gathers for the connection whose input it
+// is handling.
+const maxCork = 64 << 10
+
 func (c *Conn) write2Epoll(a, b []byte) error {
 	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return ErrClosed
@@ -420,8 +424,27 @@ func (c *Conn) write2Epoll(a, b []byte) error {
 	if total == 0 {
 		return nil
 	}
+	// Replies to input being handled are gathered and sent in one write when
+	// OnData returns: a read that carried many frames costs one system call.
+	if l := c.loop; l.inData == c && c.out == nil {
+		if len(l.cork)+total <= maxCork {
+			l.cork = append(append(l.cork, a...), b...)
+			return nil
+		}
+		l.uncork(c)
+		if c.flags&flagClosed != 0 {
+			return ErrClosed
+		}
+	}
+	return c.writeNow(a, b, true)
+}
+
+// writeNow writes a and b to the socket, queueing what it does not take; with
+// limit, a queue that would pass MaxPending refuses the write.
+func (c *Conn) writeNow(a, b []byte, limit bool) error {
+	total := len(a) + len(b)
 	if c.out != nil {
-		if err := c.checkPending(total); err != nil {
+		if err := c.checkPendingIf(limit, total); err != nil {
 			return err
 		}
 		c.queueCopy(a, b)
@@ -441,7 +464,7 @@ func (c *Conn) write2Epoll(a, b []byte) error {
 	if n == total {
 		return nil
 	}
-	if err := c.checkPending(total - n); err != nil {
+	if err := c.checkPendingIf(limit, total-n); err != nil {
 		return err
 	}
 	if n < len(a) {
@@ -455,6 +478,12 @@ func (c *Conn) write2Epoll(a, b []byte) error {
 func (c *Conn) writeFrameEpoll(f *Frame) error {
 	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return ErrClosed
+	}
+	if l := c.loop; l.inData == c && len(l.cork) > 0 {
+		l.uncork(c) // keep the order of what was written
+		if c.flags&flagClosed != 0 {
+			return ErrClosed
+		}
 	}
 	b := f.buf.B
 	if c.out != nil {
@@ -479,6 +508,13 @@ func (c *Conn) writeFrameEpoll(f *Frame) error {
 	f.Retain()
 	c.enqueue(segment{frame: f, off: n}, len(b)-n)
 	return nil
+}
+
+func (c *Conn) checkPendingIf(limit bool, add int) error {
+	if !limit {
+		return nil
+	}
+	return c.checkPending(add)
 }
 
 func (c *Conn) checkPending(add int) error {
@@ -592,6 +628,12 @@ func (c *Conn) closeWriteEpoll() {
 	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return
 	}
+	if l := c.loop; l.inData == c && len(l.cork) > 0 {
+		l.uncork(c)
+		if c.flags&flagClosed != 0 {
+			return
+		}
+	}
 	if c.out != nil {
 		c.flags |= flagShutdownOnFlush
 		return
@@ -631,4 +673,17 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
+}
+
+// uncork writes the replies gathered for c. They were accepted when written,
+// so they are queued past MaxPending rather than dropped from the stream.
+func (l *Loop) uncork(c *Conn) {
+	b := l.cork
+	l.cork = l.cork[:0]
+	if c.flags&flagClosed != 0 || len(b) == 0 {
+		return
+	}
+	if err := c.writeNow(b, nil, false); err != nil {
+		l.closeConn(c, err)
+	}
 }

@@ -21,3 +21,6 @@ func (c *Conn) write2Epoll([]byte, []byte) error                  { return ErrUn
 func (c *Conn) writeFrameEpoll(*Frame) error                      { return ErrUnsupported }
 func (c *Conn) closeWriteEpoll()                                  {}
 func (l *Loop) closeConnEpoll(*Conn, error)                       {}
+
+// uncork is the epoll backend's; netpoll never corks.
+func (l *Loop) uncork(*Conn) {}

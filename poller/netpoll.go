@@ -70,9 +70,17 @@ type npConn struct {
 	queue    []segment // guarded by mu: written, not yet handed to netpoll
 	spare    []segment // owned by the flusher
 	pending  int       // guarded by mu: queued plus in flight
-	flushing bool      // guarded by mu: a flusher is running
-	refused  bool      // guarded by mu: a write was refused for MaxPending
-	shutdown bool      // guarded by mu: shut the write side once drained
+	flushing bool      // guarded by mu: someone owns flushing the queue
+	// byRequest, with flushing, says the owner is the connection's running
+	// OnRequest, which flushes when its handler returns; otherwise the owner is
+	// a goroutine started for the burst. There is never more than one.
+	byRequest bool // guarded by mu
+	refused   bool // guarded by mu: a write was refused for MaxPending
+	shutdown  bool // guarded by mu: shut the write side once drained
+	// closeAfter asks the flushing goroutine to close the connection when its
+	// Flush returns: netpoll's Close racing a Flush on another goroutine can
+	// touch the descriptor after it is closed and reused.
+	closeAfter bool // guarded by mu
 
 	inRequest atomic.Bool // its OnRequest is running and will flush on return
 	closing   atomic.Bool // the poller is closing it
@@ -230,6 +238,8 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 	l.add(c)
 	conn.AddCloseCallback(func(netpoll.Connection) error {
 		if !np.closing.Load() {
+			// netpoll has already read the socket's error, if any: a reset and
+			// an orderly close look the same from here.
 			l.np.exec.Lock()
 			l.closeConnNetpoll(c, ErrPeerClosed)
 			l.np.exec.Unlock()
@@ -262,7 +272,12 @@ func (l *Loop) requestNetpoll(c *Conn) {
 	np.inRequest.Store(false)
 	// Replies written while handling this input are flushed here, on the
 	// connection's own goroutine, where blocking stalls nobody else.
-	c.flushNetpoll(false)
+	np.mu.Lock()
+	mine := np.flushing && np.byRequest
+	np.mu.Unlock()
+	if mine {
+		c.flushNetpoll()
+	}
 }
 
 func (p *Poller) stopAcceptingNetpoll() {
@@ -328,10 +343,11 @@ func (c *Conn) write2Netpoll(a, b []byte) error {
 	buf.Write(b)
 	np.queue = append(np.queue, segment{buf: buf})
 	np.pending += n
-	start := !np.flushing
-	np.flushing = true
+	start := c.claimFlushLocked(np)
 	np.mu.Unlock()
-	c.startFlush(start)
+	if start {
+		c.startFlusher()
+	}
 	return nil
 }
 
@@ -349,10 +365,11 @@ func (c *Conn) writeFrameNetpoll(f *Frame) error {
 	f.Retain()
 	np.queue = append(np.queue, segment{frame: f})
 	np.pending += n
-	start := !np.flushing
-	np.flushing = true
+	start := c.claimFlushLocked(np)
 	np.mu.Unlock()
-	c.startFlush(start)
+	if start {
+		c.startFlusher()
+	}
 	return nil
 }
 
@@ -364,55 +381,56 @@ func (c *Conn) checkPendingLocked(np *npConn, add int) error {
 	return nil
 }
 
-// startFlush makes sure someone flushes what was just queued: the
-// connection's OnRequest goroutine if it is running, otherwise a new one.
-func (c *Conn) startFlush(start bool) {
-	if !start {
-		return
+// claimFlushLocked makes sure someone will flush what was just queued: the
+// connection's OnRequest if it is running (it flushes on return), otherwise a
+// goroutine, which the caller must start when this reports true.
+func (c *Conn) claimFlushLocked(np *npConn) bool {
+	if np.flushing {
+		return false
 	}
-	if c.out.np.inRequest.Load() {
-		return // requestNetpoll flushes when the handler returns
-	}
+	np.flushing = true
+	np.byRequest = np.inRequest.Load()
+	return !np.byRequest
+}
+
+func (c *Conn) startFlusher() {
 	p := c.loop.p
 	p.np.flush.Add(1)
 	go func() {
 		defer p.np.flush.Done()
-		c.flushNetpoll(true)
+		c.flushNetpoll()
 	}()
 }
 
-// flushNetpoll hands queued segments to netpoll until the queue is empty.
-// owner says the caller was started to flush; otherwise it flushes only if no
-// one else is.
-func (c *Conn) flushNetpoll(owner bool) {
+// flushNetpoll hands queued segments to netpoll until the queue is empty. Only
+// the owner of the flush (see claimFlushLocked) calls it.
+func (c *Conn) flushNetpoll() {
 	np := c.out.np
-	if np == nil {
-		return
-	}
 	np.mu.Lock()
-	if !owner {
-		if !np.flushing || len(np.queue) == 0 {
-			np.mu.Unlock()
-			return
-		}
-		// Take over: whoever set flushing left it to this goroutine.
-	}
+	np.byRequest = false
 	for {
 		segs := np.queue
-		if len(segs) == 0 {
+		if len(segs) == 0 || np.closeAfter {
 			np.flushing = false
-			shut, refused := np.shutdown, np.refused
+			shut, refused, closeNow := np.shutdown, np.refused, np.closeAfter
 			np.refused = false
 			np.mu.Unlock()
+			if closeNow {
+				clear(segs)
+				np.conn.Close()
+				return
+			}
 			if shut {
-				unix.Shutdown(int(c.fd), unix.SHUT_WR)
+				// On the loop, where a closed connection is known to be closed:
+				// from here the descriptor may already belong to another socket.
+				c.loop.Post(shutdownJob{c})
 			}
 			if refused {
 				c.loop.Post(writableJob{c})
 			}
 			return
 		}
-		np.queue = np.spare[:0]
+		np.queue, np.spare = np.spare[:0], nil // the two arrays never alias
 		np.mu.Unlock()
 
 		w := np.conn.Writer()
@@ -434,7 +452,12 @@ func (c *Conn) flushNetpoll(owner bool) {
 			clear(segs)
 			np.mu.Lock()
 			np.flushing = false
+			closeNow := np.closeAfter
 			np.mu.Unlock()
+			if closeNow {
+				np.conn.Close()
+				return
+			}
 			c.loop.Post(closeJob{c, err})
 			return
 		}
@@ -444,6 +467,14 @@ func (c *Conn) flushNetpoll(owner bool) {
 		np.mu.Lock()
 		np.pending -= n
 		np.spare = segs[:0]
+	}
+}
+
+type shutdownJob struct{ c *Conn }
+
+func (j shutdownJob) Run(*Loop) {
+	if j.c.flags&flagClosed == 0 {
+		unix.Shutdown(int(j.c.fd), unix.SHUT_WR)
 	}
 }
 
@@ -495,8 +526,16 @@ func (l *Loop) closeConnNetpoll(c *Conn, cause error) {
 		np.queue[i].release()
 	}
 	np.queue = nil
+	deferClose := np.flushing && !np.byRequest
+	np.closeAfter = deferClose
 	np.mu.Unlock()
-	if np.conn != nil {
+	switch {
+	case deferClose:
+		// A goroutine is in Flush: break the socket so the Flush returns, and
+		// let that goroutine close it (the descriptor is still ours: netpoll
+		// has not closed it).
+		unix.Shutdown(int(c.fd), unix.SHUT_RDWR)
+	case np.conn != nil:
 		np.conn.Close()
 	}
 	l.forget(c, cause)

@@ -201,9 +201,10 @@ type Loop struct {
 	buf       []byte
 	iov       []unix.Iovec
 	conns     []*Conn
-	lnfd      int  // the listener while it is in this loop's epoll set, else -1
-	acceptOff bool // accepting paused after EMFILE until the next tick
-	inData    *Conn
+	lnfd      int    // the listener while it is in this loop's epoll set, else -1
+	acceptOff bool   // accepting paused after EMFILE until the next tick
+	inData    *Conn  // the connection whose OnData is running
+	cork      []byte // replies to inData's input, sent when OnData returns
 
 	nconns   atomic.Int64
 	incoming atomic.Int64 // accepted connections posted to this loop, not yet adopted
@@ -396,6 +397,13 @@ func (c *Conn) Fd() int { return int(c.fd) }
 
 // Pending is the number of queued, unsent bytes.
 func (c *Conn) Pending() int {
+	if c.loop.inData == c && len(c.loop.cork) > 0 {
+		return len(c.loop.cork) + c.queued()
+	}
+	return c.queued()
+}
+
+func (c *Conn) queued() int {
 	if c.out == nil {
 		return 0
 	}
@@ -678,6 +686,9 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 	}
 	l.inData = c
 	used := l.p.h.OnData(c, data)
+	if len(l.cork) > 0 {
+		l.uncork(c)
+	}
 	l.inData = nil
 	if c.flags&flagClosed != 0 {
 		// Close left the input buffer for us, as data pointed into it.
