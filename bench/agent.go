@@ -41,6 +41,7 @@ const MaxConnsPerProcess = 19500
 // process is given when it starts.
 type agentConfig struct {
 	URL              string        `json:"url"`
+	URLs             []string      `json:"urls,omitempty"` // several endpoints, connection id i to URLs[i % len]
 	Protocol         string        `json:"protocol"`
 	JWTSecret        string        `json:"jwt_secret,omitempty"`
 	TokenInHeader    bool          `json:"token_in_header,omitempty"`
@@ -257,6 +258,7 @@ func newAgent(cfg agentConfig) (*agent, error) {
 	a := &agent{cfg: cfg, epoch: time.Now(), errs: make(map[string]uint64), rtt: newHist()}
 	cl, err := NewClient(a, ClientOptions{
 		URL:              cfg.URL,
+		URLs:             cfg.URLs,
 		TokenInHeader:    cfg.TokenInHeader,
 		SourceIPs:        ips,
 		Loops:            cfg.Loops,

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,9 +61,18 @@ type Target struct {
 	// URL is the WebSocket endpoint. If it has no path, the scenario's default
 	// path is used (/echo, /shootout for broadcast, /ws for chat).
 	URL string `json:"url"`
+	// URLs, if set, are the endpoints of several servers measured as one, such
+	// as the nodes of a cluster: connection i goes to URLs[i % len(URLs)], so
+	// the members of a chat room are spread over all of them. URL is then the
+	// first; each takes the default path as URL does.
+	URLs []string `json:"urls,omitempty"`
 	// PID is the server's process id, for RSS and CPU from /proc. Zero: not
 	// measured.
 	PID int `json:"pid,omitempty"`
+	// PIDs are the process ids of the servers behind URLs, for their RSS and
+	// CPU summed: the RSS per connection is then the nodes' average. If set,
+	// PID is ignored.
+	PIDs []int `json:"pids,omitempty"`
 	// StatsURL is an HTTP URL answering JSON with the server's RSS in bytes at
 	// the field named by Config.StatsField, an alternative to PID for memory.
 	StatsURL string `json:"stats_url,omitempty"`
@@ -95,6 +105,33 @@ func ParseTarget(s string) (Target, error) {
 	if t.URL == "" {
 		return t, fmt.Errorf("bench: target %q: no URL", s)
 	}
+	return t, nil
+}
+
+// ClusterTarget makes one target of several servers, such as the nodes of a
+// cluster, from comma-separated URLs and, optionally, their comma-separated
+// process ids (for RSS and CPU summed over them).
+func ClusterTarget(urls, pids string) (Target, error) {
+	var t Target
+	for u := range strings.SplitSeq(urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			t.URLs = append(t.URLs, u)
+		}
+	}
+	if len(t.URLs) == 0 {
+		return t, fmt.Errorf("bench: --urls %q names no URL", urls)
+	}
+	for p := range strings.SplitSeq(pids, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		pid, err := strconv.Atoi(p)
+		if err != nil || pid <= 0 {
+			return t, fmt.Errorf("bench: --server-pids: bad pid %q", p)
+		}
+		t.PIDs = append(t.PIDs, pid)
+	}
+	t.URL = t.URLs[0]
 	return t, nil
 }
 
@@ -255,19 +292,43 @@ func (c *Config) setDefaults() error {
 	}
 	for i := range c.Targets {
 		t := &c.Targets[i]
-		u, err := url.Parse(t.URL)
-		if err != nil || u.Host == "" {
-			return fmt.Errorf("bench: target url %q: not a ws:// URL", t.URL)
+		if len(t.URLs) > 0 {
+			t.URLs = slices.Clone(t.URLs)
+			t.URL = t.URLs[0]
 		}
-		if u.Path == "" || u.Path == "/" {
-			u.Path = c.defaultPath()
-			t.URL = u.String()
+		u, err := c.withPath(t.URL)
+		if err != nil {
+			return err
 		}
+		t.URL = u.String()
 		if t.Name == "" {
 			t.Name = u.Host
+			if len(t.URLs) > 1 {
+				t.Name = fmt.Sprintf("%s+%d", u.Host, len(t.URLs)-1)
+			}
+		}
+		for j, s := range t.URLs {
+			u, err := c.withPath(s)
+			if err != nil {
+				return err
+			}
+			t.URLs[j] = u.String()
 		}
 	}
 	return nil
+}
+
+// withPath parses a target URL and gives it the scenario's default path if it
+// has none.
+func (c *Config) withPath(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("bench: target url %q: not a ws:// URL", s)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = c.defaultPath()
+	}
+	return u, nil
 }
 
 func setDef[T int | float64 | time.Duration](v *T, d T) {
@@ -444,6 +505,7 @@ func (r *run) startParts() error {
 		first, _ := split(cfg.peakConns()/unit, w, i)
 		ac := agentConfig{
 			URL:              r.t.URL,
+			URLs:             r.t.URLs,
 			Protocol:         cfg.protocol(),
 			JWTSecret:        cfg.JWTSecret,
 			TokenInHeader:    cfg.TokenInHeader,

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -353,7 +354,7 @@ func TestParse(t *testing.T) {
 		{"g=ws://h:1/x,stats=http://h:2/api/stats", Target{Name: "g", URL: "ws://h:1/x", StatsURL: "http://h:2/api/stats"}},
 	} {
 		got, err := ParseTarget(tc.in)
-		if err != nil || got != tc.want {
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Fatalf("ParseTarget(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
 	}

@@ -76,6 +76,9 @@ type ClientOptions struct {
 	// URL is the ws:// endpoint, such as ws://127.0.0.1:8080/ws. wss is not
 	// supported: the harness measures servers, not TLS.
 	URL string
+	// URLs, if set, are several endpoints, such as the nodes of a cluster, in
+	// place of URL: Dial sends connection id to URLs[id % len(URLs)].
+	URLs []string
 	// TokenInHeader sends tokens as "Authorization: Bearer" instead of the
 	// ?token= query parameter.
 	TokenInHeader bool
@@ -114,22 +117,29 @@ const (
 // Client dials and runs many WebSocket client connections on one poller: a
 // connection costs a struct and a socket, never a goroutine.
 type Client struct {
-	h      ClientHandler
-	opts   ClientOptions
-	p      *poller.Poller
+	h    ClientHandler
+	opts ClientOptions
+	p    *poller.Poller
+	eps  []endpoint // URL's, or one per URLs
+
+	scratch  [][]byte // per loop, owned by that loop: the frame being encoded
+	nextAddr atomic.Uint32
+}
+
+// endpoint is one server the client dials, with its upgrade request made
+// ready but for the token and the key.
+type endpoint struct {
 	raddr  netip.AddrPort
 	prefix []byte // "GET /path?query" up to where a token parameter goes
 	rest   []byte // " HTTP/1.1\r\nHost: …" up to the key header's value
 	query  bool   // the path already has a query, so a token is added with '&'
-
-	scratch  [][]byte // per loop, owned by that loop: the frame being encoded
-	nextAddr atomic.Uint32
 }
 
 // Conn is one client connection. Its methods must be called on the goroutine of
 // the loop that owns it: in a ClientHandler method or a job posted to Loop().
 type Conn struct {
 	cl *Client
+	ep *endpoint
 	pc *poller.Conn
 
 	// ID is the caller's number for the connection.
@@ -163,13 +173,6 @@ const (
 // NewClient validates o and starts the client's event loops. Call Close to stop
 // them, which closes every connection.
 func NewClient(h ClientHandler, o ClientOptions) (*Client, error) {
-	u, err := url.Parse(o.URL)
-	if err != nil {
-		return nil, fmt.Errorf("bench: url: %w", err)
-	}
-	if u.Scheme != "ws" && u.Scheme != "http" {
-		return nil, fmt.Errorf("bench: url %q: scheme must be ws", o.URL)
-	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
@@ -179,25 +182,18 @@ func NewClient(h ClientHandler, o ClientOptions) (*Client, error) {
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = DefaultMaxMessageSize
 	}
-	raddr, err := resolve(u)
-	if err != nil {
-		return nil, err
+	cl := &Client{h: h, opts: o}
+	urls := o.URLs
+	if len(urls) == 0 {
+		urls = []string{o.URL}
 	}
-	cl := &Client{h: h, opts: o, raddr: raddr}
-	path := u.EscapedPath()
-	if path == "" {
-		path = "/"
+	for _, s := range urls {
+		ep, err := newEndpoint(s, o.Origin)
+		if err != nil {
+			return nil, err
+		}
+		cl.eps = append(cl.eps, ep)
 	}
-	cl.prefix = append(cl.prefix, "GET "+path...)
-	if u.RawQuery != "" {
-		cl.prefix = append(cl.prefix, "?"+u.RawQuery...)
-		cl.query = true
-	}
-	rest := " HTTP/1.1\r\nHost: " + u.Host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-	if o.Origin != "" {
-		rest += "Origin: " + o.Origin + "\r\n"
-	}
-	cl.rest = append(cl.rest, rest+"Sec-WebSocket-Key: "...)
 	p, err := poller.New(cl, poller.Options{Loops: o.Loops, TickInterval: clientTick, NoDelay: true})
 	if err != nil {
 		return nil, err
@@ -205,6 +201,35 @@ func NewClient(h ClientHandler, o ClientOptions) (*Client, error) {
 	cl.p = p
 	cl.scratch = make([][]byte, len(p.Loops()))
 	return cl, nil
+}
+
+func newEndpoint(s, origin string) (endpoint, error) {
+	var ep endpoint
+	u, err := url.Parse(s)
+	if err != nil {
+		return ep, fmt.Errorf("bench: url: %w", err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "http" {
+		return ep, fmt.Errorf("bench: url %q: scheme must be ws", s)
+	}
+	if ep.raddr, err = resolve(u); err != nil {
+		return ep, err
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	ep.prefix = append(ep.prefix, "GET "+path...)
+	if u.RawQuery != "" {
+		ep.prefix = append(ep.prefix, "?"+u.RawQuery...)
+		ep.query = true
+	}
+	rest := " HTTP/1.1\r\nHost: " + u.Host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+	if origin != "" {
+		rest += "Origin: " + origin + "\r\n"
+	}
+	ep.rest = append(ep.rest, rest+"Sec-WebSocket-Key: "...)
+	return ep, nil
 }
 
 func resolve(u *url.URL) (netip.AddrPort, error) {
@@ -247,12 +272,16 @@ func (cl *Client) Close() error { return cl.p.Close() }
 // OnOpen, or OnClose with the error. A non-nil error means no callback will
 // come.
 func (cl *Client) Dial(id int, token string, data any) (*Conn, error) {
-	c := &Conn{cl: cl, ID: id, Data: data, token: token, started: time.Now().UnixNano()}
+	ep := &cl.eps[0]
+	if n := len(cl.eps); n > 1 {
+		ep = &cl.eps[((id%n)+n)%n]
+	}
+	c := &Conn{cl: cl, ep: ep, ID: id, Data: data, token: token, started: time.Now().UnixNano()}
 	var laddr netip.Addr
 	if n := len(cl.opts.SourceIPs); n > 0 {
 		laddr = cl.opts.SourceIPs[int(cl.nextAddr.Add(1)-1)%n]
 	}
-	if err := cl.p.Dial(cl.raddr, laddr, c); err != nil {
+	if err := cl.p.Dial(ep.raddr, laddr, c); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -302,9 +331,9 @@ func (cl *Client) OnOpen(pc *poller.Conn) {
 	base64.StdEncoding.Encode(c.key[:], raw[:])
 
 	b := cl.buf(pc.Loop().Index())
-	b = append(b, cl.prefix...)
+	b = append(b, c.ep.prefix...)
 	if c.token != "" && !cl.opts.TokenInHeader {
-		if cl.query {
+		if c.ep.query {
 			b = append(b, '&')
 		} else {
 			b = append(b, '?')
@@ -312,7 +341,7 @@ func (cl *Client) OnOpen(pc *poller.Conn) {
 		b = append(b, "token="...)
 		b = append(b, url.QueryEscape(c.token)...)
 	}
-	b = append(b, cl.rest...)
+	b = append(b, c.ep.rest...)
 	b = append(b, c.key[:]...)
 	b = append(b, "\r\n"...)
 	if c.token != "" && cl.opts.TokenInHeader {

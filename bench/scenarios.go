@@ -12,12 +12,18 @@ import (
 )
 
 // serverRSS reads the target's resident memory from its PID or stats URL. ok is
-// false when neither is configured.
+// false when neither is configured. With several PIDs it is their sum.
 func (r *run) serverRSS(ctx context.Context) (rss int64, ok bool, err error) {
-	switch {
-	case r.t.PID > 0:
-		rss, err = procRSS(r.t.PID)
-		return rss, true, err
+	switch pids := r.t.pids(); {
+	case len(pids) > 0:
+		for _, pid := range pids {
+			v, err := procRSS(pid)
+			if err != nil {
+				return 0, true, err
+			}
+			rss += v
+		}
+		return rss, true, nil
 	case r.t.StatsURL != "":
 		rss, err = fetchStat(ctx, r.t.StatsURL, r.cfg.StatsField)
 		return rss, true, err
@@ -136,13 +142,33 @@ func memPoint(conns int, grown int64) MemPoint {
 	return p
 }
 
-// serverCPU reads the target's CPU time, if its PID is known.
+// serverCPU reads the target's CPU time, if its PID is known; with several
+// PIDs, their sum.
 func (r *run) serverCPU() (time.Duration, bool) {
-	if r.t.PID <= 0 {
+	pids := r.t.pids()
+	if len(pids) == 0 {
 		return 0, false
 	}
-	d, err := procCPU(r.t.PID)
-	return d, err == nil
+	var sum time.Duration
+	for _, pid := range pids {
+		d, err := procCPU(pid)
+		if err != nil {
+			return 0, false
+		}
+		sum += d
+	}
+	return sum, true
+}
+
+// pids are the target's server processes: PIDs, or PID alone.
+func (t Target) pids() []int {
+	if len(t.PIDs) > 0 {
+		return t.PIDs
+	}
+	if t.PID > 0 {
+		return []int{t.PID}
+	}
+	return nil
 }
 
 // echo opens the connections, then measures Duration of echoes with Inflight

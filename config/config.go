@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -25,6 +26,8 @@ import (
 	"github.com/peterbourgon/ff/v3/ffyaml"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -41,6 +44,7 @@ type Serve struct {
 	WSAddr   string // --ws-addr
 	HTTPAddr string // --http-addr
 	Loops    int    // --loops
+	Poller   string // --poller: epoll or netpoll
 
 	MaxMessageSize   int           // --max-message-size
 	MaxPending       int           // --max-pending
@@ -81,6 +85,11 @@ type Serve struct {
 	LogLevel      string        // --log-level
 	LogFormat     string        // --log-format: text or json
 	StatsInterval time.Duration // --stats-interval
+
+	NATS             string        // --nats: comma-separated NATS URLs; set, it turns on cluster mode
+	NodeID           string        // --node-id
+	ClusterHeartbeat time.Duration // --cluster-heartbeat
+	ClusterDeadAfter time.Duration // --cluster-dead-after
 }
 
 // Defaults that are the command's own; the rest are the packages' defaults.
@@ -107,6 +116,7 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
+	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
 
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
 	fs.IntVar(&c.MaxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
@@ -147,6 +157,11 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.StatsInterval, "stats-interval", DefaultStatsInterval, "how often to log connections, RSS and bytes per connection, warning of a leak signal (0: never)")
+
+	fs.StringVar(&c.NATS, "nats", "", "comma-separated NATS server URLs (nats://127.0.0.1:4222): run as one node of a cluster (empty: a single node, no broker)")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's name in the cluster: 1 to 64 of A-Z a-z 0-9 _ - (empty: random)")
+	fs.DurationVar(&c.ClusterHeartbeat, "cluster-heartbeat", cluster.DefaultHeartbeat, "how often a node announces itself and checks the others")
+	fs.DurationVar(&c.ClusterDeadAfter, "cluster-dead-after", cluster.DefaultDeadAfter, "a node not heard from this long drops out of every count; at least twice --cluster-heartbeat")
 	return fs
 }
 
@@ -250,6 +265,24 @@ func (c *Serve) Validate() error {
 			bad("%s must be more than 0, not %v", d.flag, d.v)
 		}
 	}
+	for _, u := range c.NATSURLs() {
+		if pu, err := url.Parse(u); err != nil || pu.Host == "" {
+			bad("--nats %q: not a URL such as nats://127.0.0.1:4222", cluster.RedactURL(u))
+		}
+	}
+	if c.NATS != "" && len(c.NATSURLs()) == 0 {
+		bad("--nats %q names no server", cluster.RedactURL(c.NATS))
+	}
+	if c.NodeID != "" {
+		if err := cluster.CheckNodeID(c.NodeID); err != nil {
+			bad("--node-id %q must be 1 to %d of A-Z a-z 0-9 _ -", c.NodeID, cluster.MaxNodeID)
+		}
+	}
+	if c.ClusterHeartbeat <= 0 {
+		bad("--cluster-heartbeat must be more than 0, not %v", c.ClusterHeartbeat)
+	} else if c.ClusterDeadAfter < 2*c.ClusterHeartbeat {
+		bad("--cluster-dead-after %v must be at least twice --cluster-heartbeat %v", c.ClusterDeadAfter, c.ClusterHeartbeat)
+	}
 	if c.JWTLeeway < 0 || c.StatsInterval < 0 {
 		bad("--jwt-leeway and --stats-interval must not be negative")
 	}
@@ -271,6 +304,9 @@ func (c *Serve) Validate() error {
 		if _, err := path.Match(o, ""); err != nil {
 			bad("--origin %q: %v", o, err)
 		}
+	}
+	if c.Poller != string(poller.BackendEpoll) && c.Poller != string(poller.BackendNetpoll) {
+		bad("--poller must be epoll or netpoll, not %q", c.Poller)
 	}
 	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
 		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
@@ -400,6 +436,7 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 		StatsInterval:    c.StatsInterval,
 		Subprotocols:     []string{"throng.v1"},
 		Loops:            c.Loops,
+		Backend:          poller.Backend(c.Poller),
 		MaxMessageSize:   c.MaxMessageSize,
 		MaxPending:       c.MaxPending,
 		HandshakeTimeout: c.HandshakeTimeout,
@@ -420,6 +457,33 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 // RoomOptions maps the settings onto room.Options.
 func (c *Serve) RoomOptions() room.Options {
 	return room.Options{Shards: c.RoomShards, MaxMembers: c.MaxRoomMembers}
+}
+
+// NATSURLs splits --nats into its URLs; none means a single node.
+func (c *Serve) NATSURLs() []string {
+	var out []string
+	for _, u := range strings.Split(c.NATS, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// ClusterOptions maps the cluster settings onto cluster.Options; ok is false
+// without --nats, when the node runs alone.
+func (c *Serve) ClusterOptions(log *slog.Logger) (o cluster.Options, ok bool) {
+	urls := c.NATSURLs()
+	if len(urls) == 0 {
+		return o, false
+	}
+	return cluster.Options{
+		URLs:      urls,
+		NodeID:    c.NodeID,
+		Heartbeat: c.ClusterHeartbeat,
+		DeadAfter: c.ClusterDeadAfter,
+		Logger:    log,
+	}, true
 }
 
 // Chat returns the /ws endpoint the settings describe.

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,7 +107,13 @@ func (a *API) listRooms(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	rooms := a.Rooms.List(r.URL.Query().Get("after"), limit+1)
+	after := r.URL.Query().Get("after")
+	var rooms []room.Info
+	if cl := a.cluster(); cl != nil {
+		rooms = mergeRooms(a.Rooms.List(after, 0), cl.RemoteRooms(after), limit+1)
+	} else {
+		rooms = a.Rooms.List(after, limit+1)
+	}
 	resp := struct {
 		Rooms []room.Info `json:"rooms"`
 		Next  string      `json:"next,omitempty"`
@@ -135,7 +143,16 @@ func (a *API) getRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	members, ok := a.Rooms.Members(id)
-	if !ok {
+	var partial bool
+	if cl := a.cluster(); cl != nil && cl.Remote(id) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), ClusterMembersTimeout)
+		remote, p, err := cl.RemoteMembers(ctx, id)
+		cancel()
+		members = append(members, remote...)
+		ok = ok || len(remote) > 0
+		partial = p || err != nil
+	}
+	if !ok && !partial {
 		writeAPIError(w, http.StatusNotFound, "not_found", "no such room")
 		return
 	}
@@ -146,7 +163,43 @@ func (a *API) getRoom(w http.ResponseWriter, r *http.Request) {
 		ID      string            `json:"id"`
 		Count   int               `json:"count"`
 		Members []room.MemberInfo `json:"members"`
-	}{id, len(members), members})
+		// Partial: a node that has members in the room did not answer in
+		// time, and its members are missing.
+		Partial bool `json:"partial,omitempty"`
+	}{id, len(members), members, partial})
+}
+
+// ClusterMembersTimeout bounds how long GET /api/rooms/{id} waits for the
+// other nodes of a cluster to list their members.
+const ClusterMembersTimeout = 2 * time.Second
+
+func (a *API) cluster() Cluster {
+	if a.Chat == nil {
+		return nil
+	}
+	return a.Chat.Cluster
+}
+
+// mergeRooms adds the other nodes' rooms to this node's, both after the same
+// cursor, and returns the first limit in id order.
+func mergeRooms(local, remote []room.Info, limit int) []room.Info {
+	idx := make(map[string]int, len(local))
+	for i, ri := range local {
+		idx[ri.ID] = i
+	}
+	for _, ri := range remote {
+		if i, ok := idx[ri.ID]; ok {
+			local[i].Members += ri.Members
+			continue
+		}
+		idx[ri.ID] = len(local)
+		local = append(local, ri)
+	}
+	slices.SortFunc(local, func(a, b room.Info) int { return strings.Compare(a.ID, b.ID) })
+	if len(local) > limit {
+		local = local[:limit]
+	}
+	return local
 }
 
 func (a *API) now() time.Time {
@@ -190,8 +243,20 @@ func (a *API) publish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	n := a.Chat.Publish(id, ServerUserID, name, *body.Content, a.now())
-	writeJSON(w, http.StatusAccepted, struct {
+	d := a.Chat.publish(id, ServerUserID, name, *body.Content, a.now())
+	resp := struct {
+		// Recipients are the members the message was written to here, and
+		// those it was published for on the other nodes of a cluster (as
+		// those nodes last announced them).
 		Recipients int `json:"recipients"`
-	}{n})
+		// In a cluster only: the same split, and whether the broker took the
+		// message. When it did not, only this node's members have it.
+		Local     *int  `json:"local,omitempty"`
+		Remote    *int  `json:"remote,omitempty"`
+		Published *bool `json:"published,omitempty"`
+	}{Recipients: d.local + d.remote}
+	if a.Chat.Cluster != nil {
+		resp.Local, resp.Remote, resp.Published = &d.local, &d.remote, &d.published
+	}
+	writeJSON(w, http.StatusAccepted, resp)
 }

@@ -36,6 +36,10 @@ type Chat struct {
 	Auth *auth.Verifier
 	// Logger receives the endpoint's logs. If nil, logs are discarded.
 	Logger *slog.Logger
+	// Cluster, if set, carries the rooms' messages, joins and leaves to and
+	// from the other nodes of a cluster, and their members into every
+	// userCount. If nil, the rooms are this node's alone.
+	Cluster Cluster
 
 	// MaxRoomsPerConn bounds the rooms one connection is in. If zero,
 	// DefaultMaxRoomsPerConn is used.
@@ -309,6 +313,7 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 		return
 	}
 	cc.rooms = append(cc.rooms, m)
+	count = h.changed(roomID, count)
 
 	// The room hears of the join before the joiner does: once the joiner has
 	// its reply, whatever it (or a client it tells) does next is ordered after
@@ -342,7 +347,7 @@ func (h *Chat) presence(m *room.Member, roomID, typ string, count int, except ro
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
 	b.B = append(b.B, '}')
-	h.broadcast(roomID, b.B, except)
+	h.send(roomID, b.B, except)
 	bytebufferpool.Put(b)
 }
 
@@ -375,13 +380,22 @@ func (h *Chat) chat(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, CodeNotInRoom, "Not in this room", "")
 		return
 	}
-	h.Publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
+	h.publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
 }
 
 // Publish sends a `message` to every member of a room and returns how many
-// members it goes to. It may be called from any goroutine: the HTTP publish
-// API uses it with the user id "server".
+// members it goes to: in a cluster, the other nodes' members too, as they last
+// announced them, unless the message could not be published to them. It may be
+// called from any goroutine: the HTTP publish API uses it with the user id
+// "server".
 func (h *Chat) Publish(roomID, userID, userName, content string, at time.Time) int {
+	d := h.publish(roomID, userID, userName, content, at)
+	return d.local + d.remote
+}
+
+// publish is Publish, telling where the message went.
+
+func (h *Chat) publish(roomID, userID, userName, content string, at time.Time) delivery {
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"message","roomId":`...)
 	b.B = AppendJSONString(b.B, roomID)
@@ -394,9 +408,12 @@ func (h *Chat) Publish(roomID, userID, userName, content string, at time.Time) i
 	b.B = append(b.B, `,"timestamp":"`...)
 	b.B = at.UTC().AppendFormat(b.B, TimeLayout)
 	b.B = append(b.B, `"}`...)
-	n := h.broadcast(roomID, b.B, nil)
+	d := h.send(roomID, b.B, nil)
 	bytebufferpool.Put(b)
-	return n
+	if d.published && h.Cluster != nil {
+		d.remote = h.Cluster.Remote(roomID)
+	}
+	return d
 }
 
 func (h *Chat) leave(cc *chatConn, v *fastjson.Value) {
@@ -424,7 +441,7 @@ func (h *Chat) leave(cc *chatConn, v *fastjson.Value) {
 func (h *Chat) drop(cc *chatConn, i int) {
 	m := cc.rooms[i]
 	roomID := m.Room()
-	count := h.Rooms.Leave(m)
+	count := h.changed(roomID, h.Rooms.Leave(m))
 	last := len(cc.rooms) - 1
 	cc.rooms[i] = cc.rooms[last]
 	cc.rooms[last] = nil

@@ -327,7 +327,7 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	c.releaseMsg()
 	c.ctr().open.Add(-1)
 	if c.counted {
-		s.perUser.release(c.user)
+		s.perUser.Release(c.user)
 		c.counted = false
 	}
 	if s.opts.MaxConns > 0 {

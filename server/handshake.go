@@ -243,7 +243,7 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		hs.user = hs.claims.Subject
 	}
 	if s.perUser != nil {
-		if !s.perUser.acquire(hs.user) {
+		if !s.perUser.Acquire(hs.user, s.opts.MaxConnsPerUser) {
 			return nil, errTooManyConns
 		}
 		hs.counted = true
@@ -314,7 +314,7 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 // become a connection; a Conn gives them back in OnClose.
 func (hs *handshake) release() {
 	if hs.counted {
-		hs.s.perUser.release(hs.user)
+		hs.s.perUser.Release(hs.user)
 		hs.counted = false
 	}
 	if hs.reserved {

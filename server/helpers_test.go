@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,10 +18,47 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// testBackend is the event-loop backend the suite is running on. TestMain runs
+// the suite once per backend in THRONG_TEST_BACKENDS (comma-separated; by
+// default the epoll backend only: under load the netpoll backend still loses
+// some fresh connections to a spurious hang-up, which is an open bug, and
+// `make test-netpoll` runs the whole suite on it).
+var testBackend poller.Backend
+
+func TestMain(m *testing.M) {
+	backends := []poller.Backend{poller.BackendEpoll}
+	if list := os.Getenv("THRONG_TEST_BACKENDS"); list != "" {
+		backends = backends[:0]
+		for _, b := range strings.Split(list, ",") {
+			backends = append(backends, poller.Backend(strings.TrimSpace(b)))
+		}
+	}
+	for _, b := range backends {
+		testBackend = b
+		if code := m.Run(); code != 0 {
+			fmt.Fprintf(os.Stderr, "server: tests failed on the %s backend\n", b)
+			os.Exit(code)
+		}
+	}
+	// netpoll's pollers are process-wide and never stop.
+	if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// newTestServer is New on the backend under test.
+func newTestServer(o Options) (*Server, error) {
+	if o.Backend == "" {
+		o.Backend = testBackend
+	}
+	return New(o)
+}
 
 // testSecret signs the tokens of servers started with auth.
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
@@ -76,7 +114,7 @@ func startChatServer(t testing.TB, o Options, configure func(*Chat)) *testServer
 	if o.TickInterval == 0 {
 		o.TickInterval = 10 * time.Millisecond
 	}
-	s, err := New(o)
+	s, err := newTestServer(o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -88,9 +88,9 @@ func (l *ipLimiter) prune(now int64) {
 	}
 }
 
-// userCounts counts open connections per user id against a limit.
+// userCounts is the server's own UserConns: it counts this node's open
+// connections per user id.
 type userCounts struct {
-	max    int32
 	seed   maphash.Seed
 	shards [limitShards]struct {
 		mu sync.Mutex
@@ -98,8 +98,8 @@ type userCounts struct {
 	}
 }
 
-func newUserCounts(max int) *userCounts {
-	u := &userCounts{max: int32(max), seed: maphash.MakeSeed()}
+func newUserCounts() *userCounts {
+	u := &userCounts{seed: maphash.MakeSeed()}
 	for i := range u.shards {
 		u.shards[i].m = make(map[string]int32)
 	}
@@ -113,19 +113,20 @@ func (u *userCounts) shard(user string) *struct {
 	return &u.shards[maphash.String(u.seed, user)%limitShards]
 }
 
-// acquire counts a connection for user, or reports false at the limit.
-func (u *userCounts) acquire(user string) bool {
+// Acquire implements UserConns.
+func (u *userCounts) Acquire(user string, max int) bool {
 	sh := u.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.m[user] >= u.max {
+	if int(sh.m[user]) >= max {
 		return false
 	}
 	sh.m[user]++
 	return true
 }
 
-func (u *userCounts) release(user string) {
+// Release implements UserConns.
+func (u *userCounts) Release(user string) {
 	sh := u.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

@@ -590,7 +590,7 @@ func TestMemoryOptionsValidated(t *testing.T) {
 		{StatsInterval: -time.Second},
 	} {
 		o.Handlers = map[string]Handler{"/echo": Echo{}}
-		if s, err := New(o); err == nil {
+		if s, err := newTestServer(o); err == nil {
 			s.Close()
 			t.Errorf("New(%+v) accepted", o)
 		}

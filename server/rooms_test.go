@@ -548,7 +548,7 @@ func TestRoomsTooManyRoomsPerConn(t *testing.T) {
 }
 
 func TestRoomsRoomFull(t *testing.T) {
-	s, err := New(Options{Loops: 2, TickInterval: 10 * time.Millisecond})
+	s, err := newTestServer(Options{Loops: 2, TickInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

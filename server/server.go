@@ -101,6 +101,10 @@ type Options struct {
 	// MaxConnsPerUser limits open connections per user id; past it an upgrade is
 	// answered 429. If zero, there is no limit.
 	MaxConnsPerUser int
+	// UserConns counts the connections MaxConnsPerUser limits. If nil, the
+	// server counts its own, and the limit holds per node; package cluster's
+	// count adds the other nodes' connections.
+	UserConns UserConns
 	// MaxConns is a hard cap on open connections; past it an upgrade is answered
 	// 503 with Retry-After (OverloadRetryAfter). If zero, there is no cap.
 	MaxConns int
@@ -135,6 +139,9 @@ type Options struct {
 
 	// Loops is the number of event loops. If zero, GOMAXPROCS is used.
 	Loops int
+	// Backend is the event-loop implementation. If empty,
+	// poller.DefaultBackend is used: epoll on Linux, netpoll elsewhere.
+	Backend poller.Backend
 	// MaxMessageSize bounds a message, fragments summed. If zero,
 	// DefaultMaxMessageSize is used.
 	MaxMessageSize int
@@ -210,7 +217,7 @@ type Server struct {
 	closeMu  sync.Mutex
 
 	ipLimit  *ipLimiter   // nil without Options.HandshakeRate
-	perUser  *userCounts  // nil without Options.MaxConnsPerUser
+	perUser  UserConns    // nil without Options.MaxConnsPerUser
 	admitted atomic.Int64 // connections holding one of Options.MaxConns
 	mem      *memMonitor  // nil without Options.MemoryLimit
 	listened atomic.Bool
@@ -283,7 +290,10 @@ func New(o Options) (*Server, error) {
 		s.ipLimit = newIPLimiter(o.HandshakeRate, o.HandshakeBurst)
 	}
 	if o.MaxConnsPerUser > 0 {
-		s.perUser = newUserCounts(o.MaxConnsPerUser)
+		s.perUser = o.UserConns
+		if s.perUser == nil {
+			s.perUser = newUserCounts()
+		}
 	}
 	if o.IdleTimeout <= o.PingInterval {
 		return nil, fmt.Errorf("server: idle timeout %v must exceed ping interval %v", o.IdleTimeout, o.PingInterval)
@@ -319,6 +329,7 @@ func New(o Options) (*Server, error) {
 		s.now = time.Now
 	}
 	p, err := poller.New(s, poller.Options{
+		Backend:      o.Backend,
 		Loops:        o.Loops,
 		MaxPending:   o.MaxPending,
 		TickInterval: o.TickInterval,

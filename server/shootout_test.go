@@ -22,7 +22,7 @@ func startShootout(t *testing.T, o Options) (*testServer, *Shootout) {
 	if o.TickInterval == 0 {
 		o.TickInterval = 10 * time.Millisecond
 	}
-	s, err := New(o)
+	s, err := newTestServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	var (
 		targets              targetsFlag
 		url, statsURL        string
+		urls, pids           string
 		pid                  int
 		jsonFile, reportFile string
 		quiet                bool
@@ -64,6 +65,8 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	fs := flag.NewFlagSet("throng bench "+scenario, flag.ContinueOnError)
 	fs.StringVar(&url, "url", "", "target WebSocket URL, such as ws://127.0.0.1:8080/echo (no path: the scenario's default)")
 	fs.Var(&targets, "target", "a target to compare, name=URL[,pid=N][,stats=URL]; repeat for several (instead of --url)")
+	fs.StringVar(&urls, "urls", "", "comma-separated WebSocket URLs measured as one target, such as a cluster's nodes: connection i goes to the (i mod n)th, so chat rooms span them (instead of --url)")
+	fs.StringVar(&pids, "server-pids", "", "with --urls: the servers' comma-separated process ids; RSS and CPU are summed over them")
 	fs.IntVar(&pid, "server-pid", 0, "the --url server's process id: RSS and CPU are read from /proc")
 	fs.StringVar(&statsURL, "stats-url", "", "HTTP URL answering JSON with the server's RSS bytes (instead of --server-pid)")
 	fs.StringVar(&c.StatsField, "stats-field", "rss_bytes", "dotted JSON field of --stats-url holding RSS bytes")
@@ -107,9 +110,21 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 			if len(args) > 0 {
 				return fmt.Errorf("bench: unexpected arguments %q", args)
 			}
-			if url != "" {
+			switch {
+			case urls != "" && (url != "" || pid != 0):
+				return errors.New("bench: --urls replaces --url and --server-pid (use --server-pids)")
+			case urls != "":
+				tg, err := bench.ClusterTarget(urls, pids)
+				if err != nil {
+					return err
+				}
+				tg.StatsURL = statsURL
+				targets = append(targets, tg)
+			case pids != "":
+				return errors.New("bench: --server-pids goes with --urls")
+			case url != "":
 				targets = append(targets, bench.Target{URL: url, PID: pid, StatsURL: statsURL})
-			} else if pid != 0 || statsURL != "" {
+			case pid != 0 || statsURL != "":
 				return errors.New("bench: --server-pid and --stats-url go with --url; use pid= and stats= in --target")
 			}
 			c.Targets = targets

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -69,12 +70,32 @@ func serve(ctx context.Context, c *config.Serve) error {
 		rand.Read(b[:])
 		c.APIKey = hex.EncodeToString(b[:])
 	}
-	srv, err := server.New(c.ServerOptions(verifier, log))
+	// With --nats the node carries its rooms to and from the other nodes, and
+	// counts their connections against --max-conns-per-user.
+	var node *cluster.Node
+	if co, ok := c.ClusterOptions(log); ok {
+		if node, err = cluster.New(co); err != nil {
+			return err
+		}
+	}
+	sopts := c.ServerOptions(verifier, log)
+	if node != nil {
+		sopts.UserConns = node
+	}
+	srv, err := server.New(sopts)
 	if err != nil {
 		return err
 	}
 	rooms := room.New(srv.Loops(), c.RoomOptions())
 	chat := c.Chat(rooms, verifier, log)
+	if node != nil {
+		chat.Cluster = node
+		if err := node.Start(rooms, chat); err != nil {
+			srv.Close()
+			return fmt.Errorf("--nats: %w", err)
+		}
+		defer node.Close() // after Shutdown below, a no-op
+	}
 	srv.Handle("/ws", chat)
 	srv.Handle("/echo", server.Echo{})
 	srv.Handle("/shootout", &server.Shootout{Rooms: room.New(srv.Loops(), room.Options{Shards: 1})})
@@ -86,6 +107,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		srv.Collector(chat, rooms),
 	)
+	if node != nil {
+		reg.MustRegister(node.Collector())
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if c.APIKey != "" {
 		api := &server.API{Key: c.APIKey, Chat: chat, Rooms: rooms, Server: srv}
@@ -140,6 +164,14 @@ func serve(ctx context.Context, c *config.Serve) error {
 	defer cancel()
 	if err := srv.Shutdown(dctx); err != nil {
 		log.Warn("drain incomplete", "err", err)
+	}
+	if node != nil {
+		// After the drain, so the other nodes hear of every leave first.
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := node.Shutdown(cctx); err != nil {
+			log.Warn("cluster: leaving incomplete", "err", err)
+		}
+		ccancel()
 	}
 	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer hcancel()

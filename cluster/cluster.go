@@ -1,0 +1,739 @@
+// Package cluster runs throng as one node of many over NATS, so that a room's
+// members may sit on any node and a message sent on one reaches every member on
+// all of them, once. It exists apart from server so that a single node needs no
+// broker and carries none of this.
+//
+// Three things cross the broker, each on its own subjects under Options.Prefix:
+//
+//   - Room traffic, on PREFIX.room.<base64url of the room id>. A node subscribes
+//     to a room's subject when the room gets its first local member and
+//     unsubscribes when it loses its last, so the broker sends a room's messages
+//     only to the nodes that have members in it. Delivery is local first: the
+//     origin writes a message to its own members through the room table and
+//     publishes it once; the connection is made with NATS's no-echo option, so
+//     the broker hands it to every other interested node, never back to the
+//     origin. Every node encodes the frame once and fans it out with
+//     room.Table.Broadcast.
+//   - State, on PREFIX.state: every node's heartbeats, and the changes of its
+//     per-room member counts and per-user connection counts, in one sequence
+//     per node. A gap in a node's sequence is loss: the heartbeats make it
+//     visible within an interval (the canary), and whoever sees one asks the
+//     node, on PREFIX.sync.<node>, to publish a full snapshot.
+//   - Member lists, on demand: GET /api/rooms/{id} sends an empty request on
+//     the room's subject, and each node with members answers with its list.
+//
+// A node not heard from for Options.DeadAfter drops out of every count. The
+// consistency this gives is described in docs/ARCHITECTURE.md.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/throng-ws/throng/room"
+)
+
+// Options configures a Node. Only URLs is required.
+type Options struct {
+	// URLs are the NATS servers (nats://host:4222), tried in turn. At least one.
+	URLs []string
+	// NodeID names the node to the others: 1 to 64 of A-Z, a-z, 0-9, '_' and
+	// '-'. If empty, a random one is made. Two live nodes must not share one.
+	NodeID string
+	// Prefix starts every subject: nodes with the same prefix on the same
+	// broker form one cluster. Dot-separated tokens of the NodeID characters.
+	// If empty, DefaultPrefix is used.
+	Prefix string
+	// Heartbeat is how often the node announces itself, with a sequence number
+	// the others check for loss. If zero, DefaultHeartbeat is used.
+	Heartbeat time.Duration
+	// DeadAfter is how long a node may go unheard before it drops out of every
+	// count. It must be at least twice Heartbeat. If zero, DefaultDeadAfter is
+	// used.
+	DeadAfter time.Duration
+	// ReconnectWait is the pause between attempts to reach the broker. If zero,
+	// DefaultReconnectWait is used.
+	ReconnectWait time.Duration
+	// OutboundQueue bounds the room messages waiting to be published; a message
+	// that finds it full is lost to the other nodes, and counted. If zero,
+	// DefaultOutboundQueue is used.
+	OutboundQueue int
+	// InboundQueue bounds the room messages received and not yet delivered; the
+	// NATS client drops what does not fit, and it is counted. If zero,
+	// DefaultInboundQueue is used.
+	InboundQueue int
+	// Logger receives the node's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+}
+
+// Defaults for Options.
+const (
+	DefaultPrefix        = "throng"
+	DefaultHeartbeat     = time.Second
+	DefaultDeadAfter     = 15 * time.Second
+	DefaultReconnectWait = time.Second
+	DefaultOutboundQueue = 1 << 16
+	DefaultInboundQueue  = 1 << 16
+	// MaxNodeID bounds Options.NodeID, in bytes.
+	MaxNodeID = 64
+)
+
+// Errors.
+var (
+	// ErrClosed is returned by Start after Shutdown or Close.
+	ErrClosed = errors.New("cluster: closed")
+	// ErrStarted is returned by a second Start.
+	ErrStarted = errors.New("cluster: already started")
+)
+
+// Deliverer writes a message that another node published to a room to this
+// node's members of it; *server.Chat is one. Deliver is called on the node's
+// inbound goroutine and must not block.
+type Deliverer interface {
+	Deliver(roomID string, payload []byte) int
+}
+
+// Node is this process's membership in a cluster. It implements
+// server.Cluster for the chat endpoint and server.UserConns for the
+// per-user connection limit. Create it with New, start it with Start once the
+// room table exists, and stop it with Shutdown or Close.
+type Node struct {
+	opts Options
+	log  *slog.Logger
+	id   string
+	inc  uint64 // incarnation: when this process made the node, unix ns
+
+	roomPrefix string // PREFIX.room.
+	stateSubj  string // PREFIX.state
+	syncPrefix string // PREFIX.sync.
+	syncSubj   string // PREFIX.sync.<id>
+
+	// Set by Start, before any goroutine starts; read-only after.
+	rooms   *room.Table
+	deliver Deliverer
+	nc      *nats.Conn
+
+	peers peerTable
+	users userTable
+
+	// interest holds the rooms with local members and their subscriptions.
+	// Written by the worker, read by the inbound goroutine (to drop what an
+	// older subscription left in the queue) and by snapshots.
+	imu      sync.Mutex
+	interest map[string]*interest // guarded by imu
+
+	// Rooms and users whose local counts changed, for the worker to announce.
+	// Marked from the loops; the worker takes the whole set at once.
+	dmu        sync.Mutex
+	dirtyRooms map[string]struct{} // guarded by dmu
+	dirtyUsers map[string]struct{} // guarded by dmu
+	wake       chan struct{}       // capacity 1: the worker has something to do
+
+	out   chan outMsg    // room messages to publish: loops → publisher
+	in    chan *nats.Msg // room subscriptions' messages → inbound goroutine
+	state chan *nats.Msg // state and sync messages → worker
+
+	// Owned by the worker, and by Shutdown once the worker has stopped.
+	seq      uint64    // the last sequence number used in the state stream
+	snapWant bool      // someone asked for a snapshot
+	lastSnap time.Time // when the last snapshot was published
+	dupInc   uint64    // the incarnation of another node with this id, once seen
+
+	connected atomic.Bool // set by the NATS client's callbacks
+	resync    atomic.Bool // (re)connected: the worker publishes a snapshot
+	closing   atomic.Bool // Publish refuses from now on
+	drain     atomic.Bool // the publisher empties its queue before it stops
+
+	started  bool          // guarded by closeMu
+	closed   bool          // guarded by closeMu
+	closeMu  sync.Mutex    // held by goTracked while it starts a goroutine and by stop
+	quit     chan struct{} // closed to stop the goroutines
+	bg       sync.WaitGroup
+	ncClosed chan struct{} // closed by the NATS client's closed handler
+
+	c counters
+}
+
+// interest is one room with local members.
+type interest struct {
+	sub   *nats.Subscription
+	count int // local members as last announced
+}
+
+// outMsg is a room message on its way to the publisher.
+type outMsg struct {
+	room string
+	buf  *bytebufferpool.ByteBuffer
+}
+
+// New validates o and makes a node. It neither connects nor starts anything:
+// Start does.
+func New(o Options) (*Node, error) {
+	if len(o.URLs) == 0 {
+		return nil, errors.New("cluster: no NATS URL")
+	}
+	for _, u := range o.URLs {
+		if strings.TrimSpace(u) == "" || strings.Contains(u, ",") {
+			return nil, fmt.Errorf("cluster: bad NATS URL %q", u)
+		}
+	}
+	if o.NodeID == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		o.NodeID = hex.EncodeToString(b[:])
+	}
+	if err := CheckNodeID(o.NodeID); err != nil {
+		return nil, err
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	for _, tok := range strings.Split(o.Prefix, ".") {
+		if !validToken(tok) {
+			return nil, fmt.Errorf("cluster: bad subject prefix %q", o.Prefix)
+		}
+	}
+	if o.Heartbeat < 0 || o.DeadAfter < 0 || o.ReconnectWait < 0 || o.OutboundQueue < 0 || o.InboundQueue < 0 {
+		return nil, errors.New("cluster: negative option")
+	}
+	o.Heartbeat = cmpOr(o.Heartbeat, DefaultHeartbeat)
+	o.DeadAfter = cmpOr(o.DeadAfter, DefaultDeadAfter)
+	o.ReconnectWait = cmpOr(o.ReconnectWait, DefaultReconnectWait)
+	o.OutboundQueue = cmpOr(o.OutboundQueue, DefaultOutboundQueue)
+	o.InboundQueue = cmpOr(o.InboundQueue, DefaultInboundQueue)
+	if o.DeadAfter < 2*o.Heartbeat {
+		return nil, fmt.Errorf("cluster: dead-after %v must be at least twice the heartbeat %v", o.DeadAfter, o.Heartbeat)
+	}
+	n := &Node{
+		opts:       o,
+		log:        o.Logger,
+		id:         o.NodeID,
+		inc:        uint64(time.Now().UnixNano()),
+		roomPrefix: o.Prefix + ".room.",
+		stateSubj:  o.Prefix + ".state",
+		syncPrefix: o.Prefix + ".sync.",
+		interest:   make(map[string]*interest),
+		dirtyRooms: make(map[string]struct{}),
+		dirtyUsers: make(map[string]struct{}),
+		wake:       make(chan struct{}, 1),
+		out:        make(chan outMsg, o.OutboundQueue),
+		in:         make(chan *nats.Msg, o.InboundQueue),
+		state:      make(chan *nats.Msg, 4096),
+		quit:       make(chan struct{}),
+		ncClosed:   make(chan struct{}),
+	}
+	n.syncSubj = n.syncPrefix + n.id
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	n.log = n.log.With("node", n.id)
+	n.peers.init(n.id, o.DeadAfter)
+	n.users.init()
+	return n, nil
+}
+
+// CheckNodeID reports whether id can name a node: 1 to MaxNodeID of A-Z, a-z,
+// 0-9, '_' and '-', so that it is one NATS subject token.
+func CheckNodeID(id string) error {
+	if len(id) > MaxNodeID || !validToken(id) {
+		return fmt.Errorf("cluster: node id %q must be 1 to %d of A-Z a-z 0-9 _ -", id, MaxNodeID)
+	}
+	return nil
+}
+
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.id }
+
+// Options returns the options in force, defaults filled in.
+func (n *Node) Options() Options { return n.opts }
+
+// RoomSubject is the subject of roomID's traffic. A room id is any UTF-8, so
+// it is carried base64url-encoded, without padding: one token, never a '.',
+// '*', '>' or space.
+func (n *Node) RoomSubject(roomID string) string {
+	return n.roomPrefix + base64.RawURLEncoding.EncodeToString([]byte(roomID))
+}
+
+// roomOf is the room id of a room subject.
+func (n *Node) roomOf(subject string) (string, bool) {
+	tok, ok := strings.CutPrefix(subject, n.roomPrefix)
+	if !ok {
+		return "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", false
+	}
+	return string(b), true
+}
+
+// Start connects to the broker and starts the node's goroutines: the worker
+// (heartbeats, subscriptions, state), the publisher and the inbound delivery.
+// rooms is the chat's room table and d writes other nodes' messages to its
+// members. If no broker answers, Start still returns, and the node keeps
+// trying in the background; until it gets through the rooms are local only.
+func (n *Node) Start(rooms *room.Table, d Deliverer) error {
+	n.closeMu.Lock()
+	switch {
+	case n.closed:
+		n.closeMu.Unlock()
+		return ErrClosed
+	case n.started:
+		n.closeMu.Unlock()
+		return ErrStarted
+	}
+	n.started = true
+	n.closeMu.Unlock()
+	n.rooms, n.deliver = rooms, d
+
+	nc, err := nats.Connect(strings.Join(n.opts.URLs, ","),
+		nats.Name("throng "+n.id),
+		// The origin delivers to its own members; the broker must not hand its
+		// messages back (exactly once).
+		nats.NoEcho(),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(n.opts.ReconnectWait),
+		nats.RetryOnFailedConnect(true),
+		// Nothing is buffered while the broker is away: a message published then
+		// fails at once and is counted lost, rather than arriving late or not at
+		// all with nobody told.
+		nats.ReconnectBufSize(-1),
+		// A broker that stops answering is given up on within about DeadAfter,
+		// as a node would be.
+		nats.PingInterval(max(n.opts.DeadAfter/4, 100*time.Millisecond)),
+		nats.MaxPingsOutstanding(2),
+		nats.ConnectHandler(n.onConnect),
+		nats.ReconnectHandler(n.onReconnect),
+		nats.DisconnectErrHandler(n.onDisconnect),
+		nats.ClosedHandler(func(*nats.Conn) { close(n.ncClosed) }),
+		nats.ErrorHandler(n.onAsyncError),
+	)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	n.nc = nc
+	n.connected.Store(nc.IsConnected())
+	if !nc.IsConnected() {
+		n.log.Warn("cluster: no broker reachable yet; rooms are local until one is", "urls", redactURLs(n.opts.URLs))
+	}
+	if _, err := nc.ChanSubscribe(n.stateSubj, n.state); err != nil {
+		nc.Close()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if _, err := nc.ChanSubscribe(n.syncSubj, n.state); err != nil {
+		nc.Close()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if !n.goTracked(n.work) || !n.goTracked(n.publish) || !n.goTracked(n.inbound) {
+		nc.Close()
+		return ErrClosed
+	}
+	n.log.Info("cluster: started", "urls", redactURLs(n.opts.URLs), "connected", nc.IsConnected(),
+		"heartbeat", n.opts.Heartbeat, "dead_after", n.opts.DeadAfter)
+	return nil
+}
+
+// goTracked runs f on a goroutine that stop waits for; it refuses once stop
+// has begun. f must return when n.quit is closed.
+func (n *Node) goTracked(f func()) bool {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		f()
+	}()
+	return true
+}
+
+func redactURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = RedactURL(u)
+	}
+	return out
+}
+
+// RedactURL hides the user and password of a broker URL, for logs.
+func RedactURL(u string) string {
+	if at := strings.LastIndex(u, "@"); at >= 0 {
+		if sep := strings.Index(u, "://"); sep >= 0 && sep < at {
+			return u[:sep+3] + "REDACTED" + u[at:]
+		}
+		return "REDACTED" + u[at:]
+	}
+	return u
+}
+
+func (n *Node) onConnect(nc *nats.Conn) {
+	n.connected.Store(true)
+	n.log.Info("cluster: connected to the broker", "server", nc.ConnectedUrlRedacted())
+	n.resync.Store(true)
+	n.poke()
+}
+
+func (n *Node) onReconnect(nc *nats.Conn) {
+	n.connected.Store(true)
+	n.c.reconnects.Add(1)
+	n.log.Info("cluster: reconnected to the broker", "server", nc.ConnectedUrlRedacted())
+	// The others may have lost our changes while we were away; they would ask,
+	// but a snapshot now is quicker. The NATS client has already sent our
+	// subscriptions again.
+	n.resync.Store(true)
+	n.poke()
+}
+
+func (n *Node) onDisconnect(_ *nats.Conn, err error) {
+	n.connected.Store(false)
+	if n.closing.Load() {
+		return
+	}
+	n.c.disconnects.Add(1)
+	n.log.Warn("cluster: lost the broker; rooms are local until it is back", "err", err)
+}
+
+func (n *Node) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrSlowConsumer) {
+		n.log.Warn("cluster: inbound queue full; messages from the broker are being dropped", "subject", subjectOf(sub))
+		return
+	}
+	n.log.Warn("cluster: broker error", "err", err)
+}
+
+func subjectOf(sub *nats.Subscription) string {
+	if sub == nil {
+		return ""
+	}
+	return sub.Subject
+}
+
+func (n *Node) poke() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Changed implements server.Cluster: the worker reads roomID's local count
+// from the room table, subscribes or unsubscribes, and announces the count.
+func (n *Node) Changed(roomID string) {
+	n.dmu.Lock()
+	n.dirtyRooms[roomID] = struct{}{}
+	n.dmu.Unlock()
+	n.poke()
+}
+
+// Remote implements server.Cluster.
+func (n *Node) Remote(roomID string) int {
+	return n.peers.room(roomID, time.Now())
+}
+
+// RemoteRooms implements server.Cluster.
+func (n *Node) RemoteRooms(after string) []room.Info {
+	return n.peers.list(after, time.Now())
+}
+
+// Lost reasons: why a room message did not reach the other nodes.
+const (
+	lostBrokerDown = iota // not connected when it was sent
+	lostQueueFull         // the outbound queue was full
+	lostClosed            // the node was closing
+	lostError             // the broker refused it (or the connection dropped)
+
+	numLost
+)
+
+var lostLabels = [numLost]string{"broker_down", "queue_full", "closed", "error"}
+
+// Publish implements server.Cluster. The payload is copied into the outbound
+// queue; the publisher goroutine hands it to the broker.
+func (n *Node) Publish(roomID string, payload []byte) bool {
+	switch {
+	case n.closing.Load():
+		n.c.lost[lostClosed].Add(1)
+		return false
+	case !n.connected.Load():
+		n.c.lost[lostBrokerDown].Add(1)
+		return false
+	}
+	b := bytebufferpool.Get()
+	b.B = append(b.B[:0], payload...)
+	select {
+	case n.out <- outMsg{room: roomID, buf: b}:
+		return true
+	default:
+		bytebufferpool.Put(b)
+		n.c.lost[lostQueueFull].Add(1)
+		return false
+	}
+}
+
+// publish is the publisher goroutine: it hands queued room messages to the
+// NATS client, which batches them into its socket writes.
+func (n *Node) publish() {
+	subjects := make(map[string]string) // room id → subject, so a busy room is encoded once
+	send := func(m outMsg) {
+		subj, ok := subjects[m.room]
+		if !ok {
+			if len(subjects) >= 4096 {
+				clear(subjects)
+			}
+			subj = n.RoomSubject(m.room)
+			subjects[m.room] = subj
+		}
+		if err := n.nc.Publish(subj, m.buf.B); err != nil {
+			if errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) {
+				n.c.lost[lostBrokerDown].Add(1)
+			} else {
+				n.c.lost[lostError].Add(1)
+			}
+		} else {
+			n.c.published.Add(1)
+		}
+		bytebufferpool.Put(m.buf)
+	}
+	for {
+		select {
+		case <-n.quit:
+			for n.drain.Load() {
+				select {
+				case m := <-n.out:
+					send(m)
+				default:
+					return
+				}
+			}
+			return
+		case m := <-n.out:
+			send(m)
+		}
+	}
+}
+
+// inbound is the goroutine that delivers the rooms' messages from the other
+// nodes, and answers their requests for member lists.
+func (n *Node) inbound() {
+	for {
+		select {
+		case <-n.quit:
+			return
+		case m := <-n.in:
+			n.onRoomMsg(m)
+		}
+	}
+}
+
+func (n *Node) onRoomMsg(m *nats.Msg) {
+	id, ok := n.roomOf(m.Subject)
+	if !ok {
+		return
+	}
+	if len(m.Data) == 0 && m.Reply != "" {
+		n.answerMembers(id, m.Reply)
+		return
+	}
+	n.imu.Lock()
+	it := n.interest[id]
+	current := it != nil && it.sub == m.Sub
+	n.imu.Unlock()
+	if !current {
+		// Left by a subscription since replaced or ended: the members it was
+		// for are gone, and later ones must not get what came before them.
+		n.c.stale.Add(1)
+		return
+	}
+	n.c.received.Add(1)
+	n.deliver.Deliver(id, m.Data)
+}
+
+// membersReply is one node's answer to a member-list request; a long list comes
+// in several, all but the last with More.
+type membersReply struct {
+	Node    string            `json:"node"`
+	Members []room.MemberInfo `json:"members"`
+	More    bool              `json:"more,omitempty"`
+}
+
+// membersPerReply keeps a reply well under the broker's 1 MiB payload limit: a
+// member is at most about 400 bytes of JSON.
+const membersPerReply = 1000
+
+func (n *Node) answerMembers(roomID, reply string) {
+	members, _ := n.rooms.Members(roomID)
+	for {
+		part := members[:min(len(members), membersPerReply)]
+		members = members[len(part):]
+		b, err := json.Marshal(membersReply{Node: n.id, Members: part, More: len(members) > 0})
+		if err == nil {
+			err = n.nc.Publish(reply, b)
+		}
+		if err != nil || len(members) == 0 {
+			return
+		}
+	}
+}
+
+// RemoteMembers implements server.Cluster: a request on the room's subject,
+// which reaches exactly the nodes subscribed to it, and the replies gathered
+// until every live node that announced members in the room has answered.
+func (n *Node) RemoteMembers(ctx context.Context, roomID string) ([]room.MemberInfo, bool, error) {
+	want := n.peers.withRoom(roomID, time.Now())
+	if len(want) == 0 {
+		return nil, false, nil
+	}
+	if n.nc == nil || !n.connected.Load() {
+		return nil, true, nil
+	}
+	inbox := n.nc.NewInbox()
+	sub, err := n.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, true, err
+	}
+	defer sub.Unsubscribe()
+	if err := n.nc.PublishRequest(n.RoomSubject(roomID), inbox, nil); err != nil {
+		return nil, true, err
+	}
+	var members []room.MemberInfo
+	for len(want) > 0 {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return members, true, nil
+		}
+		var r membersReply
+		if json.Unmarshal(m.Data, &r) != nil {
+			continue
+		}
+		members = append(members, r.Members...)
+		if !r.More {
+			delete(want, r.Node)
+		}
+	}
+	return members, false, nil
+}
+
+// Acquire implements server.UserConns: user may open another connection if
+// its connections here and on the other live nodes, as they last announced
+// them, are fewer than max.
+func (n *Node) Acquire(user string, max int) bool {
+	remote := n.peers.user(user, time.Now())
+	if !n.users.acquire(user, max-remote) {
+		n.c.userRefused.Add(1)
+		return false
+	}
+	n.userChanged(user)
+	return true
+}
+
+// RemoteUser is user's connections on the other live nodes, as they last
+// announced them.
+func (n *Node) RemoteUser(user string) int { return n.peers.user(user, time.Now()) }
+
+// Release implements server.UserConns.
+func (n *Node) Release(user string) {
+	n.users.release(user)
+	n.userChanged(user)
+}
+
+func (n *Node) userChanged(user string) {
+	n.dmu.Lock()
+	n.dirtyUsers[user] = struct{}{}
+	n.dmu.Unlock()
+	n.poke()
+}
+
+// Shutdown leaves the cluster in good order: the messages already queued are
+// published, the others are told the node is gone (so they drop it from their
+// counts at once rather than after DeadAfter), and the connection is flushed
+// and closed. Call it after the server has drained, so the leaves of its
+// connections reach the others. It returns ctx's error if the broker did not
+// take everything in time.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.drain.Store(true)
+	if !n.stop() {
+		return nil
+	}
+	var err error
+	if n.nc != nil {
+		n.flushDirty()
+		n.publishState(&stateMsg{Kind: kindBye})
+		err = n.nc.FlushWithContext(ctx)
+		n.closeConn()
+	}
+	n.log.Info("cluster: left")
+	return err
+}
+
+// Close leaves the cluster at once, as a crash would: nothing more is
+// published, not even a goodbye, so the others drop the node from their counts
+// only after DeadAfter.
+func (n *Node) Close() error {
+	if !n.stop() {
+		return nil
+	}
+	if n.nc != nil {
+		n.closeConn()
+	}
+	return nil
+}
+
+// stop makes Publish refuse, stops the goroutines and waits for them. It
+// reports false if the node was stopped already.
+func (n *Node) stop() bool {
+	n.closing.Store(true)
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.closed = true
+	close(n.quit)
+	n.bg.Wait()
+	return true
+}
+
+// closeConn closes the NATS connection and waits until its client has let go
+// of its own goroutines' callbacks.
+func (n *Node) closeConn() {
+	n.nc.Close()
+	select {
+	case <-n.ncClosed:
+	case <-time.After(5 * time.Second):
+	}
+}
