@@ -152,6 +152,10 @@ type Config struct {
 	Rate float64 `json:"rate"`
 	// Hold is how long idle holds its connections. If zero, 10s.
 	Hold time.Duration `json:"hold"`
+	// JoinHold is how long chat holds its joined, silent clients before the
+	// messages start, to read the server's memory per idle room member. If
+	// zero, chat does not hold or read memory.
+	JoinHold time.Duration `json:"join_hold,omitempty"`
 	// Sample is how many connections idle checks are still alive. If zero, 100.
 	Sample int `json:"sample"`
 	// Duration is how long echo, chat and churn run. If zero, 10s.

@@ -222,6 +222,27 @@ func TestChat(t *testing.T) {
 	}
 }
 
+// TestChatJoinHold holds the joined clients before chatting and reads the
+// server's memory per member (the server runs in this process, so its RSS is
+// this process's).
+func TestChatJoinHold(t *testing.T) {
+	r := runOne(t, Config{
+		Scenario: ScenarioChat,
+		Targets:  []Target{{URL: startThrong(t, false), PID: os.Getpid()}},
+		Conns:    20,
+		RoomSize: 10,
+		RoomRate: 5,
+		Duration: 500 * time.Millisecond,
+		JoinHold: 200 * time.Millisecond,
+	})
+	if r.Server == nil || r.Server.RSSAfter == 0 || len(r.Memory) != 1 || r.Memory[0].Conns != 20 {
+		t.Fatalf("server %+v, memory %+v: want one reading for 20 members", r.Server, r.Memory)
+	}
+	if c := r.Chat; c == nil || c.Deliveries != c.Expected || c.Sent == 0 {
+		t.Fatalf("chat after the hold: %+v", c)
+	}
+}
+
 func TestChurn(t *testing.T) {
 	r := runOne(t, Config{
 		Scenario:  ScenarioChurn,

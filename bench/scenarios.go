@@ -346,6 +346,10 @@ func (r *run) step(ctx context.Context, step, clients int) (*Step, error) {
 // second to each room for Duration, and counts the deliveries.
 func (r *run) chat(ctx context.Context) error {
 	cfg := r.cfg
+	rss0, measured, err := r.serverRSS(ctx)
+	if err != nil {
+		return err
+	}
 	r.setPhase("join")
 	opened, failed, err := r.connect(ctx, cfg.Conns)
 	if err != nil {
@@ -353,6 +357,22 @@ func (r *run) chat(ctx context.Context) error {
 	}
 	if failed > 0 {
 		return fmt.Errorf("bench: %d of %d clients failed to connect and join (does the server speak the chat protocol's join?)", failed, cfg.Conns)
+	}
+	if cfg.JoinHold > 0 {
+		// Joined and silent: the server's memory per idle room member.
+		r.setPhase("hold")
+		if err := sleep(ctx, cfg.JoinHold); err != nil {
+			return err
+		}
+		if measured {
+			rss1, _, err := r.serverRSS(ctx)
+			if err != nil {
+				return err
+			}
+			r.res.Server = &ServerStats{PID: r.t.PID, RSSBefore: rss0, RSSAfter: rss1,
+				RSSPerConn: float64(rss1-rss0) / float64(opened)}
+			r.res.Memory = append(r.res.Memory, memPoint(opened, rss1-rss0))
+		}
 	}
 	r.setPhase("chat")
 	before, _ := r.snapshot()

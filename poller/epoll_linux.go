@@ -259,18 +259,7 @@ func (l *Loop) runJobsEpoll() {
 }
 
 func (l *Loop) shutdown() {
-	l.mu.Lock()
-	jobs := l.jobs
-	l.jobs = nil
-	l.dead = true
-	l.mu.Unlock()
-	// Jobs posted before the stop still run, so a waiter on one is released.
-	for _, j := range jobs {
-		j.Run(l)
-	}
-	for len(l.conns) > 0 {
-		l.closeConn(l.conns[len(l.conns)-1], ErrClosed)
-	}
+	l.finish()
 	l.closeFDs()
 }
 

@@ -130,17 +130,7 @@ func (l *Loop) runNetpoll() {
 			l.np.exec.Unlock()
 		case <-l.np.stopCh:
 			l.np.exec.Lock()
-			l.mu.Lock()
-			jobs := l.jobs
-			l.jobs = nil
-			l.dead = true
-			l.mu.Unlock()
-			for _, j := range jobs {
-				j.Run(l)
-			}
-			for len(l.conns) > 0 {
-				l.closeConn(l.conns[len(l.conns)-1], ErrClosed)
-			}
+			l.finish()
 			l.np.exec.Unlock()
 			return
 		}

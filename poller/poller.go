@@ -677,6 +677,22 @@ func (l *Loop) closeConn(c *Conn, cause error) {
 	l.closeConnEpoll(c, cause)
 }
 
+// finish is a stopping loop's last work: it refuses further jobs, runs those
+// already posted (so a waiter on one is released) and closes every connection.
+func (l *Loop) finish() {
+	l.mu.Lock()
+	jobs := l.jobs
+	l.jobs = nil
+	l.dead = true
+	l.mu.Unlock()
+	for _, j := range jobs {
+		j.Run(l)
+	}
+	for len(l.conns) > 0 {
+		l.closeConn(l.conns[len(l.conns)-1], ErrClosed)
+	}
+}
+
 // deliver hands the connection's kept input plus data to OnData and keeps what
 // OnData leaves.
 func (l *Loop) deliver(c *Conn, data []byte) {
