@@ -209,6 +209,7 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 	if p.opts.NoDelay {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
+	fd = freshFD(fd)
 	l := p.loops[int(p.nextDial.Add(1))%len(p.loops)]
 	np := &npConn{}
 	c := &Conn{loop: l, ctx: ctx, fd: int32(fd), out: &outQueue{np: np}}
@@ -226,7 +227,10 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 		conn.SetWriteTimeout(p.opts.WriteTimeout)
 	}
 	l.add(c)
+	// Close callbacks run newest first, so this one runs before netpoll's own,
+	// which closes the descriptor.
 	conn.AddCloseCallback(func(netpoll.Connection) error {
+		noteClosedFD(fd)
 		if !np.closing.Load() {
 			// netpoll has already read the socket's error, if any: a reset and
 			// an orderly close look the same from here.
