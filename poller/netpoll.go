@@ -25,15 +25,18 @@ import (
 //   - Reads take all of netpoll's buffered input with Next(Len()), hand it to
 //     OnData, keep the unconsumed tail in a pooled buffer and Release, so
 //     OnRequest is never left with input it will be called for again.
-//   - Writes never block a loop. They go to the connection's own queue; a
-//     flusher (the connection's OnRequest goroutine when the write came from
-//     its own input, otherwise a goroutine started for the burst) hands the
-//     queued bytes to netpoll's writer with WriteBinary, which keeps a
-//     reference rather than a copy, and calls Flush, which may block until the
-//     socket drains or the write timeout passes. A shared frame is released
-//     only after Flush returns, when its bytes are in the kernel; if Flush
-//     fails the connection is closed and the references are dropped without
-//     returning the frame to its pool, since netpoll may still hold its bytes.
+//   - Writes never block a loop. A write outside the connection's own request
+//     with nothing already queued goes straight to the socket; what the socket
+//     does not take, and every reply written while OnRequest handles input, goes
+//     to the connection's own queue. A flusher (the connection's OnRequest
+//     goroutine when the write came from its own input, otherwise a goroutine
+//     started for the burst) hands the queued bytes to netpoll's writer with
+//     WriteBinary, which keeps a reference rather than a copy, and calls
+//     Flush, which may block until the socket drains or the write timeout
+//     passes. A shared frame is released only after Flush returns, when its
+//     bytes are in the kernel; if Flush fails the connection is closed and the
+//     references are dropped without returning the frame to its pool, since
+//     netpoll may still hold its bytes.
 //
 // netpoll sizes each connection's first input buffer from a process-wide
 // setting, so the first netpoll poller's Options.NetpollBufferSize applies to
@@ -328,15 +331,22 @@ func (c *Conn) write2Netpoll(a, b []byte) error {
 	}
 	np := c.out.np
 	np.mu.Lock()
-	if err := c.checkPendingLocked(np, n); err != nil {
-		np.mu.Unlock()
-		return err
-	}
 	buf := inPool.Get()
 	buf.Write(a)
 	buf.Write(b)
-	np.queue = append(np.queue, segment{buf: buf})
-	np.pending += n
+	off, err := c.writeDirectLocked(np, buf.B)
+	if err != nil || off == n {
+		np.mu.Unlock()
+		inPool.Put(buf)
+		return err
+	}
+	if err := c.checkPendingLocked(np, n-off); err != nil {
+		np.mu.Unlock()
+		inPool.Put(buf)
+		return err
+	}
+	np.queue = append(np.queue, segment{buf: buf, off: off})
+	np.pending += n - off
 	start := c.claimFlushLocked(np)
 	np.mu.Unlock()
 	if start {
@@ -352,19 +362,45 @@ func (c *Conn) writeFrameNetpoll(f *Frame) error {
 	np := c.out.np
 	n := len(f.buf.B)
 	np.mu.Lock()
-	if err := c.checkPendingLocked(np, n); err != nil {
+	off, err := c.writeDirectLocked(np, f.buf.B)
+	if err != nil || off == n {
+		np.mu.Unlock()
+		return err
+	}
+	if err := c.checkPendingLocked(np, n-off); err != nil {
 		np.mu.Unlock()
 		return err
 	}
 	f.Retain()
-	np.queue = append(np.queue, segment{frame: f})
-	np.pending += n
+	np.queue = append(np.queue, segment{frame: f, off: off})
+	np.pending += n - off
 	start := c.claimFlushLocked(np)
 	np.mu.Unlock()
 	if start {
 		c.startFlusher()
 	}
 	return nil
+}
+
+// writeDirectLocked writes b to the socket from the loop when nothing is
+// queued or in netpoll's writer and no OnRequest is gathering replies, and
+// reports how much the socket took. Most writes outside a request (broadcasts,
+// pings, closes) fit the socket buffer, so they cost one system call and no
+// goroutine; netpoll carries only what the socket does not take at once. The
+// descriptor is safe to use: netpoll closes it only after the close callback,
+// which needs the loop's lock that the caller holds.
+func (c *Conn) writeDirectLocked(np *npConn, b []byte) (int, error) {
+	if np.flushing || np.inRequest.Load() {
+		return 0, nil
+	}
+	n, err := unix.Write(int(c.fd), b)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return n, nil
 }
 
 func (c *Conn) checkPendingLocked(np *npConn, add int) error {
