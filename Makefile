@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin/throng
 
-.PHONY: build run run-cluster test test-netpoll bench fuzz clean
+.PHONY: build run run-cluster test bench fuzz clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/throng
@@ -40,11 +40,6 @@ test:
 	$(GO) vet ./...
 	GOOS=darwin $(GO) build ./...
 	$(GO) test -race -shuffle=on -count=1 ./...
-
-# The server suite on both backends (the netpoll pass is not yet in `make test`:
-# see the open netpoll bug in docs/ARCHITECTURE.md).
-test-netpoll:
-	THRONG_TEST_BACKENDS=epoll,netpoll $(GO) test -race -shuffle=on -count=1 ./server/ ./poller/
 
 # A short side-by-side of throng (epoll and netpoll) and the gorilla and nbio
 # peers, under 5 minutes; results in bench-out/ (not committed). The full runs

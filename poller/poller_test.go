@@ -22,7 +22,7 @@ import (
 var testBackend Backend
 
 func TestMain(m *testing.M) {
-	for _, b := range []Backend{BackendEpoll, BackendNetpoll} {
+	for _, b := range Backends() {
 		testBackend = b
 		if code := m.Run(); code != 0 {
 			fmt.Fprintf(os.Stderr, "poller: tests failed on the %s backend\n", b)

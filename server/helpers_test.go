@@ -24,13 +24,11 @@ import (
 
 // testBackend is the event-loop backend the suite is running on. TestMain runs
 // the suite once per backend in THRONG_TEST_BACKENDS (comma-separated; by
-// default the epoll backend only: under load the netpoll backend still loses
-// some fresh connections to a spurious hang-up, which is an open bug, and
-// `make test-netpoll` runs the whole suite on it).
+// default every backend this platform has).
 var testBackend poller.Backend
 
 func TestMain(m *testing.M) {
-	backends := []poller.Backend{poller.BackendEpoll}
+	backends := poller.Backends()
 	if list := os.Getenv("THRONG_TEST_BACKENDS"); list != "" {
 		backends = backends[:0]
 		for _, b := range strings.Split(list, ",") {
