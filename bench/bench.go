@@ -152,6 +152,11 @@ type Config struct {
 	Rate float64 `json:"rate"`
 	// Hold is how long idle holds its connections. If zero, 10s.
 	Hold time.Duration `json:"hold"`
+	// Traffic, for idle, is how long every held connection then echoes (one
+	// message of Size in flight each), after which idle holds again and reads
+	// the server's memory a second time: buffers that grow with traffic show
+	// there and not in the first reading. If zero, no traffic.
+	Traffic time.Duration `json:"traffic,omitempty"`
 	// JoinHold is how long chat holds its joined, silent clients before the
 	// messages start, to read the server's memory per idle room member. If
 	// zero, chat does not hold or read memory.
@@ -268,7 +273,7 @@ func (c *Config) setDefaults() error {
 	if c.StatsField == "" {
 		c.StatsField = "rss_bytes"
 	}
-	if c.Scenario == ScenarioEcho && c.Size < echoHeader {
+	if (c.Scenario == ScenarioEcho || c.Scenario == ScenarioIdle && c.Traffic > 0) && c.Size < echoHeader {
 		return fmt.Errorf("bench: echo --size must be at least %d", echoHeader)
 	}
 	if c.Scenario == ScenarioBroadcast && c.Samples > 1<<16 {

@@ -96,6 +96,31 @@ func TestIdle(t *testing.T) {
 	}
 }
 
+// TestIdleTraffic checks idle's traffic phase: every connection echoes, then
+// memory is read a second time.
+func TestIdleTraffic(t *testing.T) {
+	r := runOne(t, Config{
+		Scenario: ScenarioIdle,
+		Targets:  []Target{{URL: startThrong(t, false), PID: os.Getpid()}},
+		Conns:    40,
+		Rate:     500,
+		Hold:     100 * time.Millisecond,
+		Sample:   10,
+		Traffic:  300 * time.Millisecond,
+		Size:     4096,
+	})
+	switch {
+	case r.Conns.Held != 40:
+		t.Fatalf("conns %+v", r.Conns)
+	case r.Echo == nil || r.Echo.Echoes < 40 || r.Echo.Lost != 0 || r.Echo.Size != 4096:
+		t.Fatalf("traffic %+v", r.Echo)
+	case r.Server == nil || r.Server.RSSAfterTraffic <= 0 || r.Server.RSSPerConnAfterTraffic == 0:
+		t.Fatalf("server %+v", r.Server)
+	case len(r.Memory) != 12 || r.Memory[11].Conns != 40:
+		t.Fatalf("memory points %+v", r.Memory)
+	}
+}
+
 func TestIdleJWT(t *testing.T) {
 	url := startThrong(t, true)
 	for _, tc := range []struct {

@@ -86,13 +86,16 @@ type Latency struct {
 
 // ServerStats are measurements of the server process.
 type ServerStats struct {
-	PID              int     `json:"pid,omitempty"`
-	RSSBefore        int64   `json:"rss_before,omitempty"`
-	RSSAfter         int64   `json:"rss_after,omitempty"`
-	RSSPerConn       float64 `json:"rss_per_conn,omitempty"`
-	CPUSeconds       float64 `json:"cpu_seconds,omitempty"`
-	MsgsPerCPUSecond float64 `json:"msgs_per_cpu_second,omitempty"`
-	CPUMicrosPerMsg  float64 `json:"cpu_us_per_msg,omitempty"`
+	PID        int     `json:"pid,omitempty"`
+	RSSBefore  int64   `json:"rss_before,omitempty"`
+	RSSAfter   int64   `json:"rss_after,omitempty"`
+	RSSPerConn float64 `json:"rss_per_conn,omitempty"`
+	// After idle's traffic phase and a second hold (see Config.Traffic).
+	RSSAfterTraffic        int64   `json:"rss_after_traffic,omitempty"`
+	RSSPerConnAfterTraffic float64 `json:"rss_per_conn_after_traffic,omitempty"`
+	CPUSeconds             float64 `json:"cpu_seconds,omitempty"`
+	MsgsPerCPUSecond       float64 `json:"msgs_per_cpu_second,omitempty"`
+	CPUMicrosPerMsg        float64 `json:"cpu_us_per_msg,omitempty"`
 }
 
 // ClientStats is the harness's own cost, so a run limited by the client rather
@@ -296,6 +299,12 @@ func (rep *Report) rows() []row {
 			return ""
 		}
 		return fmtBytes(r.Server.RSSPerConn)
+	})
+	add("server RSS per connection after traffic", func(r *Result) string {
+		if r.Server == nil || r.Server.RSSPerConnAfterTraffic == 0 {
+			return ""
+		}
+		return fmtBytes(r.Server.RSSPerConnAfterTraffic)
 	})
 	add("echoes/s", func(r *Result) string {
 		if r.Echo == nil {

@@ -131,6 +131,59 @@ func (r *run) idle(ctx context.Context) error {
 	if r.res.Probe.Alive < r.res.Probe.Sampled {
 		return fmt.Errorf("bench: %d of %d sampled connections did not answer a ping", r.res.Probe.Sampled-r.res.Probe.Alive, r.res.Probe.Sampled)
 	}
+	if cfg.Traffic > 0 {
+		return r.idleTraffic(ctx, rss0, measured)
+	}
+	return nil
+}
+
+// idleTraffic has every held connection echo for Traffic, holds them idle
+// again for Hold, and reads the server's memory per connection a second time.
+func (r *run) idleTraffic(ctx context.Context, rss0 int64, measured bool) error {
+	cfg := r.cfg
+	before, _ := r.snapshot()
+	r.setPhase("traffic")
+	t0 := time.Now()
+	replies, err := r.all(ctx, func(int) command {
+		return command{Op: opEcho, Inflight: 1, Duration: cfg.Traffic}
+	})
+	el := time.Since(t0)
+	after, _ := r.snapshot()
+	lost := 0
+	for _, rp := range replies {
+		lost += rp.Lost
+	}
+	echoes := after.Recv - before.Recv
+	r.res.Echo = &EchoStats{Conns: int(after.Open), Inflight: 1, Size: cfg.Size, Seconds: el.Seconds(),
+		Echoes: echoes, Lost: lost, PerSec: float64(echoes) / el.Seconds()}
+	if err != nil {
+		return err
+	}
+	if lost > 0 {
+		return fmt.Errorf("bench: traffic: %d echoes never came back", lost)
+	}
+	if after.Mismatch > before.Mismatch {
+		return fmt.Errorf("bench: traffic: %d echoes did not match what was sent", after.Mismatch-before.Mismatch)
+	}
+	r.setPhase("hold after traffic")
+	if err := sleep(ctx, cfg.Hold); err != nil {
+		return err
+	}
+	s, _ := r.snapshot()
+	if measured {
+		rss2, _, err := r.serverRSS(ctx)
+		if err != nil {
+			return err
+		}
+		r.res.Server.RSSAfterTraffic = rss2
+		if s.Open > 0 {
+			r.res.Server.RSSPerConnAfterTraffic = float64(rss2-rss0) / float64(s.Open)
+		}
+		r.res.Memory = append(r.res.Memory, memPoint(int(s.Open), rss2-rss0))
+	}
+	if held := int(s.Open); held < r.res.Conns.Held {
+		return fmt.Errorf("bench: %d connections were lost during traffic", r.res.Conns.Held-held)
+	}
 	return nil
 }
 

@@ -78,6 +78,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	fs.IntVar(&c.Conns, "conns", 0, "connections (0: 1000 for idle and reconnect-storm, 100 otherwise)")
 	fs.Float64Var(&c.Rate, "rate", 1000, "connections opened per second while ramping up")
 	fs.DurationVar(&c.Hold, "hold", 0, "idle: how long to hold the connections (0: 10s)")
+	fs.DurationVar(&c.Traffic, "traffic", 0, "idle: after the hold, echo on every connection this long (one --size message in flight each), hold again and read server memory again (0: no traffic)")
 	fs.DurationVar(&c.JoinHold, "join-hold", 0, "chat: hold the joined, silent clients this long, then read server memory per member (0: no hold)")
 	fs.IntVar(&c.Sample, "sample", 100, "idle: connections pinged after the hold to check they are alive")
 	fs.DurationVar(&c.Duration, "duration", 0, "echo, chat, churn: how long to run (0: 10s)")
