@@ -45,6 +45,8 @@ type Serve struct {
 	HTTPAddr string // --http-addr
 	Loops    int    // --loops
 	Poller   string // --poller: epoll or netpoll
+	// --netpoll-buffer-size: netpoll's input buffer per connection
+	NetpollBufferSize int
 
 	MaxMessageSize   int           // --max-message-size
 	MaxPending       int           // --max-pending
@@ -117,6 +119,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
+
+	fs.IntVar(&c.NetpollBufferSize, "netpoll-buffer-size", poller.DefaultNetpollBufferSize, "netpoll backend: input buffer bytes per connection, kept while it lives; larger reads grow it")
 
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
 	fs.IntVar(&c.MaxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
@@ -308,6 +312,9 @@ func (c *Serve) Validate() error {
 	if c.Poller != string(poller.BackendEpoll) && c.Poller != string(poller.BackendNetpoll) {
 		bad("--poller must be epoll or netpoll, not %q", c.Poller)
 	}
+	if c.NetpollBufferSize < 0 || c.NetpollBufferSize > 1<<20 {
+		bad("--netpoll-buffer-size must be between 0 and 1048576 bytes, not %d", c.NetpollBufferSize)
+	}
 	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
 		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
 	}
@@ -425,25 +432,26 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 // ServerOptions maps the settings onto server.Options, one field per flag.
 func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options {
 	o := server.Options{
-		Auth:             v,
-		Origins:          c.OriginList(),
-		HandshakeRate:    c.HandshakeRate,
-		MaxConnsPerUser:  c.MaxConnsPerUser,
-		MaxConns:         c.MaxConns,
-		MemoryLimit:      uint64(c.MemoryLimit),
-		MemoryHighWater:  c.MemoryHighWater / 100,
-		MemoryLowWater:   c.MemoryLowWater / 100,
-		StatsInterval:    c.StatsInterval,
-		Subprotocols:     []string{"throng.v1"},
-		Loops:            c.Loops,
-		Backend:          poller.Backend(c.Poller),
-		MaxMessageSize:   c.MaxMessageSize,
-		MaxPending:       c.MaxPending,
-		HandshakeTimeout: c.HandshakeTimeout,
-		PingInterval:     c.PingInterval,
-		IdleTimeout:      c.IdleTimeout,
-		DrainRate:        c.DrainRate,
-		Logger:           log,
+		Auth:              v,
+		Origins:           c.OriginList(),
+		HandshakeRate:     c.HandshakeRate,
+		MaxConnsPerUser:   c.MaxConnsPerUser,
+		MaxConns:          c.MaxConns,
+		MemoryLimit:       uint64(c.MemoryLimit),
+		MemoryHighWater:   c.MemoryHighWater / 100,
+		MemoryLowWater:    c.MemoryLowWater / 100,
+		StatsInterval:     c.StatsInterval,
+		Subprotocols:      []string{"throng.v1"},
+		Loops:             c.Loops,
+		Backend:           poller.Backend(c.Poller),
+		NetpollBufferSize: c.NetpollBufferSize,
+		MaxMessageSize:    c.MaxMessageSize,
+		MaxPending:        c.MaxPending,
+		HandshakeTimeout:  c.HandshakeTimeout,
+		PingInterval:      c.PingInterval,
+		IdleTimeout:       c.IdleTimeout,
+		DrainRate:         c.DrainRate,
+		Logger:            log,
 	}
 	if c.AuthFailure == "close" {
 		o.AuthFailure = server.AuthFailClose

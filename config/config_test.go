@@ -221,6 +221,8 @@ func TestValidate(t *testing.T) {
 		{"memory limit too small", []string{"--memory-limit", "1MiB"}, "--memory-limit 1MiB is below"},
 		{"memory limit fine", []string{"--memory-limit", "2GiB"}, ""},
 		{"zero burst", []string{"--burst", "0"}, "--burst must be at least 1"},
+		{"negative netpoll buffer", []string{"--netpoll-buffer-size", "-1"}, "--netpoll-buffer-size must be between 0 and 1048576 bytes, not -1"},
+		{"huge netpoll buffer", []string{"--netpoll-buffer-size", "2097152"}, "--netpoll-buffer-size must be between"},
 		{"unknown slow-consumer", []string{"--slow-consumer", "ignore"}, "--slow-consumer must be close or drop"},
 		{"unknown log format", []string{"--log-format", "xml"}, "--log-format must be text or json"},
 		{"unknown log level", []string{"--log-level", "loud"}, "--log-level must be debug, info, warn or error"},

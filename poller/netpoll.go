@@ -31,16 +31,15 @@ import (
 //     to the connection's own queue. A flusher (the connection's OnRequest
 //     goroutine when the write came from its own input, otherwise a goroutine
 //     started for the burst) hands the queued bytes to netpoll's writer with
-//     WriteBinary, which keeps a reference rather than a copy, and calls
-//     Flush, which may block until the socket drains or the write timeout
-//     passes. A shared frame is released only after Flush returns, when its
-//     bytes are in the kernel; if Flush fails the connection is closed and the
-//     references are dropped without returning the frame to its pool, since
-//     netpoll may still hold its bytes.
+//     WriteBinary (which references pieces over 4 KiB and copies smaller
+//     ones) and calls Flush, which may block until the socket drains or the
+//     write timeout passes. A shared frame is released only after Flush
+//     returns, when its bytes are in the kernel; if Flush fails the connection
+//     is closed and the references are dropped without returning the frame to
+//     its pool, since netpoll may still hold its bytes.
 //
-// netpoll sizes each connection's first input buffer from a process-wide
-// setting, so the first netpoll poller's Options.NetpollBufferSize applies to
-// all of them.
+// netpoll sizes each connection's input buffer from process-wide settings, so
+// the first netpoll poller's Options.NetpollBufferSize applies to all of them.
 
 // npPoller is the netpoll backend's state.
 type npPoller struct {
@@ -103,6 +102,9 @@ func newNetpoll(h Handler, o Options) (*Poller, error) {
 			size = DefaultNetpollBufferSize
 		}
 		netpoll.Configure(netpoll.Config{BufferSize: size})
+		// netpoll rounds every buffer node up to LinkBufferCap (a 4 KiB page),
+		// so BufferSize alone cannot make the input buffer smaller.
+		netpoll.LinkBufferCap = size
 	})
 	p := &Poller{h: h, opts: o, lnFD: -1, np: &npPoller{}}
 	p.fds.init()

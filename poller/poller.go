@@ -98,9 +98,10 @@ type Options struct {
 	// socket to drain; past it the connection is closed. The epoll backend never
 	// waits. If zero, DefaultWriteTimeout is used.
 	WriteTimeout time.Duration
-	// NetpollBufferSize is netpoll's first input buffer per connection, a
-	// process-wide netpoll setting taken from the first netpoll poller. If zero,
-	// DefaultNetpollBufferSize is used.
+	// NetpollBufferSize is netpoll's first input buffer per connection, and
+	// the smallest buffer node netpoll allocates (its Config.BufferSize and
+	// LinkBufferCap): process-wide netpoll settings taken from the first netpoll
+	// poller. If zero, DefaultNetpollBufferSize is used.
 	NetpollBufferSize int
 }
 
@@ -484,8 +485,9 @@ const (
 func (t *fdTable) init() {
 	var rl unix.Rlimit
 	limit := uint64(1 << 20)
+	// rl.Max is signed on FreeBSD.
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Max > 0 && rl.Max < 1<<31 {
-		limit = rl.Max
+		limit = uint64(rl.Max)
 	}
 	t.pages = make([]atomic.Pointer[fdPage], limit>>fdPageBits+1)
 }

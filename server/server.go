@@ -142,6 +142,9 @@ type Options struct {
 	// Backend is the event-loop implementation. If empty,
 	// poller.DefaultBackend is used: epoll on Linux, netpoll elsewhere.
 	Backend poller.Backend
+	// NetpollBufferSize is the netpoll backend's input buffer per connection
+	// (see poller.Options.NetpollBufferSize). If zero, the poller's default.
+	NetpollBufferSize int
 	// MaxMessageSize bounds a message, fragments summed. If zero,
 	// DefaultMaxMessageSize is used.
 	MaxMessageSize int
@@ -334,6 +337,8 @@ func New(o Options) (*Server, error) {
 		MaxPending:   o.MaxPending,
 		TickInterval: o.TickInterval,
 		NoDelay:      true,
+
+		NetpollBufferSize: o.NetpollBufferSize,
 	})
 	if err != nil {
 		return nil, err
