@@ -453,7 +453,8 @@ func (c *Conn) writeNow(a, b []byte, limit bool) error {
 	if n == total {
 		return nil
 	}
-	if err := c.checkPendingIf(limit, total-n); err != nil {
+	// What was partly written must be finished, whatever the limit.
+	if err := c.checkPendingIf(limit, total-n); err != nil && n == 0 {
 		return err
 	}
 	if n < len(a) {
@@ -491,7 +492,9 @@ func (c *Conn) writeFrameEpoll(f *Frame) error {
 	if n == len(b) {
 		return nil
 	}
-	if err := c.checkPending(len(b) - n); err != nil {
+	// A frame partly written must be finished, whatever the limit: dropping
+	// its tail would break the stream.
+	if err := c.checkPending(len(b) - n); err != nil && n == 0 {
 		return err
 	}
 	f.Retain()

@@ -342,7 +342,8 @@ func (c *Conn) write2Netpoll(a, b []byte) error {
 		inPool.Put(buf)
 		return err
 	}
-	if err := c.checkPendingLocked(np, n-off); err != nil {
+	// What was partly written must be finished, whatever the limit.
+	if err := c.checkPendingLocked(np, n-off); err != nil && off == 0 {
 		np.mu.Unlock()
 		inPool.Put(buf)
 		return err
@@ -369,7 +370,7 @@ func (c *Conn) writeFrameNetpoll(f *Frame) error {
 		np.mu.Unlock()
 		return err
 	}
-	if err := c.checkPendingLocked(np, n-off); err != nil {
+	if err := c.checkPendingLocked(np, n-off); err != nil && off == 0 {
 		np.mu.Unlock()
 		return err
 	}

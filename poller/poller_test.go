@@ -427,3 +427,98 @@ func TestAcceptSpreadsOverLoops(t *testing.T) {
 		}
 	}
 }
+
+// numberedFrames makes n frames of size bytes, each starting with its index.
+func numberedFrames(first, n, size int) []*Frame {
+	fs := make([]*Frame, n)
+	for i := range fs {
+		f := NewFrame()
+		b := bytes.Repeat([]byte{byte('a' + (first+i)%26)}, size)
+		copy(b, fmt.Sprintf("%08d", first+i))
+		f.Buffer().B = append(f.Buffer().B, b...)
+		fs[i] = f
+	}
+	return fs
+}
+
+// readNumbered reads whole frames of size from c until EOF or the deadline and
+// checks they are frames first, first+1, … intact; it returns how many.
+func readNumbered(t *testing.T, c net.Conn, size int) int {
+	t.Helper()
+	got, _ := io.ReadAll(c)
+	if len(got)%size != 0 {
+		t.Fatalf("%d bytes is not a whole number of %d-byte frames: a frame was cut", len(got), size)
+	}
+	for i := 0; i < len(got)/size; i++ {
+		want := numberedFrames(i, 1, size)[0]
+		if !bytes.Equal(got[i*size:(i+1)*size], want.Bytes()) {
+			t.Fatalf("frame %d arrived out of order or damaged: starts %q", i, got[i*size:i*size+8])
+		}
+		want.Release()
+	}
+	return len(got) / size
+}
+
+// TestFramesFromJobInOrder writes shared frames from a job (not from the
+// connection's own input) to a peer that reads slowly, so that the first go
+// straight to the socket and the rest through the queue; they must arrive
+// whole and in order.
+func TestFramesFromJobInOrder(t *testing.T) {
+	const size, count = 40 << 10, 240 // 9.6 MB: far past the socket buffers
+	conns := make(chan *Conn, 1)
+	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
+	_, addr := startPoller(t, h, Options{Loops: 1})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go"))
+	pc := <-conns
+	pc.Loop().Post(FuncJob(func() {
+		for i, f := range numberedFrames(0, count, size) {
+			if err := pc.WriteFrame(f); err != nil {
+				t.Errorf("frame %d: %v", i, err)
+			}
+			f.Release() // the queue holds its own reference
+		}
+		pc.CloseWrite()
+	}))
+	if n := readNumbered(t, c, size); n != count {
+		t.Fatalf("read %d frames, want %d", n, count)
+	}
+}
+
+// TestPendingLimitNeverCutsAFrame writes frames larger than MaxPending from a
+// job until one is refused. The one the socket took only part of must be
+// queued past the limit rather than cut, so the peer reads whole frames: every
+// one accepted, and none refused.
+func TestPendingLimitNeverCutsAFrame(t *testing.T) {
+	const size = 40 << 10
+	conns := make(chan *Conn, 1)
+	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
+	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 8 << 10})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go"))
+	pc := <-conns
+	accepted := make(chan int, 1)
+	pc.Loop().Post(FuncJob(func() {
+		n := 0
+		for _, f := range numberedFrames(0, 1000, size) {
+			err := pc.WriteFrame(f)
+			f.Release()
+			if err != nil {
+				if !errors.Is(err, ErrPendingLimit) {
+					t.Errorf("WriteFrame: %v, want ErrPendingLimit", err)
+				}
+				break
+			}
+			n++
+		}
+		pc.CloseWrite()
+		accepted <- n
+	}))
+	want := <-accepted
+	if want == 1000 {
+		t.Fatal("MaxPending never refused a frame")
+	}
+	if n := readNumbered(t, c, size); n != want {
+		t.Fatalf("read %d frames, want the %d accepted", n, want)
+	}
+}
