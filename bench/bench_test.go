@@ -176,9 +176,15 @@ func TestBroadcast(t *testing.T) {
 		{"gorilla/json/workers=2", startGorilla, ProtoShootoutJSON, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// The in-process throng's PID is this process: enough to check the
+			// server CPU is read.
+			target := Target{URL: tc.start(t)}
+			if strings.HasPrefix(tc.name, "throng") {
+				target.PID = os.Getpid()
+			}
 			cfg := Config{
 				Scenario:   ScenarioBroadcast,
-				Targets:    []Target{{URL: tc.start(t)}},
+				Targets:    []Target{target},
 				Protocol:   tc.protocol,
 				StepSize:   10,
 				MaxClients: 30,
@@ -194,6 +200,11 @@ func TestBroadcast(t *testing.T) {
 			if len(r.Steps) != 3 || r.MaxClients != 30 {
 				t.Fatalf("%d steps, max clients %d; want 3 steps up to 30", len(r.Steps), r.MaxClients)
 			}
+			// CPU time is read in clock ticks, so one short step may read zero;
+			// the three together may not.
+			if cpu := r.Steps[0].ServerCPUSeconds + r.Steps[1].ServerCPUSeconds + r.Steps[2].ServerCPUSeconds; target.PID != 0 && cpu == 0 {
+				t.Fatal("no server CPU read from the PID over three steps")
+			}
 			for i, s := range r.Steps {
 				clients := 10 * (i + 1)
 				switch {
@@ -205,6 +216,10 @@ func TestBroadcast(t *testing.T) {
 					t.Fatalf("step %d: not exactly once: %+v", s.Step, s)
 				case s.RTT == nil || s.RTT.Count != 12:
 					t.Fatalf("step %d: rtt %+v", s.Step, s.RTT)
+				case target.PID == 0 && s.ServerCPUSeconds != 0:
+					t.Fatalf("step %d: server CPU %v s without a PID", s.Step, s.ServerCPUSeconds)
+				case s.ServerCPUSeconds < 0 || (s.ServerCPUSeconds > 0) != (s.ServerCPUMicrosPerDelivery > 0):
+					t.Fatalf("step %d: server CPU %v s but %v µs per delivery", s.Step, s.ServerCPUSeconds, s.ServerCPUMicrosPerDelivery)
 				case tc.protocol == ProtoShootoutJSON && (s.MinListeners != clients || s.MaxListeners != clients):
 					t.Fatalf("step %d: listenerCount %d..%d, want %d", s.Step, s.MinListeners, s.MaxListeners, clients)
 				}
@@ -265,6 +280,9 @@ func TestChatJoinHold(t *testing.T) {
 	}
 	if c := r.Chat; c == nil || c.Deliveries != c.Expected || c.Sent == 0 {
 		t.Fatalf("chat after the hold: %+v", c)
+	}
+	if c := r.Chat; c.ServerCPUMicrosPerDelivery <= 0 {
+		t.Fatalf("server CPU per delivery %v, want it read from the PID", c.ServerCPUMicrosPerDelivery)
 	}
 }
 

@@ -162,6 +162,12 @@ type Step struct {
 	MinListeners int      `json:"min_listener_count"`
 	MaxListeners int      `json:"max_listener_count"`
 	ExactlyOnce  bool     `json:"exactly_once"`
+	// ServerCPUSeconds is the server's CPU time over the step's broadcasts
+	// and their verification, and ServerCPUMicrosPerDelivery that over the
+	// receipts: the server's own cost, apart from the harness's. Zero without
+	// a PID.
+	ServerCPUSeconds           float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
 }
 
 // ChatStats is the chat scenario's deliveries.
@@ -173,6 +179,9 @@ type ChatStats struct {
 	Expected   uint64  `json:"expected"`
 	Deliveries uint64  `json:"deliveries"`
 	PerSec     float64 `json:"deliveries_per_sec"`
+	// ServerCPUMicrosPerDelivery is the server's CPU time over the messages
+	// and their delivery, over the deliveries. Zero without a PID.
+	ServerCPUMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
 }
 
 // ChurnStats is the churn scenario's reconnects.
@@ -305,6 +314,12 @@ func (rep *Report) rows() []row {
 			return ""
 		}
 		return fmtBytes(r.Server.RSSPerConnAfterTraffic)
+	})
+	add("server CPU µs per delivery", func(r *Result) string {
+		if r.Chat == nil || r.Chat.ServerCPUMicrosPerDelivery == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.3f", r.Chat.ServerCPUMicrosPerDelivery)
 	})
 	add("echoes/s", func(r *Result) string {
 		if r.Echo == nil {
@@ -466,14 +481,18 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if len(r.Steps) > 0 {
 			fmt.Fprintf(w, "\n%s broadcast steps:\n", r.Target)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\t\n")
+			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\tserver µs/delivery\t\n")
 			for _, s := range r.Steps {
 				if s.RTT == nil {
 					continue
 				}
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", s.Clients, s.Samples,
+				cpu := ""
+				if s.ServerCPUMicrosPerDelivery > 0 {
+					cpu = fmt.Sprintf("%.3f", s.ServerCPUMicrosPerDelivery)
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t\n", s.Clients, s.Samples,
 					fmtMS(s.RTT.Min), fmtMS(s.RTT.P50), fmtMS(s.RTT.P95), fmtMS(s.RTT.P99), fmtMS(s.RTT.Max),
-					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates)
+					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates, cpu)
 			}
 			tw.Flush()
 		}

@@ -347,6 +347,7 @@ func (r *run) step(ctx context.Context, step, clients int) (*Step, error) {
 	// Broadcasts in flight are split over the parts; a part with no share of
 	// them sends none.
 	active := min(w, cfg.Inflight)
+	cpu0, cpuOK := r.serverCPU()
 	t0 := time.Now()
 	replies, err := r.all(ctx, func(i int) command {
 		if i >= active {
@@ -387,6 +388,12 @@ func (r *run) step(ctx context.Context, step, clients int) (*Step, error) {
 			st.MinListeners = sr.Listeners[0]
 		}
 		st.MaxListeners = max(st.MaxListeners, sr.Listeners[1])
+	}
+	if cpu1, ok := r.serverCPU(); ok && cpuOK {
+		st.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
+		if st.Receipts > 0 {
+			st.ServerCPUMicrosPerDelivery = st.ServerCPUSeconds * 1e6 / float64(st.Receipts)
+		}
 	}
 	st.RTT = latencyOf(rtt)
 	st.AtLimit = ms(rtt.ValueAtQuantile(cfg.LimitPercentile))
@@ -432,6 +439,7 @@ func (r *run) chat(ctx context.Context) error {
 	r.mu.Lock()
 	r.lat.Reset()
 	r.mu.Unlock()
+	cpu0, cpuOK := r.serverCPU()
 	t0 := time.Now()
 	replies, err := r.all(ctx, func(int) command {
 		return command{Op: opChat, Rate: cfg.RoomRate, Duration: cfg.Duration}
@@ -460,6 +468,9 @@ func (r *run) chat(ctx context.Context) error {
 		Expected:   expected,
 		Deliveries: got,
 		PerSec:     float64(got) / el.Seconds(),
+	}
+	if cpu1, ok := r.serverCPU(); ok && cpuOK && got > 0 {
+		r.res.Chat.ServerCPUMicrosPerDelivery = (cpu1 - cpu0).Seconds() * 1e6 / float64(got)
 	}
 	if err != nil {
 		return err
