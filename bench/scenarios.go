@@ -115,15 +115,9 @@ func (r *run) idle(ctx context.Context) error {
 	s, _ := r.snapshot()
 	r.res.Conns.Held = int(s.Open)
 	if measured {
-		rss1, _, err := r.serverRSS(ctx)
-		if err != nil {
+		if r.res.Server.RSSAfter, r.res.Server.RSSPerConn, err = r.readMemory(ctx, rss0, int(s.Open)); err != nil {
 			return err
 		}
-		r.res.Server.RSSAfter = rss1
-		if s.Open > 0 {
-			r.res.Server.RSSPerConn = float64(rss1-rss0) / float64(s.Open)
-		}
-		r.res.Memory = append(r.res.Memory, memPoint(int(s.Open), rss1-rss0))
 	}
 	if failed > 0 {
 		return fmt.Errorf("bench: %d of %d connections failed to open", failed, cfg.Conns)
@@ -171,20 +165,25 @@ func (r *run) idleTraffic(ctx context.Context, rss0 int64, measured bool) error 
 	}
 	s, _ := r.snapshot()
 	if measured {
-		rss2, _, err := r.serverRSS(ctx)
-		if err != nil {
+		if r.res.Server.RSSAfterTraffic, r.res.Server.RSSPerConnAfterTraffic, err = r.readMemory(ctx, rss0, int(s.Open)); err != nil {
 			return err
 		}
-		r.res.Server.RSSAfterTraffic = rss2
-		if s.Open > 0 {
-			r.res.Server.RSSPerConnAfterTraffic = float64(rss2-rss0) / float64(s.Open)
-		}
-		r.res.Memory = append(r.res.Memory, memPoint(int(s.Open), rss2-rss0))
 	}
 	if held := int(s.Open); held < r.res.Conns.Held {
 		return fmt.Errorf("bench: %d connections were lost during traffic", r.res.Conns.Held-held)
 	}
 	return nil
+}
+
+// readMemory reads the server's RSS with conns open, records the growth from
+// rss0 as a memory point, and returns the RSS and the growth per connection.
+func (r *run) readMemory(ctx context.Context, rss0 int64, conns int) (rss int64, perConn float64, err error) {
+	if rss, _, err = r.serverRSS(ctx); err != nil {
+		return 0, 0, err
+	}
+	p := memPoint(conns, rss-rss0)
+	r.res.Memory = append(r.res.Memory, p)
+	return rss, p.PerConn, nil
 }
 
 func memPoint(conns int, grown int64) MemPoint {
