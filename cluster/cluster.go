@@ -19,11 +19,14 @@
 //     per node. A gap in a node's sequence is loss: the heartbeats make it
 //     visible within an interval (the canary), and whoever sees one asks the
 //     node, on PREFIX.sync.<node>, to publish a full snapshot.
-//   - Member lists, on demand: GET /api/rooms/{id} sends an empty request on
-//     the room's subject, and each node with members answers with its list.
+//   - Member lists, on demand: GET /api/rooms/{id}, and a room's first local
+//     member (to learn who was there before), send an empty request on the
+//     room's subject, and each node with members answers with its list.
 //
-// A node not heard from for Options.DeadAfter drops out of every count. The
-// consistency this gives is described in docs/ARCHITECTURE.md.
+// A node not heard from for Options.DeadAfter drops out of every count, and
+// the others write a user-left for each of its members to theirs (see
+// presence.go). The consistency this gives is described in
+// docs/ARCHITECTURE.md.
 package cluster
 
 import (
@@ -126,8 +129,12 @@ type Node struct {
 	deliver Deliverer
 	nc      *nats.Conn
 
-	peers peerTable
-	users userTable
+	peers  peerTable
+	users  userTable
+	remote remoteMembers // the other nodes' members of the local rooms
+	// fetches counts the member-list requests the worker started; stop
+	// waits for them after the worker.
+	fetches sync.WaitGroup
 
 	// interest holds the rooms with local members and their subscriptions.
 	// Written by the worker, read by the inbound goroutine (to drop what an
@@ -175,8 +182,9 @@ type interest struct {
 
 // outMsg is a room message on its way to the publisher.
 type outMsg struct {
-	room string
-	buf  *bytebufferpool.ByteBuffer
+	room     string
+	buf      *bytebufferpool.ByteBuffer
+	presence bool // user-joined or user-left: sent with the origin header
 }
 
 // New validates o and makes a node. It neither connects nor starts anything:
@@ -496,7 +504,7 @@ func (n *Node) Publish(roomID string, payload []byte) bool {
 	b := bytebufferpool.Get()
 	b.B = append(b.B[:0], payload...)
 	select {
-	case n.out <- outMsg{room: roomID, buf: b}:
+	case n.out <- outMsg{room: roomID, buf: b, presence: isPresence(payload)}:
 		return true
 	default:
 		bytebufferpool.Put(b)
@@ -518,7 +526,13 @@ func (n *Node) publish() {
 			subj = n.RoomSubject(m.room)
 			subjects[m.room] = subj
 		}
-		if err := n.nc.Publish(subj, m.buf.B); err != nil {
+		var err error
+		if m.presence {
+			err = n.nc.PublishMsg(n.presenceMsg(subj, m.buf.B))
+		} else {
+			err = n.nc.Publish(subj, m.buf.B)
+		}
+		if err != nil {
 			if errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) {
 				n.c.lost[lostBrokerDown].Add(1)
 			} else {
@@ -579,6 +593,11 @@ func (n *Node) onRoomMsg(m *nats.Msg) {
 		n.c.stale.Add(1)
 		return
 	}
+	if m.Header != nil && isPresence(m.Data) {
+		if o, ok := parseOrigin(m.Header.Get(originHeader)); ok {
+			n.remote.presence(id, o, m.Data)
+		}
+	}
 	n.c.received.Add(1)
 	n.deliver.Deliver(id, m.Data)
 }
@@ -587,6 +606,7 @@ func (n *Node) onRoomMsg(m *nats.Msg) {
 // in several, all but the last with More.
 type membersReply struct {
 	Node    string            `json:"node"`
+	Inc     uint64            `json:"inc,omitempty"` // the node's incarnation
 	Members []room.MemberInfo `json:"members"`
 	More    bool              `json:"more,omitempty"`
 }
@@ -600,7 +620,7 @@ func (n *Node) answerMembers(roomID, reply string) {
 	for {
 		part := members[:min(len(members), membersPerReply)]
 		members = members[len(part):]
-		b, err := json.Marshal(membersReply{Node: n.id, Members: part, More: len(members) > 0})
+		b, err := json.Marshal(membersReply{Node: n.id, Inc: n.inc, Members: part, More: len(members) > 0})
 		if err == nil {
 			err = n.nc.Publish(reply, b)
 		}
@@ -614,38 +634,46 @@ func (n *Node) answerMembers(roomID, reply string) {
 // which reaches exactly the nodes subscribed to it, and the replies gathered
 // until every live node that announced members in the room has answered.
 func (n *Node) RemoteMembers(ctx context.Context, roomID string) ([]room.MemberInfo, bool, error) {
+	var members []room.MemberInfo
+	partial, err := n.gatherMembers(ctx, roomID, func(r membersReply) { members = append(members, r.Members...) })
+	return members, partial, err
+}
+
+// gatherMembers sends a member-list request for roomID and hands each reply to
+// fn until every live node that announced members in the room has answered or
+// ctx ends (partial).
+func (n *Node) gatherMembers(ctx context.Context, roomID string, fn func(membersReply)) (partial bool, err error) {
 	want := n.peers.withRoom(roomID, time.Now())
 	if len(want) == 0 {
-		return nil, false, nil
+		return false, nil
 	}
 	if n.nc == nil || !n.connected.Load() {
-		return nil, true, nil
+		return true, nil
 	}
 	inbox := n.nc.NewInbox()
 	sub, err := n.nc.SubscribeSync(inbox)
 	if err != nil {
-		return nil, true, err
+		return true, err
 	}
 	defer sub.Unsubscribe()
 	if err := n.nc.PublishRequest(n.RoomSubject(roomID), inbox, nil); err != nil {
-		return nil, true, err
+		return true, err
 	}
-	var members []room.MemberInfo
 	for len(want) > 0 {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
-			return members, true, nil
+			return true, nil
 		}
 		var r membersReply
 		if json.Unmarshal(m.Data, &r) != nil {
 			continue
 		}
-		members = append(members, r.Members...)
+		fn(r)
 		if !r.More {
 			delete(want, r.Node)
 		}
 	}
-	return members, false, nil
+	return false, nil
 }
 
 // Acquire implements server.UserConns: user may open another connection if
@@ -725,6 +753,7 @@ func (n *Node) stop() bool {
 	n.closed = true
 	close(n.quit)
 	n.bg.Wait()
+	n.fetches.Wait() // started only by the worker, which has stopped
 	return true
 }
 

@@ -509,3 +509,85 @@ func TestMetricsDocumented(t *testing.T) {
 		t.Fatalf("only %d metrics described", count)
 	}
 }
+
+// TestNodeCrashTellsUserLeft: when a node dies without a word, the others
+// write a user-left for each of its members to their own members of the room:
+// for a member they heard join, and for one that was there before they
+// subscribed (learned from the member list). A member that left in good order
+// is not announced again.
+func TestNodeCrashTellsUserLeft(t *testing.T) {
+	o := nodeOptions{heartbeat: 100 * time.Millisecond, deadAfter: time.Second}
+	b := startBroker(t, 0)
+	a, bn, c := startNode(t, "a", b.URL(), o), startNode(t, "b", b.URL(), o), startNode(t, "c", b.URL(), o)
+	alice := dial(t, a.url(""), "alice")
+	alice.join("r") // before b and c have members in r: they learn her from the list
+	waitCount(t, "r", 1, bn, c)
+	bob := dial(t, bn.url(""), "bob")
+	bob.join("r")
+	carol := dial(t, c.url(""), "carol")
+	carol.join("r")
+	dave := dial(t, a.url(""), "dave")
+	dave.join("r") // after them: they hear him join
+	erin := dial(t, a.url(""), "erin")
+	erin.join("r")
+	waitCount(t, "r", 5, a, bn, c)
+	erin.send(map[string]any{"type": "leave", "roomId": "r"}) // in good order
+	for _, cl := range []*client{bob, carol} {
+		cl.waitFor("erin's user-left", func(ms []msg) bool { return countLeft(ms, erin.id) == 1 })
+	}
+
+	a.kill()
+	for _, cl := range []*client{bob, carol} {
+		cl.waitFor("user-left for alice and dave", func(ms []msg) bool {
+			return countLeft(ms, alice.id) == 1 && countLeft(ms, dave.id) == 1
+		})
+		ms := cl.all()
+		for _, m := range ms {
+			if m.Type == "user-left" && (m.UserID == alice.id || m.UserID == dave.id) && (m.UserCount != 2 || m.RoomID != "r") {
+				t.Errorf("%s: %+v, want room r with userCount 2 (bob and carol)", cl.name, m)
+			}
+		}
+		if n := countLeft(ms, erin.id); n != 1 {
+			t.Errorf("%s: %d user-left for erin, want the one she sent", cl.name, n)
+		}
+		if n := countLeft(ms, bob.id) + countLeft(ms, carol.id); n != 0 {
+			t.Errorf("%s: %d user-left for live members", cl.name, n)
+		}
+	}
+	for _, n := range []*node{bn, c} {
+		if s := n.cl.Stats(); s.GoneMembers != 2 {
+			t.Errorf("%s: GoneMembers %d, want 2", n.name, s.GoneMembers)
+		}
+	}
+}
+
+func countLeft(ms []msg, user string) int {
+	n := 0
+	for _, m := range ms {
+		if m.Type == "user-left" && m.UserID == user {
+			n++
+		}
+	}
+	return n
+}
+
+// TestNodeRestartTellsUserLeft: a node that crashes and comes back under the
+// same id before dead-after is a new incarnation, and the members of its
+// previous life are announced as gone at once.
+func TestNodeRestartTellsUserLeft(t *testing.T) {
+	o := nodeOptions{heartbeat: 100 * time.Millisecond, deadAfter: time.Minute}
+	b := startBroker(t, 0)
+	a, bn := startNode(t, "a", b.URL(), o), startNode(t, "b", b.URL(), o)
+	bob := dial(t, bn.url(""), "bob")
+	bob.join("r")
+	alice := dial(t, a.url(""), "alice")
+	alice.join("r")
+	waitCount(t, "r", 2, a, bn)
+
+	a.kill()
+	startNode(t, "a", b.URL(), o) // well within dead-after
+	bob.waitFor("alice's user-left", func(ms []msg) bool { return countLeft(ms, alice.id) == 1 })
+	if m := last(bob.all(), "user-left"); m.UserID != alice.id || m.UserCount != 1 {
+		t.Fatalf("user-left %+v, want alice with userCount 1", m)
+	}
+}

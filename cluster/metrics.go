@@ -25,6 +25,7 @@ type counters struct {
 	reconnects  atomic.Uint64
 	disconnects atomic.Uint64
 	peersDead   atomic.Uint64 // nodes dropped for silence
+	goneMembers atomic.Uint64 // user-left written here for members of dropped nodes
 	userRefused atomic.Uint64 // connections refused by the cluster-wide per-user limit
 }
 
@@ -44,8 +45,11 @@ type Stats struct {
 	Subscriptions int
 	Reconnects    uint64
 	PeersDead     uint64
-	UserRefused   uint64
-	Snapshots     uint64
+	// GoneMembers counts the user-left messages written here for the members
+	// of nodes that died (see presence.go).
+	GoneMembers uint64
+	UserRefused uint64
+	Snapshots   uint64
 }
 
 // Stats returns the node's counters.
@@ -58,6 +62,7 @@ func (n *Node) Stats() Stats {
 		Dropped:     n.dropped(),
 		Reconnects:  n.c.reconnects.Load(),
 		PeersDead:   n.c.peersDead.Load(),
+		GoneMembers: n.c.goneMembers.Load(),
 		UserRefused: n.c.userRefused.Load(),
 		Snapshots:   n.c.snapshots.Load(),
 	}
@@ -104,6 +109,7 @@ func (n *Node) Collector() prometheus.Collector {
 		subs:         d("subscriptions", "Rooms with local members: one broker subscription each."),
 		peers:        d("peers", "Other nodes heard within --cluster-dead-after."),
 		peersDead:    d("peers_dead_total", "Nodes dropped from every count after --cluster-dead-after of silence."),
+		goneMembers:  d("dead_members_left_total", "user-left messages this node wrote to its members for the members of nodes that died."),
 		statePub:     d("state_published_total", "State messages (heartbeats, count changes, snapshots) published."),
 		stateLost:    d("state_lost_total", "State messages the broker did not take; the others see the gap."),
 		snapshots:    d("snapshots_total", "Snapshots of this node's counts published."),
@@ -122,7 +128,7 @@ func (n *Node) Collector() prometheus.Collector {
 type clusterDescs struct {
 	info, connected, reconnects, disconnects                          *prometheus.Desc
 	published, lost, received, dropped, stale, subs                   *prometheus.Desc
-	peers, peersDead, statePub, stateLost                             *prometheus.Desc
+	peers, peersDead, goneMembers, statePub, stateLost                *prometheus.Desc
 	snapshots, snapAsked, snapRequests, userRefused                   *prometheus.Desc
 	peerLag, peerSilence, peerRecv, peerLost, peerSynced, peerMembers *prometheus.Desc
 }
@@ -136,7 +142,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	d := &c.descs
 	for _, x := range []*prometheus.Desc{
 		d.info, d.connected, d.reconnects, d.disconnects, d.published, d.lost, d.received, d.dropped, d.stale,
-		d.subs, d.peers, d.peersDead, d.statePub, d.stateLost, d.snapshots, d.snapAsked, d.snapRequests,
+		d.subs, d.peers, d.peersDead, d.goneMembers, d.statePub, d.stateLost, d.snapshots, d.snapAsked, d.snapRequests,
 		d.userRefused, d.peerLag, d.peerSilence, d.peerRecv, d.peerLost, d.peerSynced, d.peerMembers,
 	} {
 		ch <- x
@@ -173,6 +179,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	peers := n.peers.status(time.Now())
 	gauge(d.peers, float64(len(peers)))
 	counter(d.peersDead, s.PeersDead)
+	counter(d.goneMembers, s.GoneMembers)
 	counter(d.statePub, n.c.statePublished.Load())
 	counter(d.stateLost, n.c.stateLost.Load())
 	counter(d.snapshots, s.Snapshots)

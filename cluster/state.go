@@ -83,6 +83,8 @@ type applied struct {
 	ask    bool // the peer's counts are not whole: ask it for a snapshot
 	joined bool // a node, or a new incarnation of one, was first heard
 	left   bool // the node said goodbye
+	// replaced is the incarnation a new incarnation of the node replaced, or 0.
+	replaced uint64
 }
 
 // apply takes in one state message from another node. A node is asked for a
@@ -97,6 +99,9 @@ func (t *peerTable) apply(m *stateMsg, now time.Time, askEvery time.Duration) (a
 	case p != nil && m.Inc == p.inc && m.Seq < p.next:
 		return a // already had it
 	case p == nil || m.Inc != p.inc:
+		if p != nil {
+			a.replaced = p.inc
+		}
 		if m.Kind == kindBye {
 			delete(t.m, m.Node)
 			return a
@@ -369,6 +374,7 @@ func (n *Node) work() {
 		case <-t.C:
 			n.publishState(&stateMsg{Kind: kindHeartbeat})
 			for _, id := range n.peers.sweep(time.Now()) {
+				n.nodeGone(id, 0, true)
 				n.c.peersDead.Add(1)
 				n.log.Warn("cluster: node silent; dropped from every count", "peer", id, "dead_after", n.opts.DeadAfter)
 			}
@@ -413,7 +419,13 @@ func (n *Node) onState(m *nats.Msg) {
 	case a.joined:
 		n.log.Info("cluster: node joined", "peer", s.Node)
 	case a.left:
+		n.nodeGone(s.Node, 0, false)
 		n.log.Info("cluster: node left", "peer", s.Node)
+	}
+	if a.replaced != 0 {
+		// The node came back before it was counted dead: the connections of
+		// its previous life went with it.
+		n.nodeGone(s.Node, a.replaced, true)
 	}
 	if a.ask {
 		n.c.snapRequests.Add(1)
@@ -460,12 +472,20 @@ func (n *Node) setInterest(roomID string, count int) bool {
 	it := n.interest[roomID]
 	switch {
 	case count > 0 && it == nil:
+		n.remote.track(roomID)
 		sub, err := n.nc.ChanSubscribe(n.RoomSubject(roomID), n.in)
 		if err != nil {
+			n.remote.forget(roomID)
 			n.log.Warn("cluster: cannot subscribe to a room", "room", roomID, "err", err)
 			return false
 		}
 		n.interest[roomID] = &interest{sub: sub, count: count}
+		// Learn the members the other nodes had before this one listened.
+		n.fetches.Add(1)
+		go func() {
+			defer n.fetches.Done()
+			n.fetchMembers(roomID)
+		}()
 		return true
 	case count > 0:
 		if it.count == count {
@@ -479,6 +499,7 @@ func (n *Node) setInterest(roomID string, count int) bool {
 		}
 		it.sub.Unsubscribe()
 		delete(n.interest, roomID)
+		n.remote.forget(roomID)
 		return true
 	}
 	return false
