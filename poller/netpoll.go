@@ -327,62 +327,55 @@ func (c *Conn) write2Netpoll(a, b []byte) error {
 	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return ErrClosed
 	}
-	n := len(a) + len(b)
-	if n == 0 {
+	if len(a)+len(b) == 0 {
 		return nil
 	}
-	np := c.out.np
-	np.mu.Lock()
 	buf := inPool.Get()
 	buf.Write(a)
 	buf.Write(b)
-	off, err := c.writeDirectLocked(np, buf.B)
-	if err != nil || off == n {
-		np.mu.Unlock()
+	queued, err := c.writeNetpoll(segment{buf: buf})
+	if !queued {
 		inPool.Put(buf)
-		return err
 	}
-	// What was partly written must be finished, whatever the limit.
-	if err := c.checkPendingLocked(np, n-off); err != nil && off == 0 {
-		np.mu.Unlock()
-		inPool.Put(buf)
-		return err
-	}
-	np.queue = append(np.queue, segment{buf: buf, off: off})
-	np.pending += n - off
-	start := c.claimFlushLocked(np)
-	np.mu.Unlock()
-	if start {
-		c.startFlusher()
-	}
-	return nil
+	return err
 }
 
 func (c *Conn) writeFrameNetpoll(f *Frame) error {
 	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return ErrClosed
 	}
+	_, err := c.writeNetpoll(segment{frame: f})
+	return err
+}
+
+// writeNetpoll writes s straight to the socket if it can (see
+// writeDirectLocked) and queues what the socket does not take, reporting
+// whether the queue kept s. A queued frame gets the queue's own reference; a
+// buffer the queue did not keep is the caller's.
+func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 	np := c.out.np
-	n := len(f.buf.B)
+	b := s.bytes()
 	np.mu.Lock()
-	off, err := c.writeDirectLocked(np, f.buf.B)
-	if err != nil || off == n {
+	if s.off, err = c.writeDirectLocked(np, b); err != nil || s.off == len(b) {
 		np.mu.Unlock()
-		return err
+		return false, err
 	}
-	if err := c.checkPendingLocked(np, n-off); err != nil && off == 0 {
+	// What was partly written must be finished, whatever the limit.
+	if err := c.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
 		np.mu.Unlock()
-		return err
+		return false, err
 	}
-	f.Retain()
-	np.queue = append(np.queue, segment{frame: f, off: off})
-	np.pending += n - off
+	if s.frame != nil {
+		s.frame.Retain()
+	}
+	np.queue = append(np.queue, s)
+	np.pending += len(b) - s.off
 	start := c.claimFlushLocked(np)
 	np.mu.Unlock()
 	if start {
 		c.startFlusher()
 	}
-	return nil
+	return true, nil
 }
 
 // writeDirectLocked writes b to the socket from the loop when nothing is
