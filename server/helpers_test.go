@@ -386,3 +386,17 @@ func httpRequest(t *testing.T, addr, req string) *http.Response {
 	}
 	return resp
 }
+
+// waitFor polls cond until it holds; it is how a test waits for the server to
+// reach a state without timing anything. The deadline only bounds a failing
+// test.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -16,19 +16,6 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// waitFor polls cond until it holds or the deadline passes; it is how a test
-// waits for an eventual condition without asserting on timing.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // lcReader reads a gorilla connection in the background, so that control frames
 // (which gorilla handles only while reading) are seen, and records what arrives.
 type lcReader struct {

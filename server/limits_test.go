@@ -84,14 +84,14 @@ func TestRateLimitBan(t *testing.T) {
 		p.send(fmt.Sprintf(`{"type":"banned-%d"}`, i))
 		ts.Clock.Advance(10 * time.Second)
 	}
-	pollUntil(t, "the banned messages to be counted", func() bool { return ts.Chat.Stats().RateLimited == 1+during })
+	waitFor(t, "the banned messages to be counted", func() bool { return ts.Chat.Stats().RateLimited == 1+during })
 	// Others are not limited by one client's ban.
 	bystander.sync()
 
 	// Still banned one millisecond before the end.
 	ts.Clock.Advance(DefaultBan - during*10*time.Second - time.Millisecond)
 	p.send(`{"type":"banned-last"}`)
-	pollUntil(t, "the last banned message to be counted", func() bool { return ts.Chat.Stats().RateLimited == 2+during })
+	waitFor(t, "the last banned message to be counted", func() bool { return ts.Chat.Stats().RateLimited == 2+during })
 
 	ts.Clock.Advance(time.Millisecond)
 	// The first reply since rate_limited is this pong: nothing sent during the
@@ -150,7 +150,7 @@ func TestRateLimitBanClose(t *testing.T) {
 	for i := range 5 {
 		p.send(fmt.Sprintf(`{"type":"banned-%d"}`, i))
 	}
-	pollUntil(t, "five banned messages", func() bool { return ts.Chat.Stats().RateLimited == 6 })
+	waitFor(t, "five banned messages", func() bool { return ts.Chat.Stats().RateLimited == 6 })
 	if st := ts.Stats(); st.Closes["rate_limited"] != 0 {
 		t.Fatalf("closed after %d banned messages, want after 6", 5)
 	}
@@ -311,12 +311,12 @@ func TestMaxConnsPerUser(t *testing.T) {
 		}
 		return false
 	}
-	pollUntil(t, "room for alice's second connection", a3)
+	waitFor(t, "room for alice's second connection", a3)
 	if resp := dialStatus(t, ts.URL("/ws"), "", bearer("alice")); resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("third connection again: status %d, want 429", resp.StatusCode)
 	}
 	a2.Close()
-	pollUntil(t, "room after a close handshake", a3)
+	waitFor(t, "room after a close handshake", a3)
 	st := ts.Stats()
 	if st.Handshakes["too_many_conns"] < 2 {
 		t.Errorf("handshakes %v, want too_many_conns counted", st.Handshakes)
@@ -335,7 +335,7 @@ func TestMaxConnsPerUserCloseHandshake(t *testing.T) {
 	c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
 	expectClose(t, c, websocket.CloseNormalClosure)
 	c.Close()
-	pollUntil(t, "carol's slot", func() bool {
+	waitFor(t, "carol's slot", func() bool {
 		return dialStatus(t, ts.URL("/echo"), "", h).StatusCode == http.StatusSwitchingProtocols
 	})
 }

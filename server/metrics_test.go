@@ -91,18 +91,6 @@ func (s opsScrape) get(t testing.TB, key string) float64 {
 	return v
 }
 
-// opsUntil polls cond until it holds; the deadline only bounds a failing test.
-func opsUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // expectMoved checks that each series moved by exactly the given amount
 // between two scrapes.
 func expectMoved(t testing.TB, before, after opsScrape, want map[string]float64) {
@@ -176,7 +164,7 @@ func TestMetricsConnectionsMessagesCloses(t *testing.T) {
 	}
 	// The counter moves just after the write, which the client may see first.
 	var open opsScrape
-	opsUntil(t, "the echo to be counted", func() bool {
+	waitFor(t, "the echo to be counted", func() bool {
 		open = scrapeCollector(t, col)
 		return open["throng_messages_sent_total"] > before["throng_messages_sent_total"]
 	})
@@ -203,7 +191,7 @@ func TestMetricsConnectionsMessagesCloses(t *testing.T) {
 	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
 	expectClose(t, c, 1000)
 	c.Close()
-	opsUntil(t, "the connection to close", func() bool { return ts.Stats().Open == 0 })
+	waitFor(t, "the connection to close", func() bool { return ts.Stats().Open == 0 })
 
 	// A binary message on /ws closes with 1003.
 	w := dial(t, ts.URL("/ws"), nil)
@@ -211,7 +199,7 @@ func TestMetricsConnectionsMessagesCloses(t *testing.T) {
 	w.WriteMessage(websocket.BinaryMessage, []byte{1, 2, 3})
 	expectClose(t, w, 1003)
 	w.Close()
-	opsUntil(t, "the /ws connection to close", func() bool { return ts.Stats().Open == 0 })
+	waitFor(t, "the /ws connection to close", func() bool { return ts.Stats().Open == 0 })
 
 	after := scrapeCollector(t, col)
 	expectMoved(t, before, after, map[string]float64{
@@ -284,7 +272,7 @@ func TestMetricsChatRoomsBroadcasts(t *testing.T) {
 	// Two presence broadcasts (to 0, then 1 other member) and one chat message
 	// (to both): three broadcasts, three recipients.
 	var mid opsScrape
-	opsUntil(t, "three broadcasts recorded", func() bool {
+	waitFor(t, "three broadcasts recorded", func() bool {
 		mid = scrapeCollector(t, col)
 		return mid["throng_broadcast_recipients_count"]-before["throng_broadcast_recipients_count"] == 3
 	})
@@ -359,7 +347,7 @@ func TestMetricsSlowConsumers(t *testing.T) {
 			before := scrapeCollector(t, col)
 			before.get(t, "throng_slow_consumer_policy{policy="+tc.policy.String()+"}")
 			stuckClient(t, ts.Addr)
-			opsUntil(t, "the stuck client to join", func() bool { return ts.Rooms.Count("slow") == 1 })
+			waitFor(t, "the stuck client to join", func() bool { return ts.Rooms.Count("slow") == 1 })
 			filler := strings.Repeat("x", 400)
 			for i := 0; ; i++ {
 				if s := ts.Stats(); s.SlowClosed > 0 || s.SlowDropped > 0 {
@@ -375,7 +363,7 @@ func TestMetricsSlowConsumers(t *testing.T) {
 					opsBarrier(ts)
 				}
 			}
-			opsUntil(t, "the counter to be exported", func() bool {
+			waitFor(t, "the counter to be exported", func() bool {
 				return scrapeCollector(t, col)[tc.moved] > 0
 			})
 			after := scrapeCollector(t, col)
@@ -383,7 +371,7 @@ func TestMetricsSlowConsumers(t *testing.T) {
 				t.Errorf("%s = %v under policy %s, want 0", tc.still, after[tc.still], tc.policy)
 			}
 			if tc.policy == SlowClose {
-				opsUntil(t, "the slow_consumer close", func() bool {
+				waitFor(t, "the slow_consumer close", func() bool {
 					return scrapeCollector(t, col)["throng_closes_total{code=1008,reason=slow_consumer}"] == 1
 				})
 			}
@@ -408,7 +396,7 @@ func TestMetricsAdmissionMaxConns(t *testing.T) {
 		"throng_handshakes_total{result=ok}":            2,
 	})
 	a.Close()
-	opsUntil(t, "a connection to close", func() bool { return ts.Stats().Open == 1 })
+	waitFor(t, "a connection to close", func() bool { return ts.Stats().Open == 1 })
 	dial(t, ts.URL("/echo"), nil) // room again
 }
 
@@ -565,7 +553,7 @@ func TestBytesPerConnection(t *testing.T) {
 	for range 4 {
 		dial(t, ts.URL("/echo"), nil)
 	}
-	opsUntil(t, "four connections", func() bool { return ts.Stats().Open == 4 })
+	waitFor(t, "four connections", func() bool { return ts.Stats().Open == 4 })
 	rss.v.Store(60<<20 + 4*3000)
 	if v := scrapeCollector(t, col).get(t, "throng_bytes_per_connection"); v != 3000 {
 		t.Errorf("throng_bytes_per_connection %v, want (RSS - baseline) / 4 = 3000", v)
@@ -631,7 +619,7 @@ func TestAPIStats(t *testing.T) {
 	for range 2 {
 		dial(t, ts.URL("/echo"), nil)
 	}
-	opsUntil(t, "two connections", func() bool { return ts.Stats().Open == 2 })
+	waitFor(t, "two connections", func() bool { return ts.Stats().Open == 2 })
 	rss.v.Store(40<<20 + 2*5000)
 	status, m := get("k3y-for-stats")
 	if status != http.StatusOK {
@@ -753,7 +741,7 @@ func TestStatsLogLine(t *testing.T) {
 	for range leakMinConns {
 		dial(t, ts.URL("/echo"), nil)
 	}
-	opsUntil(t, "the connections", func() bool { return ts.Stats().Open == leakMinConns })
+	waitFor(t, "the connections", func() bool { return ts.Stats().Open == leakMinConns })
 	var w leakWatch
 	rss.v.Store(10<<20 + leakMinConns*4000)
 	ts.logStats(&w)

@@ -157,7 +157,7 @@ func TestNoTokenInLogs(t *testing.T) {
 				c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
 				c.Close()
 			}
-			opsUntil(t, "every connection to close", func() bool { return ts.Stats().Open == 0 })
+			waitFor(t, "every connection to close", func() bool { return ts.Stats().Open == 0 })
 			ts.Close()
 
 			out := buf.String()

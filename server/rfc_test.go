@@ -990,19 +990,6 @@ func TestAppendFrame(t *testing.T) {
 	}
 }
 
-// rfcWaitUntil polls cond until it holds, failing the test after five seconds. It
-// waits for the server to reach a state, it does not time anything.
-func rfcWaitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestRFCCloseCrossingKeepsQueuedOutput has the server close (idle timeout)
 // while a big echo is still queued behind a client that is not reading, and the
 // client's own close cross it. RFC 6455 section 5.5.1 ends the TCP connection
@@ -1023,9 +1010,9 @@ func TestRFCCloseCrossingKeepsQueuedOutput(t *testing.T) {
 	if _, err := c.Write(frame(true, 0, rfcBinary, msg, true)); err != nil {
 		t.Fatal(err)
 	}
-	rfcWaitUntil(t, "the echo", func() bool { return ts.Stats().MessagesOut >= 1 })
+	waitFor(t, "the echo", func() bool { return ts.Stats().MessagesOut >= 1 })
 	clock.Advance(DefaultIdleTimeout + time.Second)
-	rfcWaitUntil(t, "the idle close", func() bool { return ts.Stats().Closes[CloseIdle.String()] == 1 })
+	waitFor(t, "the idle close", func() bool { return ts.Stats().Closes[CloseIdle.String()] == 1 })
 	c.send(rfcClose, []byte(rfcCloseBody(1000, "")))
 
 	op, fin, p, err := c.readFrame()

@@ -189,18 +189,6 @@ func checkMessage(t *testing.T, m chatWire, roomID, userID, name, content string
 	}
 }
 
-// pollUntil waits for cond, failing the test after a while.
-func pollUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func unlimitedChat(c *Chat) { c.Rate = -1 }
 
 func TestRoomsJoinChatLeave(t *testing.T) {
@@ -439,7 +427,7 @@ func TestRoomsErrors(t *testing.T) {
 			defer func() {
 				// The next case joins the same rooms afresh.
 				p.c.Close()
-				pollUntil(t, "the rooms to empty", func() bool { return ts.Rooms.Stats().Members == 1 })
+				waitFor(t, "the rooms to empty", func() bool { return ts.Rooms.Stats().Members == 1 })
 			}()
 			for i, r := range tc.joins {
 				p.join(r, fmt.Sprint("n", i), 1)
@@ -897,7 +885,7 @@ func TestRoomsLargeRoom(t *testing.T) {
 			killConn(c)
 		}
 		readers.Wait()
-		pollUntil(t, "the room to empty", func() bool { return ts.Rooms.Count(roomID) == 0 })
+		waitFor(t, "the room to empty", func() bool { return ts.Rooms.Count(roomID) == 0 })
 	}()
 
 	for k, content := range contents {
@@ -1131,7 +1119,7 @@ func TestRoomsSlowConsumer(t *testing.T) {
 				}
 				stuck.expectEOF()
 				// The others heard it leave.
-				pollUntil(t, "user-left for the stuck member", func() bool {
+				waitFor(t, "user-left for the stuck member", func() bool {
 					la.mu.Lock()
 					defer la.mu.Unlock()
 					lb.mu.Lock()

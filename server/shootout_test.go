@@ -46,7 +46,7 @@ func dialShootout(t *testing.T, ts *testServer, n int) []*websocket.Conn {
 	for i := range cs {
 		cs[i] = dial(t, ts.URL("/shootout"), nil)
 	}
-	pollUntil(t, "every client to be in the room", func() bool { return ts.Rooms.Count(shootoutRoom) == n })
+	waitFor(t, "every client to be in the room", func() bool { return ts.Rooms.Count(shootoutRoom) == n })
 	return cs
 }
 
@@ -252,7 +252,7 @@ func TestShootoutMalformedCloses1003(t *testing.T) {
 			expectClose(t, c, websocket.CloseUnsupportedData)
 			// The others carry on, and the closed client leaves the room.
 			syncShootout(t, other)
-			pollUntil(t, "the client to leave the room", func() bool { return ts.Rooms.Count(shootoutRoom) == 1 })
+			waitFor(t, "the client to leave the room", func() bool { return ts.Rooms.Count(shootoutRoom) == 1 })
 		})
 	}
 }
@@ -262,7 +262,7 @@ func TestShootoutListenerCount(t *testing.T) {
 	ts, _ := startShootout(t, Options{})
 	cs := dialShootout(t, ts, 3)
 	cs[2].Close()
-	pollUntil(t, "the closed client to leave", func() bool { return ts.Rooms.Count(shootoutRoom) == 2 })
+	waitFor(t, "the closed client to leave", func() bool { return ts.Rooms.Count(shootoutRoom) == 2 })
 	cs[0].WriteMessage(websocket.TextMessage, []byte(`{"type":"broadcast","payload":1}`))
 	readOp(t, cs[0])
 	readOp(t, cs[1])
