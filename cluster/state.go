@@ -175,25 +175,22 @@ func (t *peerTable) sweep(now time.Time) []string {
 
 // room is roomID's members on the live nodes.
 func (t *peerTable) room(roomID string, now time.Time) int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	n := 0
-	for _, p := range t.m {
-		if t.live(p, now) {
-			n += int(p.rooms[roomID])
-		}
-	}
-	return n
+	return t.sum(now, func(p *peer) int32 { return p.rooms[roomID] })
 }
 
 // user is user's connections on the live nodes.
 func (t *peerTable) user(user string, now time.Time) int {
+	return t.sum(now, func(p *peer) int32 { return p.users[user] })
+}
+
+// sum adds count over the live nodes.
+func (t *peerTable) sum(now time.Time, count func(*peer) int32) int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	n := 0
 	for _, p := range t.m {
 		if t.live(p, now) {
-			n += int(p.users[user])
+			n += int(count(p))
 		}
 	}
 	return n
