@@ -65,8 +65,10 @@ bench: build
 # Each fuzz target for a short while; longer runs: FUZZTIME=10m make fuzz.
 FUZZTIME ?= 20s
 fuzz:
-	@for t in $$($(GO) test -list '^Fuzz' ./server/ | grep ^Fuzz); do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./server/ || exit 1; \
+	@for p in ./server/ ./wsframe/ ./bench/; do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz | sort -u); do \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+		done; \
 	done
 
 clean:

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // Errors a client connection can end with, handed to ClientHandler.OnClose.
@@ -470,7 +471,7 @@ func hasToken(v []byte, tok string) bool {
 func (c *Conn) frames(data []byte) int {
 	off := 0
 	for off < len(data) && !c.pc.Closed() {
-		h, n, ok, err := parseServerHeader(data[off:])
+		h, n, ok, err := wsframe.ParseHeader(data[off:])
 		if err == nil && ok {
 			st := ws.StateClientSide
 			if c.fragOp != 0 {
@@ -564,47 +565,6 @@ func (c *Conn) closeFrame(p []byte) {
 	c.state = stateClosing
 	c.answered = true
 	c.pc.SetStamp(time.Now().Add(answerGrace).UnixMilli())
-}
-
-// parseServerHeader parses a frame header at the start of b. ok is false while b
-// does not hold all of it.
-func parseServerHeader(b []byte) (h ws.Header, n int, ok bool, err error) {
-	if len(b) < 2 {
-		return h, 0, false, nil
-	}
-	h.Fin = b[0]&0x80 != 0
-	h.Rsv = (b[0] & 0x70) >> 4
-	h.OpCode = ws.OpCode(b[0] & 0x0f)
-	h.Masked = b[1]&0x80 != 0
-	n = 2
-	switch l := b[1] & 0x7f; l {
-	case 126:
-		if len(b) < 4 {
-			return h, 0, false, nil
-		}
-		h.Length = int64(binary.BigEndian.Uint16(b[2:4]))
-		n = 4
-	case 127:
-		if len(b) < 10 {
-			return h, 0, false, nil
-		}
-		v := binary.BigEndian.Uint64(b[2:10])
-		if v>>63 != 0 {
-			return h, 0, false, ws.ErrHeaderLengthMSB
-		}
-		h.Length = int64(v)
-		n = 10
-	default:
-		h.Length = int64(l)
-	}
-	if h.Masked {
-		if len(b) < n+4 {
-			return h, 0, false, nil
-		}
-		copy(h.Mask[:], b[n:n+4])
-		n += 4
-	}
-	return h, n, true, nil
 }
 
 // appendClientFrame appends a masked, final client frame of op carrying p.

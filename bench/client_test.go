@@ -104,29 +104,14 @@ func serverFrame(op ws.OpCode, fin bool, p []byte) []byte {
 	return append(out, p...)
 }
 
-// FuzzServerHeader checks the frame header parser on split input: a prefix
-// either asks for more or parses the same header.
-func FuzzServerHeader(f *testing.F) {
-	f.Add(serverFrame(ws.OpText, true, []byte("hi")), 1)
-	f.Add(serverFrame(ws.OpBinary, false, make([]byte, 300)), 3)
-	f.Add(serverFrame(ws.OpBinary, true, make([]byte, 70000)), 9)
-	f.Fuzz(func(t *testing.T, b []byte, cut int) {
-		h, n, ok, err := parseServerHeader(b)
-		if cut < 0 || cut > len(b) {
-			return
-		}
-		h2, n2, ok2, err2 := parseServerHeader(b[:cut])
-		if err2 == nil && ok2 && (!ok || err != nil || h2 != h || n2 != n) {
-			t.Fatalf("prefix parsed %+v/%d, whole %+v/%d", h2, n2, h, n)
-		}
-	})
-}
-
 func TestClientFrameRoundTrip(t *testing.T) {
 	for _, size := range []int{0, 1, 125, 126, 65535, 65536} {
 		p := bytes.Repeat([]byte{'a'}, size)
 		f := appendClientFrame(nil, ws.OpBinary, p)
-		h, n, ok, err := parseServerHeader(f)
+		// gobwas/ws reads it back: our framing is not checked by our parser.
+		r := bytes.NewReader(f)
+		h, err := ws.ReadHeader(r)
+		n, ok := len(f)-r.Len(), true
 		if err != nil || !ok || !h.Masked || !h.Fin || h.OpCode != ws.OpBinary || h.Length != int64(size) || n+size != len(f) {
 			t.Fatalf("size %d: header %+v n %d ok %v err %v", size, h, n, ok, err)
 		}

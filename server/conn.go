@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // Conn is an upgraded WebSocket connection. Its methods must be called on the
@@ -127,7 +128,7 @@ func (c *Conn) WriteFrame(f *poller.Frame) error {
 // framePayloadLen is the payload length of an encoded frame, for the sent-bytes
 // counter, which counts payloads as the received one does.
 func framePayloadLen(b []byte) int {
-	if h, ok, _ := parseHeader(b); ok {
+	if h, _, ok, _ := wsframe.ParseHeader(b); ok {
 		return int(h.Length)
 	}
 	return 0
@@ -398,7 +399,7 @@ func (s *Server) frames(c *Conn, data []byte) int {
 		if c.pc.Closed() {
 			return len(data)
 		}
-		h, ok, err := parseHeader(data[off:])
+		h, size, ok, err := wsframe.ParseHeader(data[off:])
 		if err != nil {
 			c.fail(CloseProtocol, err)
 			return len(data)
@@ -410,7 +411,7 @@ func (s *Server) frames(c *Conn, data []byte) int {
 		if c.fragOp != 0 {
 			st |= ws.StateFragmented
 		}
-		if err := ws.CheckHeader(h.Header, st); err != nil {
+		if err := ws.CheckHeader(h, st); err != nil {
 			c.fail(CloseProtocol, err)
 			return len(data)
 		}
@@ -424,15 +425,15 @@ func (s *Server) frames(c *Conn, data []byte) int {
 				return len(data)
 			}
 		}
-		end := off + h.size + int(h.Length)
+		end := off + size + int(h.Length)
 		if end > len(data) {
 			break
 		}
-		payload := data[off+h.size : end]
+		payload := data[off+size : end]
 		off = end
 		ws.Cipher(payload, h.Mask, 0)
 		c.pc.SetStamp(s.nowMillis())
-		s.frame(c, h.Header, payload)
+		s.frame(c, h, payload)
 	}
 	if c.state != stateOpen {
 		// After our close frame only the peer's close matters; data is dropped.

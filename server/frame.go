@@ -7,57 +7,6 @@ import (
 	"github.com/gobwas/ws"
 )
 
-// frameHeader is a parsed client frame header. gobwas/ws reads headers from an
-// io.Reader; the loop already holds the bytes, so they are parsed in place here and
-// checked with ws.CheckHeader, which costs no allocation per frame.
-type frameHeader struct {
-	ws.Header
-	size int // bytes of header, mask included
-}
-
-// parseHeader parses the frame header at the start of b. ok is false when b does
-// not yet hold the whole header. A length with its most significant bit set is a
-// protocol error.
-func parseHeader(b []byte) (h frameHeader, ok bool, err error) {
-	if len(b) < 2 {
-		return h, false, nil
-	}
-	h.Fin = b[0]&0x80 != 0
-	h.Rsv = (b[0] & 0x70) >> 4
-	h.OpCode = ws.OpCode(b[0] & 0x0f)
-	h.Masked = b[1]&0x80 != 0
-	n := 2
-	switch l := b[1] & 0x7f; l {
-	case 126:
-		if len(b) < 4 {
-			return h, false, nil
-		}
-		h.Length = int64(binary.BigEndian.Uint16(b[2:4]))
-		n = 4
-	case 127:
-		if len(b) < 10 {
-			return h, false, nil
-		}
-		v := binary.BigEndian.Uint64(b[2:10])
-		if v>>63 != 0 {
-			return h, false, ws.ErrHeaderLengthMSB
-		}
-		h.Length = int64(v)
-		n = 10
-	default:
-		h.Length = int64(l)
-	}
-	if h.Masked {
-		if len(b) < n+4 {
-			return h, false, nil
-		}
-		copy(h.Mask[:], b[n:n+4])
-		n += 4
-	}
-	h.size = n
-	return h, true, nil
-}
-
 // putHeader writes an unmasked server frame header for a final frame of op and
 // length n into dst, which must hold ws.MaxHeaderSize bytes, and returns its size.
 func putHeader(dst []byte, op ws.OpCode, n int) int {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
+
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // The tests in this file check RFC 6455's rules for a server over loopback
@@ -922,21 +924,21 @@ func TestParseHeaderRoundTrip(t *testing.T) {
 				t.Fatalf("putHeader(%v, %d) = %d bytes, want %d", op, n, size, want)
 			}
 			for k := range size {
-				if _, ok, err := parseHeader(b[:k]); ok || err != nil {
-					t.Fatalf("parseHeader of %d of %d bytes: ok %v err %v", k, size, ok, err)
+				if _, _, ok, err := wsframe.ParseHeader(b[:k]); ok || err != nil {
+					t.Fatalf("ParseHeader of %d of %d bytes: ok %v err %v", k, size, ok, err)
 				}
 			}
-			h, ok, err := parseHeader(b[:size])
+			h, hsize, ok, err := wsframe.ParseHeader(b[:size])
 			if !ok || err != nil {
-				t.Fatalf("parseHeader(%x): ok %v err %v", b[:size], ok, err)
+				t.Fatalf("ParseHeader(%x): ok %v err %v", b[:size], ok, err)
 			}
-			if !h.Fin || h.Rsv != 0 || h.OpCode != op || h.Masked || h.Length != int64(n) || h.size != size {
-				t.Fatalf("parseHeader(putHeader(%v, %d)) = %+v", op, n, h)
+			if !h.Fin || h.Rsv != 0 || h.OpCode != op || h.Masked || h.Length != int64(n) || hsize != size {
+				t.Fatalf("ParseHeader(putHeader(%v, %d)) = %+v", op, n, h)
 			}
 			// gobwas reads the same header from a stream.
 			gh, err := ws.ReadHeader(bytes.NewReader(b[:size]))
-			if err != nil || gh != h.Header {
-				t.Fatalf("ws.ReadHeader = %+v, %v; parseHeader = %+v", gh, err, h.Header)
+			if err != nil || gh != h {
+				t.Fatalf("ws.ReadHeader = %+v, %v; ParseHeader = %+v", gh, err, h)
 			}
 		}
 	}
@@ -946,13 +948,13 @@ func TestParseHeaderRoundTrip(t *testing.T) {
 			for op := range byte(16) {
 				for _, n := range []int{0, 5, 126, 70000} {
 					f := frame(fin, rsv, op, bytes.Repeat([]byte{1}, n), true)
-					h, ok, err := parseHeader(f)
+					h, hsize, ok, err := wsframe.ParseHeader(f)
 					if !ok || err != nil {
-						t.Fatalf("parseHeader: ok %v err %v", ok, err)
+						t.Fatalf("ParseHeader: ok %v err %v", ok, err)
 					}
 					gh, err := ws.ReadHeader(bytes.NewReader(f))
-					if err != nil || gh != h.Header || h.size != len(f)-n {
-						t.Fatalf("frame fin %v rsv %d op %d n %d: parseHeader %+v, ws.ReadHeader %+v (%v)",
+					if err != nil || gh != h || hsize != len(f)-n {
+						t.Fatalf("frame fin %v rsv %d op %d n %d: ParseHeader %+v, ws.ReadHeader %+v (%v)",
 							fin, rsv, op, n, h, gh, err)
 					}
 				}
@@ -963,12 +965,12 @@ func TestParseHeaderRoundTrip(t *testing.T) {
 	// or not the mask key has arrived.
 	b := binary.BigEndian.AppendUint64([]byte{0x82, 0xff}, 1<<63)
 	for _, p := range [][]byte{b, append(b, 1, 2, 3, 4)} {
-		if _, _, err := parseHeader(p); !errors.Is(err, ws.ErrHeaderLengthMSB) {
-			t.Fatalf("parseHeader(%x): err %v, want ErrHeaderLengthMSB", p, err)
+		if _, _, _, err := wsframe.ParseHeader(p); !errors.Is(err, ws.ErrHeaderLengthMSB) {
+			t.Fatalf("ParseHeader(%x): err %v, want ErrHeaderLengthMSB", p, err)
 		}
 	}
-	if _, ok, err := parseHeader(b[:9]); ok || err != nil {
-		t.Fatalf("parseHeader of 9 bytes: ok %v err %v", ok, err)
+	if _, _, ok, err := wsframe.ParseHeader(b[:9]); ok || err != nil {
+		t.Fatalf("ParseHeader of 9 bytes: ok %v err %v", ok, err)
 	}
 }
 
@@ -980,11 +982,12 @@ func TestAppendFrame(t *testing.T) {
 			t.Fatal("AppendFrame overwrote dst")
 		}
 		f = f[6:]
-		h, ok, err := parseHeader(f)
-		if !ok || err != nil || h.OpCode != ws.OpText || !h.Fin || h.Masked || h.Length != int64(n) {
-			t.Fatalf("AppendFrame(%d): header %+v ok %v err %v", n, h, ok, err)
+		r := bytes.NewReader(f)
+		h, err := ws.ReadHeader(r)
+		if err != nil || h.OpCode != ws.OpText || !h.Fin || h.Masked || h.Length != int64(n) {
+			t.Fatalf("AppendFrame(%d): header %+v err %v", n, h, err)
 		}
-		if !bytes.Equal(f[h.size:], p) {
+		if !bytes.Equal(f[len(f)-r.Len():], p) {
 			t.Fatalf("AppendFrame(%d): payload differs", n)
 		}
 	}
