@@ -349,17 +349,25 @@ func (c *Conn) writeFrameNetpoll(f *Frame) error {
 }
 
 // writeNetpoll writes s straight to the socket if it can (see
-// writeDirectLocked) and queues what the socket does not take, reporting
+// writeDirect) and queues what the socket does not take, reporting
 // whether the queue kept s. A queued frame gets the queue's own reference; a
 // buffer the queue did not keep is the caller's.
 func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 	np := c.out.np
 	b := s.bytes()
+	// Nothing queued or in netpoll's writer, and no OnRequest gathering
+	// replies: write from the loop. Only the loop adds to the queue, and the
+	// caller is the loop, so the state read here holds through the write
+	// without the lock.
 	np.mu.Lock()
-	if s.off, err = c.writeDirectLocked(np, b); err != nil || s.off == len(b) {
-		np.mu.Unlock()
-		return false, err
+	direct := !np.flushing && !np.inRequest.Load()
+	np.mu.Unlock()
+	if direct {
+		if s.off, err = c.writeDirect(b); err != nil || s.off == len(b) {
+			return false, err
+		}
 	}
+	np.mu.Lock()
 	// What was partly written must be finished, whatever the limit.
 	if err := c.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
 		np.mu.Unlock()
@@ -378,17 +386,13 @@ func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 	return true, nil
 }
 
-// writeDirectLocked writes b to the socket from the loop when nothing is
-// queued or in netpoll's writer and no OnRequest is gathering replies, and
-// reports how much the socket took. Most writes outside a request (broadcasts,
-// pings, closes) fit the socket buffer, so they cost one system call and no
-// goroutine; netpoll carries only what the socket does not take at once. The
-// descriptor is safe to use: netpoll closes it only after the close callback,
-// which needs the loop's lock that the caller holds.
-func (c *Conn) writeDirectLocked(np *npConn, b []byte) (int, error) {
-	if np.flushing || np.inRequest.Load() {
-		return 0, nil
-	}
+// writeDirect writes b to the socket from the loop and reports how much the
+// socket took. Most writes outside a request (broadcasts, pings, closes) fit
+// the socket buffer, so they cost one system call and no goroutine; netpoll
+// carries only what the socket does not take at once. The descriptor is safe
+// to use: netpoll closes it only after the close callback, which needs the
+// loop's lock that the caller holds.
+func (c *Conn) writeDirect(b []byte) (int, error) {
 	n, err := unix.Write(int(c.fd), b)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
