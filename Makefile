@@ -51,8 +51,8 @@ bench: build
 	$(GO) build -o bin/nbio-peer ./bench/peers/nbio
 	mkdir -p bench-out
 	set -e; \
-	./$(BIN) serve --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18080 --http-addr 127.0.0.1:18081 --log-level warn --rate -1 & t=$$!; \
-	./$(BIN) serve --poller netpoll --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18082 --http-addr 127.0.0.1:18083 --log-level warn --rate -1 & n=$$!; \
+	./$(BIN) serve --endpoints ws,echo,shootout --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18080 --http-addr 127.0.0.1:18081 --log-level warn --rate -1 & t=$$!; \
+	./$(BIN) serve --endpoints ws,echo,shootout --poller netpoll --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18082 --http-addr 127.0.0.1:18083 --log-level warn --rate -1 & n=$$!; \
 	bin/gorilla-peer --addr 127.0.0.1:18090 & g=$$!; \
 	bin/nbio-peer --addr 127.0.0.1:18091 2>/dev/null & b=$$!; \
 	trap 'kill $$t $$n $$g $$b' EXIT; sleep 1; \

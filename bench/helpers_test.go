@@ -12,8 +12,11 @@ import (
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/bench/peers/gorillapeer"
+	"github.com/throng-ws/throng/chat"
+	"github.com/throng-ws/throng/echo"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/shootout"
 )
 
 func TestMain(m *testing.M) {
@@ -31,7 +34,7 @@ var testSecret = "0123456789abcdef0123456789abcdef"
 func startThrong(t *testing.T, withAuth bool) string {
 	t.Helper()
 	o := server.Options{
-		Handlers:     map[string]server.Handler{"/echo": server.Echo{}},
+		Handlers:     map[string]server.Handler{"/echo": &echo.Handler{RateLimit: server.RateLimit{Rate: -1}}},
 		Loops:        2,
 		TickInterval: 50 * time.Millisecond,
 	}
@@ -47,10 +50,10 @@ func startThrong(t *testing.T, withAuth bool) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.Handle("/ws", &server.Chat{Rooms: room.New(s.Loops(), room.Options{}), Rate: -1}); err != nil {
+	if err := s.Handle("/ws", &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), RateLimit: server.RateLimit{Rate: -1}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Handle("/shootout", &server.Shootout{Rooms: room.New(s.Loops(), room.Options{Shards: 1})}); err != nil {
+	if err := s.Handle("/shootout", &shootout.Handler{RateLimit: server.RateLimit{Rate: -1}, Rooms: room.New(s.Loops(), room.Options{Shards: 1})}); err != nil {
 		t.Fatal(err)
 	}
 	addr, err := s.Listen("127.0.0.1:0")

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/throng-ws/throng/echo"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -35,7 +36,7 @@ func TestURLsSpreadConnections(t *testing.T) {
 	var srvs []*server.Server
 	var urls []string
 	for range 3 {
-		s, err := server.New(server.Options{Handlers: map[string]server.Handler{"/echo": server.Echo{}}, Loops: 1, TickInterval: 50 * time.Millisecond})
+		s, err := server.New(server.Options{Handlers: map[string]server.Handler{"/echo": &echo.Handler{RateLimit: server.RateLimit{Rate: -1}}}, Loops: 1, TickInterval: 50 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

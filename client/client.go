@@ -24,10 +24,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
+
+	"github.com/throng-ws/throng/protocol"
 )
 
 // TokenVia says how the token is presented at the handshake.
@@ -106,6 +106,8 @@ var (
 	// refuse; it is checked before anything is sent.
 	ErrInvalid = errors.New("client: invalid argument")
 )
+
+var errBadRoom = fmt.Errorf("%w: room id must be 1 to %d bytes of printable UTF-8", ErrInvalid, protocol.MaxRoomID)
 
 // CloseError is a connection the server closed, with its close code and reason.
 type CloseError struct {
@@ -466,11 +468,11 @@ func (c *Client) Close() error {
 // returns, or its refusal as a *ServerError. The client rejoins the room with
 // the same name after every reconnect until Leave.
 func (c *Client) Join(ctx context.Context, roomID, userName string) (*Joined, error) {
-	if !validRoom(roomID) {
-		return nil, fmt.Errorf("%w: room id must be 1 to 128 bytes of printable UTF-8", ErrInvalid)
+	if !protocol.ValidRoomID(roomID) {
+		return nil, errBadRoom
 	}
-	if n := utf8.RuneCountInString(userName); n == 0 || n > 50 || !printable(userName) {
-		return nil, fmt.Errorf("%w: user name must be 1 to 50 printable characters", ErrInvalid)
+	if !protocol.ValidUserName(userName) {
+		return nil, fmt.Errorf("%w: user name must be 1 to %d printable characters", ErrInvalid, protocol.MaxUserName)
 	}
 	r, err := c.roundTrip(ctx, &call{kind: "join", room: roomID, name: userName}, Join{RoomID: roomID, UserName: userName})
 	if err != nil {
@@ -481,8 +483,8 @@ func (c *Client) Join(ctx context.Context, roomID, userName string) (*Joined, er
 
 // Leave leaves a room and waits for the server's left.
 func (c *Client) Leave(ctx context.Context, roomID string) error {
-	if !validRoom(roomID) {
-		return fmt.Errorf("%w: room id must be 1 to 128 bytes of printable UTF-8", ErrInvalid)
+	if !protocol.ValidRoomID(roomID) {
+		return errBadRoom
 	}
 	_, err := c.roundTrip(ctx, &call{kind: "leave", room: roomID}, Leave{RoomID: roomID})
 	return err
@@ -1008,20 +1010,4 @@ func tokenExpiry(tok string) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(int64(f), 0)
-}
-
-func validRoom(id string) bool {
-	return len(id) > 0 && len(id) <= 128 && printable(id)
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/chat"
 )
 
 // TestProtocol runs the whole chat protocol between two clients, once for each
@@ -188,7 +188,7 @@ func TestNoRetryAfterPolicyClose(t *testing.T) {
 		reason: "Token expired",
 	}, {
 		name: "rate limit abuse",
-		cfg: serverConfig{auth: true, chat: func(h *server.Chat) {
+		cfg: serverConfig{auth: true, chat: func(h *chat.Handler) {
 			h.Rate, h.Burst, h.BanCloseAfter = 1, 1, 2
 		}},
 		before: func(t *testing.T, ts *testServer, c *Client) {
@@ -398,7 +398,7 @@ func TestCloseWhileReconnecting(t *testing.T) {
 // connection get the rate_limited error instead of hanging; a Send's goes to
 // OnError.
 func TestRateLimitedAnswersCalls(t *testing.T) {
-	ts := startServer(t, serverConfig{chat: func(h *server.Chat) { h.Rate, h.Burst, h.Ban = 0.01, 2, time.Hour }})
+	ts := startServer(t, serverConfig{chat: func(h *chat.Handler) { h.Rate, h.Burst, h.Ban = 0.01, 2, time.Hour }})
 	e := newEvents()
 	c := dialT(t, ts.URL(), e.options(Options{}))
 	ctx := ctxT(t)

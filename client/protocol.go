@@ -1,220 +1,49 @@
 package client
 
-import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"strconv"
-	"time"
-)
+import "github.com/throng-ws/throng/protocol"
 
-// Msg is one message of the chat protocol, in either direction. Its Type is the
-// message's "type" field on the wire.
-type Msg interface{ Type() string }
-
-// Client to server.
+// The chat protocol's messages, as package protocol defines them; the names
+// are kept here so a program that uses the client needs one import.
 type (
-	// Join asks to join a room under a display name; the reply is Joined.
-	Join struct {
-		RoomID   string `json:"roomId"`
-		UserName string `json:"userName"`
-	}
-	// Chat sends a message to a room the client is in; every member, the sender
-	// included, gets it as a Message.
-	Chat struct {
-		RoomID  string `json:"roomId"`
-		Content string `json:"content"`
-	}
-	// Leave leaves a room; the reply is Left.
-	Leave struct {
-		RoomID string `json:"roomId"`
-	}
-	// Ping asks for a Pong.
-	Ping struct{}
-	// Refresh replaces the connection's token with a later one for the same
-	// user; the reply is Refreshed.
-	Refresh struct {
-		Token string `json:"token"`
-	}
+	Msg         = protocol.Msg
+	Join        = protocol.Join
+	Chat        = protocol.Chat
+	Leave       = protocol.Leave
+	Ping        = protocol.Ping
+	Refresh     = protocol.Refresh
+	Connected   = protocol.Connected
+	Joined      = protocol.Joined
+	UserJoined  = protocol.UserJoined
+	Message     = protocol.Message
+	Left        = protocol.Left
+	UserLeft    = protocol.UserLeft
+	Pong        = protocol.Pong
+	Refreshed   = protocol.Refreshed
+	Unknown     = protocol.Unknown
+	ServerError = protocol.ServerError
 )
-
-// Server to client.
-type (
-	// Connected greets a new connection.
-	Connected struct {
-		UserID    string    `json:"userId"`
-		Timestamp time.Time `json:"timestamp"`
-	}
-	// Joined answers Join.
-	Joined struct {
-		RoomID    string `json:"roomId"`
-		UserID    string `json:"userId"`
-		UserCount int    `json:"userCount"`
-	}
-	// UserJoined tells a room's members that someone else joined.
-	UserJoined struct {
-		RoomID    string `json:"roomId"`
-		UserID    string `json:"userId"`
-		UserName  string `json:"userName"`
-		UserCount int    `json:"userCount"`
-	}
-	// Message is a chat message in a room.
-	Message struct {
-		RoomID    string    `json:"roomId"`
-		UserID    string    `json:"userId"`
-		UserName  string    `json:"userName"`
-		Content   string    `json:"content"`
-		Timestamp time.Time `json:"timestamp"`
-	}
-	// Left answers Leave.
-	Left struct {
-		RoomID string `json:"roomId"`
-	}
-	// UserLeft tells a room's members that someone left or disconnected.
-	UserLeft struct {
-		RoomID    string `json:"roomId"`
-		UserID    string `json:"userId"`
-		UserName  string `json:"userName"`
-		UserCount int    `json:"userCount"`
-	}
-	// Pong answers Ping.
-	Pong struct{}
-	// Refreshed answers Refresh. ExpiresAt is zero for a token without exp.
-	Refreshed struct {
-		ExpiresAt time.Time `json:"expiresAt,omitzero"`
-	}
-	// Unknown is a message of a type this package does not know, kept whole so
-	// that a newer server does not break an older client.
-	Unknown struct {
-		Kind string
-		Raw  json.RawMessage
-	}
-)
-
-// ServerError is the protocol's error message. It is also a Go error: calls
-// return it when the server refuses them.
-type ServerError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	// Field names the offending field of an invalid_message.
-	Field string `json:"field,omitempty"`
-	// Count is how many messages were lost, for messages_dropped.
-	Count int `json:"count,omitempty"`
-}
 
 // Error codes the server sends in ServerError.Code.
 const (
-	CodeInvalidJSON     = "invalid_json"
-	CodeInvalidMessage  = "invalid_message"
-	CodeUnknownType     = "unknown_type"
-	CodeNotInRoom       = "not_in_room"
-	CodeAlreadyInRoom   = "already_in_room"
-	CodeTooManyRooms    = "too_many_rooms"
-	CodeRoomFull        = "room_full"
-	CodeRateLimited     = "rate_limited"
-	CodeInvalidToken    = "invalid_token"
-	CodeTokenExpired    = "token_expired"
-	CodeMessagesDropped = "messages_dropped"
-	CodeUnavailable     = "unavailable"
+	CodeInvalidJSON     = protocol.CodeInvalidJSON
+	CodeInvalidMessage  = protocol.CodeInvalidMessage
+	CodeUnknownType     = protocol.CodeUnknownType
+	CodeNotInRoom       = protocol.CodeNotInRoom
+	CodeAlreadyInRoom   = protocol.CodeAlreadyInRoom
+	CodeTooManyRooms    = protocol.CodeTooManyRooms
+	CodeRoomFull        = protocol.CodeRoomFull
+	CodeRateLimited     = protocol.CodeRateLimited
+	CodeInvalidToken    = protocol.CodeInvalidToken
+	CodeTokenExpired    = protocol.CodeTokenExpired
+	CodeMessagesDropped = protocol.CodeMessagesDropped
+	CodeUnavailable     = protocol.CodeUnavailable
 )
 
-func (e *ServerError) Error() string {
-	if e.Message == "" {
-		return "client: server error " + e.Code
-	}
-	return "client: server error " + e.Code + ": " + e.Message
-}
-
-func (Join) Type() string         { return "join" }
-func (Chat) Type() string         { return "chat" }
-func (Leave) Type() string        { return "leave" }
-func (Ping) Type() string         { return "ping" }
-func (Refresh) Type() string      { return "refresh" }
-func (Connected) Type() string    { return "connected" }
-func (Joined) Type() string       { return "joined" }
-func (UserJoined) Type() string   { return "user-joined" }
-func (Message) Type() string      { return "message" }
-func (Left) Type() string         { return "left" }
-func (UserLeft) Type() string     { return "user-left" }
-func (Pong) Type() string         { return "pong" }
-func (Refreshed) Type() string    { return "refreshed" }
-func (ServerError) Type() string  { return "error" }
-func (u Unknown) Type() string    { return u.Kind }
-func (u *Unknown) String() string { return "unknown message " + strconv.Quote(u.Kind) }
-
 // ErrNoType is returned by Decode for a JSON object without a string "type".
-var ErrNoType = errors.New("client: message has no type")
+var ErrNoType = protocol.ErrNoType
 
-// Encode writes m as one protocol message: a JSON object whose first field is
-// "type". An *Unknown is written back as it was received.
-func Encode(m Msg) ([]byte, error) {
-	if u, ok := m.(*Unknown); ok {
-		return append([]byte(nil), u.Raw...), nil
-	}
-	body, err := json.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("client: encode %s: %w", m.Type(), err)
-	}
-	if len(body) < 2 || body[0] != '{' {
-		return nil, fmt.Errorf("client: encode %s: not a JSON object", m.Type())
-	}
-	out := make([]byte, 0, len(body)+len(m.Type())+10)
-	out = append(out, `{"type":`...)
-	out = strconv.AppendQuote(out, m.Type()) // types are ASCII: Go and JSON quoting agree
-	if len(body) > 2 {
-		out = append(out, ',')
-	}
-	return append(out, body[1:]...), nil
-}
+// Encode writes m as one protocol message (see protocol.Encode).
+func Encode(m Msg) ([]byte, error) { return protocol.Encode(m) }
 
-// Decode reads one protocol message sent by either side and returns a pointer
-// to its type, such as *Message or *ServerError; an unknown type comes back as
-// *Unknown. Unknown fields are ignored, as the server ignores them.
-func Decode(data []byte) (Msg, error) {
-	var head struct {
-		Type *string `json:"type"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return nil, fmt.Errorf("client: decode: %w", err)
-	}
-	if head.Type == nil {
-		return nil, ErrNoType
-	}
-	var m Msg
-	switch *head.Type {
-	case "join":
-		m = new(Join)
-	case "chat":
-		m = new(Chat)
-	case "leave":
-		m = new(Leave)
-	case "ping":
-		return &Ping{}, nil
-	case "refresh":
-		m = new(Refresh)
-	case "connected":
-		m = new(Connected)
-	case "joined":
-		m = new(Joined)
-	case "user-joined":
-		m = new(UserJoined)
-	case "message":
-		m = new(Message)
-	case "left":
-		m = new(Left)
-	case "user-left":
-		m = new(UserLeft)
-	case "pong":
-		return &Pong{}, nil
-	case "refreshed":
-		m = new(Refreshed)
-	case "error":
-		m = new(ServerError)
-	default:
-		return &Unknown{Kind: *head.Type, Raw: append(json.RawMessage(nil), data...)}, nil
-	}
-	if err := json.Unmarshal(data, m); err != nil {
-		return nil, fmt.Errorf("client: decode %s: %w", *head.Type, err)
-	}
-	return m, nil
-}
+// Decode reads one protocol message (see protocol.Decode).
+func Decode(data []byte) (Msg, error) { return protocol.Decode(data) }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/throng-ws/throng/auth"
-	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/protocol"
 )
 
 func TestEncode(t *testing.T) {
@@ -89,18 +89,18 @@ func TestDecode(t *testing.T) {
 // with the server's, which it does not import.
 func TestCodesMatchServer(t *testing.T) {
 	pairs := [][2]string{
-		{CodeInvalidJSON, server.CodeInvalidJSON},
-		{CodeInvalidMessage, server.CodeInvalidMessage},
-		{CodeUnknownType, server.CodeUnknownType},
-		{CodeNotInRoom, server.CodeNotInRoom},
-		{CodeAlreadyInRoom, server.CodeAlreadyInRoom},
-		{CodeTooManyRooms, server.CodeTooManyRooms},
-		{CodeRoomFull, server.CodeRoomFull},
-		{CodeRateLimited, server.CodeRateLimited},
-		{CodeInvalidToken, server.CodeInvalidToken},
-		{CodeTokenExpired, server.CodeTokenExpired},
-		{CodeMessagesDropped, server.CodeMessagesDropped},
-		{CodeUnavailable, server.CodeUnavailable},
+		{CodeInvalidJSON, protocol.CodeInvalidJSON},
+		{CodeInvalidMessage, protocol.CodeInvalidMessage},
+		{CodeUnknownType, protocol.CodeUnknownType},
+		{CodeNotInRoom, protocol.CodeNotInRoom},
+		{CodeAlreadyInRoom, protocol.CodeAlreadyInRoom},
+		{CodeTooManyRooms, protocol.CodeTooManyRooms},
+		{CodeRoomFull, protocol.CodeRoomFull},
+		{CodeRateLimited, protocol.CodeRateLimited},
+		{CodeInvalidToken, protocol.CodeInvalidToken},
+		{CodeTokenExpired, protocol.CodeTokenExpired},
+		{CodeMessagesDropped, protocol.CodeMessagesDropped},
+		{CodeUnavailable, protocol.CodeUnavailable},
 	}
 	for _, p := range pairs {
 		if p[0] != p[1] {

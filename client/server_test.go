@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -40,10 +41,10 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 // serverConfig says how to build a test server.
 type serverConfig struct {
-	auth      bool               // require tokens signed with testSecret
-	clock     *fakeClock         // with auth: the server's clock; nil for real time
-	failClose bool               // refused tokens: upgrade then close 1008, not 401
-	chat      func(*server.Chat) // adjusts the /ws handler
+	auth      bool                // require tokens signed with testSecret
+	clock     *fakeClock          // with auth: the server's clock; nil for real time
+	failClose bool                // refused tokens: upgrade then close 1008, not 401
+	chat      func(*chat.Handler) // adjusts the /ws handler
 }
 
 // testServer is a throng server on loopback that a test can stop and start
@@ -94,7 +95,7 @@ func (ts *testServer) start(addr string) {
 	if err != nil {
 		ts.t.Fatal(err)
 	}
-	chat := &server.Chat{Rooms: room.New(s.Loops(), room.Options{}), Auth: v}
+	chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: v}
 	if ts.cfg.chat != nil {
 		ts.cfg.chat(chat)
 	}

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -72,7 +73,7 @@ type node struct {
 	name  string
 	srv   *server.Server
 	rooms *room.Table
-	chat  *server.Chat
+	chat  *chat.Handler
 	cl    *cluster.Node
 	addr  string
 	api   *httptest.Server
@@ -117,7 +118,7 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	}
 	n := &node{t: t, name: name, srv: srv, cl: cl}
 	n.rooms = room.New(srv.Loops(), room.Options{})
-	n.chat = &server.Chat{Rooms: n.rooms, Auth: v, Rate: -1, Cluster: cl}
+	n.chat = &chat.Handler{Rooms: n.rooms, Auth: v, RateLimit: server.RateLimit{Rate: -1}, Cluster: cl}
 	if err := srv.Handle("/ws", n.chat); err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	}
 	n.addr = addr.String()
 	mux := srv.HTTPHandler()
-	api := &server.API{Key: apiKey, Chat: n.chat, Rooms: n.rooms, Server: srv}
+	api := &chat.API{Key: apiKey, Chat: n.chat, Rooms: n.rooms, Server: srv}
 	if err := api.Register(mux); err != nil {
 		t.Fatal(err)
 	}

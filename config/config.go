@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,8 +27,10 @@ import (
 	"github.com/peterbourgon/ff/v3/ffyaml"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -43,8 +46,10 @@ type Serve struct {
 
 	WSAddr   string // --ws-addr
 	HTTPAddr string // --http-addr
-	Loops    int    // --loops
-	Poller   string // --poller: epoll or netpoll
+	// --endpoints: the WebSocket endpoints to mount, of ws, echo and shootout
+	Endpoints string
+	Loops     int    // --loops
+	Poller    string // --poller: epoll or netpoll
 	// --netpoll-buffer-size: netpoll's input buffer per connection
 	NetpollBufferSize int
 
@@ -115,8 +120,9 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", "", "file of settings, .toml or .yaml by extension; flags and THRONG_* variables win over it")
 
-	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout)")
+	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (the paths --endpoints mounts)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
+	fs.StringVar(&c.Endpoints, "endpoints", "ws", "WebSocket endpoints to mount, comma-separated: ws (/ws, the chat protocol), echo (/echo) and shootout (/shootout); the last two are for conformance runs and benchmarks")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
 
@@ -139,11 +145,11 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.Float64Var(&c.MemoryHighWater, "memory-high-water", DefaultMemoryHighWater, "percent of --memory-limit at which new connections are refused")
 	fs.Float64Var(&c.MemoryLowWater, "memory-low-water", DefaultMemoryLowWater, "percent of --memory-limit below which new connections are admitted again")
 
-	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", server.DefaultMaxRoomsPerConn, "rooms one connection may be in")
+	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", chat.DefaultMaxRoomsPerConn, "rooms one connection may be in")
 	fs.IntVar(&c.MaxRoomMembers, "max-room-members", 0, "members per room (0: unbounded)")
 	fs.IntVar(&c.RoomShards, "room-shards", room.DefaultShards, "lock shards of the room table (rounded up to a power of two)")
-	fs.IntVar(&c.MaxContent, "max-content", server.DefaultMaxContent, "characters in a chat message")
-	fs.Float64Var(&c.Rate, "rate", server.DefaultRate, "inbound messages per second per connection (negative: unlimited)")
+	fs.IntVar(&c.MaxContent, "max-content", protocol.DefaultMaxContent, "characters in a chat message")
+	fs.Float64Var(&c.Rate, "rate", server.DefaultRate, "inbound messages per second per connection, on every endpoint (negative: unlimited)")
 	fs.IntVar(&c.Burst, "burst", server.DefaultBurst, "inbound messages a connection may send at once")
 	fs.DurationVar(&c.Ban, "ban", server.DefaultBan, "how long a connection over the rate is ignored")
 	fs.IntVar(&c.BanCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
@@ -314,6 +320,11 @@ func (c *Serve) Validate() error {
 	}
 	if c.NetpollBufferSize < 0 || c.NetpollBufferSize > 1<<20 {
 		bad("--netpoll-buffer-size must be between 0 and 1048576 bytes, not %d", c.NetpollBufferSize)
+	}
+	if eps, err := c.EndpointSet(); err != nil {
+		errs = append(errs, err)
+	} else if !eps["ws"] && c.NATS != "" {
+		bad("--nats carries chat rooms: --endpoints must include ws")
 	}
 	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
 		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
@@ -494,18 +505,36 @@ func (c *Serve) ClusterOptions(log *slog.Logger) (o cluster.Options, ok bool) {
 	}, true
 }
 
+// Endpoints are the WebSocket endpoints --endpoints may name.
+var Endpoints = []string{"ws", "echo", "shootout"}
+
+// EndpointSet returns the endpoints --endpoints names, without duplicates.
+func (c *Serve) EndpointSet() (map[string]bool, error) {
+	set := make(map[string]bool)
+	for _, e := range strings.Split(c.Endpoints, ",") {
+		e = strings.TrimPrefix(strings.TrimSpace(e), "/")
+		if !slices.Contains(Endpoints, e) {
+			return nil, fmt.Errorf("--endpoints: %q is not one of %s", e, strings.Join(Endpoints, ", "))
+		}
+		set[e] = true
+	}
+	return set, nil
+}
+
+// RateLimit is the inbound message limit of every endpoint.
+func (c *Serve) RateLimit() server.RateLimit {
+	return server.RateLimit{Rate: c.Rate, Burst: c.Burst, Ban: c.Ban, BanCloseAfter: c.BanCloseAfter}
+}
+
 // Chat returns the /ws endpoint the settings describe.
-func (c *Serve) Chat(rooms *room.Table, v *auth.Verifier, log *slog.Logger) *server.Chat {
-	return &server.Chat{
+func (c *Serve) Chat(rooms *room.Table, v *auth.Verifier, log *slog.Logger) *chat.Handler {
+	return &chat.Handler{
 		Rooms:           rooms,
 		Auth:            v,
 		Logger:          log,
 		MaxRoomsPerConn: c.MaxRoomsPerConn,
 		MaxContent:      c.MaxContent,
-		Rate:            c.Rate,
-		Burst:           c.Burst,
-		Ban:             c.Ban,
-		BanCloseAfter:   c.BanCloseAfter,
+		RateLimit:       c.RateLimit(),
 	}
 }
 

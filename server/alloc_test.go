@@ -1,9 +1,10 @@
 package server
 
 import (
-	"github.com/throng-ws/throng/poller"
 	"io"
 	"testing"
+
+	"github.com/throng-ws/throng/poller"
 )
 
 // TestEchoPathNoAlloc proves the read → parse → unmask → echo path allocates

@@ -16,7 +16,7 @@ import (
 // roomMember joins every connection to room "r" on open, with no protocol on
 // top, so fan-out over real sockets can be measured on its own.
 type roomMember struct {
-	Echo
+	echoHandler
 	rooms *room.Table
 }
 

@@ -2,10 +2,173 @@ package server
 
 import (
 	"encoding/binary"
+	"errors"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/throng-ws/throng/wsframe"
 )
+
+// frames parses and handles every complete frame in data and returns how many
+// bytes it used; a partial frame is left for the next read.
+func (s *Server) frames(c *Conn, data []byte) int {
+	off := 0
+	for c.state != stateClosed && off < len(data) {
+		if c.pc.Closed() {
+			return len(data)
+		}
+		h, size, ok, err := wsframe.ParseHeader(data[off:])
+		if err != nil {
+			c.fail(CloseProtocol, err)
+			return len(data)
+		}
+		if !ok {
+			break
+		}
+		st := ws.StateServerSide
+		if c.fragOp != 0 {
+			st |= ws.StateFragmented
+		}
+		if err := ws.CheckHeader(h, st); err != nil {
+			c.fail(CloseProtocol, err)
+			return len(data)
+		}
+		if h.OpCode.IsData() || h.OpCode == ws.OpContinuation {
+			have := 0
+			if c.msg != nil {
+				have = len(c.msg.B)
+			}
+			if h.Length > int64(s.opts.MaxMessageSize-have) {
+				c.fail(CloseTooBig, ErrMessageTooBig)
+				return len(data)
+			}
+		}
+		end := off + size + int(h.Length)
+		if end > len(data) {
+			break
+		}
+		payload := data[off+size : end]
+		off = end
+		ws.Cipher(payload, h.Mask, 0)
+		c.pc.SetStamp(s.nowMillis())
+		s.frame(c, h, payload)
+	}
+	if c.state != stateOpen {
+		// After our close frame only the peer's close matters; data is dropped.
+		if off < len(data) && c.state == stateClosing {
+			return off
+		}
+		return len(data)
+	}
+	return off
+}
+
+func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
+	switch h.OpCode {
+	case ws.OpClose:
+		s.closeFrame(c, p)
+		return
+	case ws.OpPing:
+		if c.state == stateOpen {
+			var hb [2]byte
+			putHeader(hb[:], ws.OpPong, len(p))
+			if err := c.pc.Write2(hb[:], p); err != nil {
+				c.checkWrite(err, 0)
+			}
+		}
+		return
+	case ws.OpPong:
+		return
+	}
+	if c.state != stateOpen {
+		return
+	}
+	ctr := c.ctr()
+	ctr.msgsIn.Add(1)
+	ctr.bytesIn.Add(uint64(len(p)))
+	if h.OpCode != ws.OpContinuation && h.Fin {
+		if h.OpCode == ws.OpText && !utf8.Valid(p) {
+			c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
+			return
+		}
+		c.route.h.OnMessage(c, h.OpCode, p)
+		return
+	}
+	if h.OpCode != ws.OpContinuation {
+		c.fragOp = h.OpCode
+		c.msg = bytebufferpool.Get()
+	}
+	if c.fragOp == ws.OpText && !c.utf8.write(p) {
+		c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
+		return
+	}
+	c.msg.Write(p)
+	if !h.Fin {
+		return
+	}
+	if c.fragOp == ws.OpText && !c.utf8.end() {
+		c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
+		return
+	}
+	op, msg := c.fragOp, c.msg
+	c.msg, c.fragOp = nil, 0
+	c.utf8.reset()
+	c.route.h.OnMessage(c, op, msg.B)
+	bytebufferpool.Put(msg)
+}
+
+// closeFrame handles the peer's close: it answers with the peer's own code
+// unless the frame is malformed, and ends the connection once both sides have
+// sent theirs.
+func (s *Server) closeFrame(c *Conn, p []byte) {
+	if c.state == stateClosing {
+		// The peer answered our close: the handshake is complete. If our close
+		// frame is still queued the peer's crossed it, and closing now would cut
+		// the stream; CloseWrite ends it once flushed, and closeAt bounds the wait.
+		if c.pc.Pending() == 0 {
+			c.pc.Close()
+		}
+		return
+	}
+	code, reason := ws.StatusNoStatusRcvd, ""
+	switch {
+	case len(p) == 1:
+		c.fail(CloseProtocol, errors.New("server: close frame body of one byte"))
+		return
+	case len(p) >= 2:
+		code = ws.StatusCode(binary.BigEndian.Uint16(p))
+		reason = string(p[2:])
+		if !utf8.ValidString(reason) {
+			c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
+			return
+		}
+		if err := ws.CheckCloseFrameData(code, ""); err != nil {
+			c.fail(CloseProtocol, err)
+			return
+		}
+		// gobwas/ws accepts codes past 4999, which RFC 6455 section 7.4.2 leaves
+		// undefined: answering with one would echo an invalid code.
+		if code > 4999 {
+			c.fail(CloseProtocol, errors.New("server: close code above 4999"))
+			return
+		}
+	}
+	c.state = stateClosing
+	c.releaseMsg()
+	ctr := c.ctr()
+	ctr.closes[ClosePeer].Add(1)
+	ctr.peerCodes[peerCodeIndex(uint16(code))].Add(1)
+	var buf [2]byte
+	body := closeBody(buf[:], code, "")
+	var h [2]byte
+	putHeader(h[:], ws.OpClose, len(body))
+	c.pc.Write2(h[:], body)
+	c.pc.CloseWrite()
+	c.closeAt = s.nowMillis() + s.opts.CloseTimeout.Milliseconds()
+	c.tell(code, reason)
+}
 
 // putHeader writes an unmasked server frame header for a final frame of op and
 // length n into dst, which must hold ws.MaxHeaderSize bytes, and returns its size.

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/throng-ws/throng/poller"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/throng-ws/throng/poller"
 
 	"github.com/gobwas/ws"
 )
@@ -60,7 +61,7 @@ func FuzzUTF8Stream(f *testing.F) {
 // fuzzServer starts a server for a fuzz target, shared by its inputs.
 func fuzzServer(f *testing.F, o Options) string {
 	f.Helper()
-	o.Handlers = map[string]Handler{"/echo": Echo{}}
+	o.Handlers = map[string]Handler{"/echo": echoHandler{}}
 	if o.Loops == 0 {
 		o.Loops = 1
 	}

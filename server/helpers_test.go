@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/poller"
-	"github.com/throng-ws/throng/room"
 )
 
 // testBackend is the event-loop backend the suite is running on. TestMain runs
@@ -88,23 +88,41 @@ type testServer struct {
 	t     testing.TB
 	Addr  string // host:port
 	Clock *fakeClock
-	Chat  *Chat       // the /ws handler, unless Options.Handlers was set
-	Rooms *room.Table // its room table
 }
+
+// greeter is the suite's stand-in for an application at /ws: it greets each
+// connection with {"type":"connected","userId":ID}, as the chat does, so a
+// test can see who the server took the client for; it echoes text and, like
+// the chat, closes a binary message with 1003.
+type greeter struct{ echoHandler }
+
+func (greeter) OnMessage(c *Conn, op ws.OpCode, p []byte) {
+	if op != ws.OpText {
+		c.Close(CloseUnsupported)
+		return
+	}
+	c.WriteMessage(op, p)
+}
+
+func (greeter) OnOpen(c *Conn) {
+	c.WriteText(fmt.Appendf(nil, `{"type":"connected","userId":%q}`, c.UserID()))
+}
+
+// echoHandler is /echo: every message back as it came.
+type echoHandler struct{}
+
+func (echoHandler) OnOpen(*Conn)                              {}
+func (echoHandler) OnMessage(c *Conn, op ws.OpCode, p []byte) { c.WriteMessage(op, p) }
+func (echoHandler) OnClose(*Conn, ws.StatusCode, string)      {}
+func (echoHandler) OnError(*Conn, error)                      {}
 
 // URL is the ws:// URL of path on the test server.
 func (ts *testServer) URL(path string) string { return "ws://" + ts.Addr + path }
 
-// startServer starts a server on 127.0.0.1 with /ws (Chat) and /echo (Echo)
+// startServer starts a server on 127.0.0.1 with /ws (greeter) and /echo
 // unless o.Handlers is set, two loops, and a short sweep tick. It is closed when
 // the test ends.
 func startServer(t testing.TB, o Options) *testServer {
-	t.Helper()
-	return startChatServer(t, o, nil)
-}
-
-// startChatServer is startServer with a hook to configure the Chat handler.
-func startChatServer(t testing.TB, o Options, configure func(*Chat)) *testServer {
 	t.Helper()
 	if o.Loops == 0 {
 		o.Loops = 2
@@ -118,13 +136,8 @@ func startChatServer(t testing.TB, o Options, configure func(*Chat)) *testServer
 	}
 	ts := &testServer{Server: s, t: t}
 	if o.Handlers == nil {
-		ts.Rooms = room.New(s.Loops(), room.Options{})
-		ts.Chat = &Chat{Auth: o.Auth, Rooms: ts.Rooms}
-		if configure != nil {
-			configure(ts.Chat)
-		}
-		s.Handle("/ws", ts.Chat)
-		s.Handle("/echo", Echo{})
+		s.Handle("/ws", greeter{})
+		s.Handle("/echo", echoHandler{})
 	}
 	addr, err := s.Listen("127.0.0.1:0")
 	if err != nil {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/throng-ws/throng/poller"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/throng-ws/throng/poller"
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"hash/maphash"
 	"net/netip"
 	"sync"
@@ -37,6 +38,95 @@ func (b *bucket) take(now int64, rate float64, burst int) (bool, time.Duration) 
 // full reports whether the bucket would be full at now, so it can be forgotten.
 func (b *bucket) full(now int64, rate float64, burst int) bool {
 	return b.tokens+float64(now-b.last)*rate/1000 >= float64(burst)
+}
+
+// RateLimit is the inbound message limit an application applies to each
+// connection, as the seed's server does: a token bucket, and a client that
+// breaks it is banned for a while; what it sends during the ban is dropped, and
+// if it keeps sending it is closed. The zero value is the documented defaults.
+type RateLimit struct {
+	// Rate is the messages per second a connection may send on average. If
+	// zero, DefaultRate is used; if negative, messages are not limited.
+	Rate float64
+	// Burst is how many messages may arrive at once. If zero, DefaultBurst is
+	// used.
+	Burst int
+	// Ban is how long a connection that broke the rate is ignored. If zero,
+	// DefaultBan is used.
+	Ban time.Duration
+	// BanCloseAfter closes a banned connection (1008, CloseRateLimited) that
+	// sends more than this many messages during its ban. If zero,
+	// DefaultBanCloseAfter is used.
+	BanCloseAfter int
+}
+
+// Defaults for RateLimit.
+const (
+	DefaultRate          = 10
+	DefaultBurst         = 20
+	DefaultBan           = 5 * time.Minute
+	DefaultBanCloseAfter = 100
+)
+
+// RateState is one connection's standing against a RateLimit. Its zero value
+// is a full bucket; it is 32 bytes, and only the connection's loop touches it.
+type RateState struct {
+	bucket   bucket
+	banUntil int64  // unix ms; 0 when not banned
+	banned   uint32 // messages received during the current ban
+}
+
+// Verdict is what RateLimit.Allow decided about one message.
+type Verdict uint8
+
+const (
+	// Allowed: handle the message.
+	Allowed Verdict = iota
+	// BanStarted: the message broke the rate and a ban begins. Drop it, and
+	// tell the client once.
+	BanStarted
+	// Banned: the connection is serving a ban. Drop the message silently.
+	Banned
+	// BanExceeded: the connection kept sending through its ban. Close it
+	// (Conn.Close(CloseRateLimited)).
+	BanExceeded
+)
+
+// Allow decides one message at now (unix ms).
+func (l *RateLimit) Allow(st *RateState, now int64) Verdict {
+	rate := l.Rate
+	if rate < 0 {
+		return Allowed
+	}
+	if rate == 0 {
+		rate = DefaultRate
+	}
+	if st.banUntil != 0 {
+		if now < st.banUntil {
+			st.banned++
+			if int(st.banned) > cmp.Or(l.BanCloseAfter, DefaultBanCloseAfter) {
+				return BanExceeded
+			}
+			return Banned
+		}
+		*st = RateState{} // the ban is served: start with a full bucket
+	}
+	if ok, _ := st.bucket.take(now, rate, cmp.Or(l.Burst, DefaultBurst)); ok {
+		return Allowed
+	}
+	st.banUntil = now + cmp.Or(l.Ban, DefaultBan).Milliseconds()
+	return BanStarted
+}
+
+// Admit applies l to one message of c, for an endpoint that has no message of
+// its own to refuse it in: the first message over the limit closes c with
+// 1008 (CloseRateLimited), as a silent drop would look like loss.
+func (l *RateLimit) Admit(c *Conn, st *RateState) bool {
+	if l.Allow(st, c.Now().UnixMilli()) == Allowed {
+		return true
+	}
+	c.Close(CloseRateLimited)
+	return false
 }
 
 const limitShards = 16
@@ -86,6 +176,18 @@ func (l *ipLimiter) prune(now int64) {
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// UserConns counts open connections per user id against
+// Options.MaxConnsPerUser. The server's own count holds the limit on one node;
+// package cluster provides one that adds the other nodes' connections. Both
+// methods are called on loop goroutines and must not block.
+type UserConns interface {
+	// Acquire counts one more connection for user unless the user already has
+	// max, and reports whether it did.
+	Acquire(user string, max int) bool
+	// Release gives back a connection that Acquire counted.
+	Release(user string)
 }
 
 // userCounts is the server's own UserConns: it counts this node's open

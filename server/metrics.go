@@ -8,16 +8,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/throng-ws/throng/auth"
-	"github.com/throng-ws/throng/room"
 )
 
-// Collector returns a Prometheus collector for the server's counters, and for
-// chat's and rooms' when they are not nil. It reads the counters at scrape time
-// and builds constant metrics from them, so the hot path keeps its plain atomic
-// fields and nothing is registered globally: the caller registers the
-// collector on its own registry.
-func (s *Server) Collector(chat *Chat, rooms *room.Table) prometheus.Collector {
-	return &collector{s: s, chat: chat, rooms: rooms, d: newMetricDescs()}
+// Collector returns a Prometheus collector for the transport's counters. It
+// reads them at scrape time and builds constant metrics, so the hot path keeps
+// its plain atomic fields and nothing is registered globally: the caller
+// registers the collector on its own registry. Applications export their own
+// (package chat's Collector).
+func (s *Server) Collector() prometheus.Collector {
+	return &collector{s: s, d: newMetricDescs()}
 }
 
 // metricDescs describes every metric the collector exports. The names are
@@ -27,8 +26,6 @@ type metricDescs struct {
 	handshakes, authFailures, closes          *prometheus.Desc
 	msgsIn, msgsOut, bytesIn, bytesOut        *prometheus.Desc
 	slowClosed, slowDropped, slowPolicy       *prometheus.Desc
-	rateLimited, bans, rooms, members         *prometheus.Desc
-	fanSize, fanTime                          *prometheus.Desc
 	rss, baseline, bytesPerConn               *prometheus.Desc
 	memLimit, memHigh, memLow, memRefusing    *prometheus.Desc
 }
@@ -53,12 +50,6 @@ func newMetricDescs() *metricDescs {
 		slowClosed:   d("slow_consumer_closed_total", "Connections closed (1008) as slow consumers under --slow-consumer=close."),
 		slowDropped:  d("slow_consumer_dropped_messages_total", "Messages dropped for slow consumers under --slow-consumer=drop."),
 		slowPolicy:   d("slow_consumer_policy", "The slow-consumer policy in force: 1 for the policy label.", "policy"),
-		rateLimited:  d("chat_rate_limited_messages_total", "Chat messages refused by the per-connection rate limit, bans included."),
-		bans:         d("chat_bans_total", "Rate-limit bans started."),
-		rooms:        d("rooms", "Chat rooms with at least one member."),
-		members:      d("room_members", "Chat room memberships (a connection in two rooms counts twice)."),
-		fanSize:      d("broadcast_recipients", "Members each room broadcast went to."),
-		fanTime:      d("broadcast_duration_seconds", "Time from a room broadcast until the last event loop had written it to its members."),
 		rss:          d("memory_rss_bytes", "Resident set size of the process, as admission control reads it."),
 		baseline:     d("memory_baseline_rss_bytes", "Resident set size the last time no connection was open."),
 		bytesPerConn: d("bytes_per_connection", "Estimated memory per connection: (RSS - baseline RSS) / connections. Kernel socket memory is not included."),
@@ -70,10 +61,8 @@ func newMetricDescs() *metricDescs {
 }
 
 type collector struct {
-	s     *Server
-	chat  *Chat
-	rooms *room.Table
-	d     *metricDescs
+	s *Server
+	d *metricDescs
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -84,15 +73,6 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.rss, d.baseline, d.bytesPerConn, d.memLimit, d.memHigh, d.memLow, d.memRefusing,
 	} {
 		ch <- x
-	}
-	if c.chat != nil {
-		ch <- d.rateLimited
-		ch <- d.bans
-	}
-	if c.rooms != nil {
-		for _, x := range []*prometheus.Desc{d.rooms, d.members, d.fanSize, d.fanTime} {
-			ch <- x
-		}
 	}
 }
 
@@ -180,24 +160,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(d.memHigh, float64(m.HighWater))
 	gauge(d.memLow, float64(m.LowWater))
 	gauge(d.memRefusing, boolean(m.Refusing))
-
-	if c.chat != nil {
-		cs := c.chat.Stats()
-		counter(d.rateLimited, cs.RateLimited)
-		counter(d.bans, cs.Bans)
-	}
-	if c.rooms != nil {
-		rs := c.rooms.Stats()
-		gauge(d.rooms, float64(rs.Rooms))
-		gauge(d.members, float64(rs.Members))
-		bs := c.rooms.BroadcastStats()
-		ch <- constHistogram(d.fanSize, bs.Recipients)
-		ch <- constHistogram(d.fanTime, bs.Duration)
-	}
-}
-
-func constHistogram(desc *prometheus.Desc, h room.HistogramSnapshot) prometheus.Metric {
-	return prometheus.MustNewConstHistogram(desc, h.Count, h.Sum, h.Cumulative())
 }
 
 // Overview is the JSON of /api/stats: the essentials of the metrics, for a
@@ -239,20 +201,11 @@ type Overview struct {
 	SlowConsumer string            `json:"slow_consumer_policy"`
 	SlowClosed   uint64            `json:"slow_closed"`
 	SlowDropped  uint64            `json:"slow_dropped"`
-
-	RateLimited uint64 `json:"rate_limited"`
-	Bans        uint64 `json:"bans"`
-	Rooms       int    `json:"rooms"`
-	RoomMembers int    `json:"room_members"`
-	Broadcasts  uint64 `json:"broadcasts"`
-	// BroadcastRecipients and BroadcastSeconds are the sums over all broadcasts.
-	BroadcastRecipients float64 `json:"broadcast_recipients"`
-	BroadcastSeconds    float64 `json:"broadcast_seconds"`
 }
 
-// Overview gathers the essentials, with chat's and rooms' when they are not
-// nil. It reads RSS and the Go runtime's metrics, which stop nothing.
-func (s *Server) Overview(chat *Chat, rooms *room.Table) Overview {
+// Overview gathers the transport's essentials. It reads RSS and the Go
+// runtime's metrics, which stop nothing.
+func (s *Server) Overview() Overview {
 	st := s.Stats()
 	m := s.Memory()
 	now := s.now()
@@ -299,15 +252,5 @@ func (s *Server) Overview(chat *Chat, rooms *room.Table) Overview {
 	}
 	o.HeapBytes, o.GoRuntimeBytes, o.Goroutines = value(0), value(1), value(2)
 	o.GoMemLimitBytes = int64(value(3))
-	if chat != nil {
-		cs := chat.Stats()
-		o.RateLimited, o.Bans = cs.RateLimited, cs.Bans
-	}
-	if rooms != nil {
-		rs := rooms.Stats()
-		o.Rooms, o.RoomMembers = rs.Rooms, rs.Members
-		bs := rooms.BroadcastStats()
-		o.Broadcasts, o.BroadcastRecipients, o.BroadcastSeconds = bs.Recipients.Count, bs.Recipients.Sum, bs.Duration.Sum
-	}
 	return o
 }

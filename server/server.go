@@ -489,6 +489,41 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// beginDrain snapshots the loop's open connections for Shutdown to close at its
+// pace.
+func (ls *loopState) beginDrain() {
+	ls.draining = ls.draining[:0]
+	ls.l.Range(func(pc *poller.Conn) bool {
+		ls.draining = append(ls.draining, pc)
+		return true
+	})
+	ls.drainLeft.Store(int64(len(ls.draining)))
+}
+
+type drainJob struct {
+	ls *loopState
+	n  int
+}
+
+func (j drainJob) Run(*poller.Loop) {
+	ls := j.ls
+	for ; j.n > 0 && len(ls.draining) > 0; j.n-- {
+		pc := ls.draining[len(ls.draining)-1]
+		ls.draining[len(ls.draining)-1] = nil
+		ls.draining = ls.draining[:len(ls.draining)-1]
+		if pc.Closed() {
+			continue
+		}
+		switch c := pc.Context().(type) {
+		case *Conn:
+			c.Close(CloseShutdown)
+		default:
+			pc.Close() // still in the handshake, or refused
+		}
+	}
+	ls.drainLeft.Store(int64(len(ls.draining)))
+}
+
 // Close closes every connection at once, without close frames, and stops the
 // loops.
 func (s *Server) Close() error {

@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -86,7 +87,7 @@ func (w *wsServer) start(addr string) {
 		if err != nil {
 			w.t.Fatal(err)
 		}
-		chat := &server.Chat{Rooms: room.New(s.Loops(), room.Options{}), Auth: w.v}
+		chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: w.v}
 		if w.cfg.chat != nil {
 			w.cfg.chat(chat)
 		}
@@ -128,9 +129,9 @@ func (w *wsServer) stop() {
 
 // stackConfig says how to build a stack.
 type stackConfig struct {
-	auth      string             // "dev" (as make run), "token" or "none"
-	failClose bool               // refused tokens: upgrade, then close 1008
-	chat      func(*server.Chat) // adjusts the /ws handler
+	auth      string              // "dev" (as make run), "token" or "none"
+	failClose bool                // refused tokens: upgrade, then close 1008
+	chat      func(*chat.Handler) // adjusts the /ws handler
 	routes    map[string]http.Handler
 }
 
@@ -457,7 +458,7 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Run("rate limited shows an error", func(t *testing.T) {
-		s := newStack(t, stackConfig{auth: "dev", chat: func(h *server.Chat) { h.Rate, h.Burst, h.Ban = 0.01, 3, time.Minute }})
+		s := newStack(t, stackConfig{auth: "dev", chat: func(h *chat.Handler) { h.Rate, h.Burst, h.Ban = 0.01, 3, time.Minute }})
 		p := open(t, browser, s.URL+"/")
 		p.joinRoom("Speedy", "fast")
 		for i := range 3 {

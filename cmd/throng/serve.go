@@ -21,10 +21,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
+	"github.com/throng-ws/throng/echo"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/shootout"
 	"github.com/throng-ws/throng/web"
 )
 
@@ -86,45 +89,51 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if err != nil {
 		return err
 	}
-	rooms := room.New(srv.Loops(), c.RoomOptions())
-	chat := c.Chat(rooms, verifier, log)
-	if node != nil {
-		chat.Cluster = node
-		if err := node.Start(rooms, chat); err != nil {
-			srv.Close()
-			return fmt.Errorf("--nats: %w", err)
-		}
-		defer node.Close() // after Shutdown below, a no-op
-	}
-	srv.Handle("/ws", chat)
-	srv.Handle("/echo", server.Echo{})
-	srv.Handle("/shootout", &server.Shootout{Rooms: room.New(srv.Loops(), room.Options{Shards: 1})})
-	mux := srv.HTTPHandler()
+	// Every error path below closes the server; after a Shutdown, a no-op.
+	defer srv.Close()
+	endpoints, _ := c.EndpointSet() // checked by Validate
 	// Metrics go on a registry of their own, never the global one.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		srv.Collector(chat, rooms),
+		srv.Collector(),
 	)
-	if node != nil {
-		reg.MustRegister(node.Collector())
-	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	if c.APIKey != "" {
-		api := &server.API{Key: c.APIKey, Chat: chat, Rooms: rooms, Server: srv}
-		if err := api.Register(mux); err != nil {
-			return err
+	mux := srv.HTTPHandler()
+	if endpoints["ws"] {
+		rooms := room.New(srv.Loops(), c.RoomOptions())
+		ch := c.Chat(rooms, verifier, log)
+		if node != nil {
+			ch.Cluster = node
+			if err := node.Start(rooms, ch); err != nil {
+				return fmt.Errorf("--nats: %w", err)
+			}
+			defer node.Close() // after Shutdown below, a no-op
+			reg.MustRegister(node.Collector())
+		}
+		srv.Handle("/ws", ch)
+		reg.MustRegister(ch.Collector())
+		if c.APIKey != "" {
+			api := &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv}
+			if err := api.Register(mux); err != nil {
+				return err
+			}
 		}
 	}
+	if endpoints["echo"] {
+		srv.Handle("/echo", &echo.Handler{RateLimit: c.RateLimit()})
+	}
+	if endpoints["shootout"] {
+		// A room table of its own, so no chat room can share its room's name.
+		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit()})
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	wsAddr, err := srv.Listen(c.WSAddr)
 	if err != nil {
-		srv.Close()
 		return fmt.Errorf("--ws-addr: %w", err)
 	}
 	hln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
-		srv.Close()
 		return fmt.Errorf("--http-addr: %w", err)
 	}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
@@ -155,7 +164,6 @@ func serve(ctx context.Context, c *config.Serve) error {
 	select {
 	case <-ctx.Done():
 	case err := <-httpDone:
-		srv.Close()
 		return fmt.Errorf("http: %w", err)
 	}
 	stop()

@@ -1,4 +1,4 @@
-package server
+package chat
 
 import (
 	"bufio"
@@ -20,7 +20,9 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
 // chatWire is any message the chat endpoint sends, decoded loosely; keys lists
@@ -189,10 +191,10 @@ func checkMessage(t *testing.T, m chatWire, roomID, userID, name, content string
 	}
 }
 
-func unlimitedChat(c *Chat) { c.Rate = -1 }
+func unlimitedChat(c *Handler) { c.Rate = -1 }
 
 func TestRoomsJoinChatLeave(t *testing.T) {
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	a, b, c := dialPeer(t, ts), dialPeer(t, ts), dialPeer(t, ts)
 
 	a.join("lobby", "Al", 1)
@@ -225,7 +227,7 @@ func TestRoomsJoinChatLeave(t *testing.T) {
 	a.expectMessage("lobby", a, "Al", "after b left")
 	c.expectMessage("lobby", a, "Al", "after b left")
 	b.chat("lobby", "let me in")
-	if m := b.expect("error"); m.Code != CodeNotInRoom {
+	if m := b.expect("error"); m.Code != protocol.CodeNotInRoom {
 		t.Fatalf("chat after leave: %s", m.raw)
 	}
 	for _, p := range []*chatPeer{a, b, c} {
@@ -272,7 +274,7 @@ func TestRoomsCloseLeavesEveryRoom(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ts := startChatServer(t, Options{}, unlimitedChat)
+			ts := startChatServer(t, server.Options{}, unlimitedChat)
 			obs, x := dialPeer(t, ts), dialPeer(t, ts)
 			rooms := []string{"r1", "r2", "r3"}
 			for _, r := range rooms {
@@ -312,7 +314,7 @@ func TestRoomsCloseLeavesEveryRoom(t *testing.T) {
 // TestRoomsUserNamePerRoom checks a connection's name is its name in each room,
 // as throng keeps one per (connection, room) where the seed kept one per socket.
 func TestRoomsUserNamePerRoom(t *testing.T) {
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	obs, x := dialPeer(t, ts), dialPeer(t, ts)
 	obs.join("a", "Obs", 1)
 	obs.join("b", "Obs", 1)
@@ -361,64 +363,64 @@ func TestRoomsErrors(t *testing.T) {
 		text  string
 		field string
 	}{
-		{name: "not JSON", msg: `hello`, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "truncated JSON", msg: `{"type":"join"`, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "JSON array", msg: `[{"type":"ping"}]`, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "JSON string", msg: `"ping"`, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "JSON null", msg: `null`, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "empty message", msg: ``, code: CodeInvalidJSON, text: "Invalid JSON"},
-		{name: "trailing garbage", msg: `{"type":"ping"} x`, code: CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "not JSON", msg: `hello`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "truncated JSON", msg: `{"type":"join"`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "JSON array", msg: `[{"type":"ping"}]`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "JSON string", msg: `"ping"`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "JSON null", msg: `null`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "empty message", msg: ``, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
+		{name: "trailing garbage", msg: `{"type":"ping"} x`, code: protocol.CodeInvalidJSON, text: "Invalid JSON"},
 
-		{name: "type missing", msg: `{"roomId":"r"}`, code: CodeInvalidMessage, field: "type"},
-		{name: "type number", msg: `{"type":1}`, code: CodeInvalidMessage, field: "type"},
-		{name: "type null", msg: `{"type":null}`, code: CodeInvalidMessage, field: "type"},
-		{name: "type object", msg: `{"type":{"x":"join"}}`, code: CodeInvalidMessage, field: "type"},
+		{name: "type missing", msg: `{"roomId":"r"}`, code: protocol.CodeInvalidMessage, field: "type"},
+		{name: "type number", msg: `{"type":1}`, code: protocol.CodeInvalidMessage, field: "type"},
+		{name: "type null", msg: `{"type":null}`, code: protocol.CodeInvalidMessage, field: "type"},
+		{name: "type object", msg: `{"type":{"x":"join"}}`, code: protocol.CodeInvalidMessage, field: "type"},
 
-		{name: "join roomId missing", msg: `{"type":"join","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId number", msg: `{"type":"join","roomId":7,"userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId array", msg: `{"type":"join","roomId":["r"],"userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId empty", msg: `{"type":"join","roomId":"","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId 129 bytes", msg: `{"type":"join","roomId":"` + long(129) + `","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId 129 bytes of 2-byte runes", msg: `{"type":"join","roomId":"x` + strings.Repeat("é", 64) + `","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId control char", msg: `{"type":"join","roomId":"a\u0001b","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId newline", msg: `{"type":"join","roomId":"a\nb","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join roomId DEL", msg: `{"type":"join","roomId":"a\u007f","userName":"n"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "join userName missing", msg: `{"type":"join","roomId":"r"}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName empty", msg: `{"type":"join","roomId":"r","userName":""}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName 51 chars", msg: `{"type":"join","roomId":"r","userName":"` + long(51) + `"}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName 51 2-byte chars", msg: `{"type":"join","roomId":"r","userName":"` + strings.Repeat("é", 51) + `"}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName number", msg: `{"type":"join","roomId":"r","userName":42}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName null", msg: `{"type":"join","roomId":"r","userName":null}`, code: CodeInvalidMessage, field: "userName"},
-		{name: "join userName control char", msg: `{"type":"join","roomId":"r","userName":"a\tb"}`, code: CodeInvalidMessage, field: "userName"},
+		{name: "join roomId missing", msg: `{"type":"join","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId number", msg: `{"type":"join","roomId":7,"userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId array", msg: `{"type":"join","roomId":["r"],"userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId empty", msg: `{"type":"join","roomId":"","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId 129 bytes", msg: `{"type":"join","roomId":"` + long(129) + `","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId 129 bytes of 2-byte runes", msg: `{"type":"join","roomId":"x` + strings.Repeat("é", 64) + `","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId control char", msg: `{"type":"join","roomId":"a\u0001b","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId newline", msg: `{"type":"join","roomId":"a\nb","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join roomId DEL", msg: `{"type":"join","roomId":"a\u007f","userName":"n"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "join userName missing", msg: `{"type":"join","roomId":"r"}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName empty", msg: `{"type":"join","roomId":"r","userName":""}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName 51 chars", msg: `{"type":"join","roomId":"r","userName":"` + long(51) + `"}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName 51 2-byte chars", msg: `{"type":"join","roomId":"r","userName":"` + strings.Repeat("é", 51) + `"}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName number", msg: `{"type":"join","roomId":"r","userName":42}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName null", msg: `{"type":"join","roomId":"r","userName":null}`, code: protocol.CodeInvalidMessage, field: "userName"},
+		{name: "join userName control char", msg: `{"type":"join","roomId":"r","userName":"a\tb"}`, code: protocol.CodeInvalidMessage, field: "userName"},
 
-		{name: "chat roomId missing", msg: `{"type":"chat","content":"hi"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "chat roomId number", msg: `{"type":"chat","roomId":1,"content":"hi"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "chat content missing", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r"}`, code: CodeInvalidMessage, field: "content"},
-		{name: "chat content empty", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":""}`, code: CodeInvalidMessage, field: "content"},
-		{name: "chat content 501 chars", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":"` + long(501) + `"}`, code: CodeInvalidMessage, field: "content"},
-		{name: "chat content 501 3-byte chars", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":"` + strings.Repeat("€", 501) + `"}`, code: CodeInvalidMessage, field: "content"},
-		{name: "chat content number", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":5}`, code: CodeInvalidMessage, field: "content"},
-		{name: "chat content object", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":{"text":"hi"}}`, code: CodeInvalidMessage, field: "content"},
+		{name: "chat roomId missing", msg: `{"type":"chat","content":"hi"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "chat roomId number", msg: `{"type":"chat","roomId":1,"content":"hi"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "chat content missing", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r"}`, code: protocol.CodeInvalidMessage, field: "content"},
+		{name: "chat content empty", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":""}`, code: protocol.CodeInvalidMessage, field: "content"},
+		{name: "chat content 501 chars", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":"` + long(501) + `"}`, code: protocol.CodeInvalidMessage, field: "content"},
+		{name: "chat content 501 3-byte chars", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":"` + strings.Repeat("€", 501) + `"}`, code: protocol.CodeInvalidMessage, field: "content"},
+		{name: "chat content number", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":5}`, code: protocol.CodeInvalidMessage, field: "content"},
+		{name: "chat content object", joins: []string{"r"}, msg: `{"type":"chat","roomId":"r","content":{"text":"hi"}}`, code: protocol.CodeInvalidMessage, field: "content"},
 
-		{name: "leave roomId missing", joins: []string{"r"}, msg: `{"type":"leave"}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "leave roomId number", joins: []string{"r"}, msg: `{"type":"leave","roomId":1}`, code: CodeInvalidMessage, field: "roomId"},
-		{name: "refresh token missing", msg: `{"type":"refresh"}`, code: CodeInvalidMessage, field: "token"},
+		{name: "leave roomId missing", joins: []string{"r"}, msg: `{"type":"leave"}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "leave roomId number", joins: []string{"r"}, msg: `{"type":"leave","roomId":1}`, code: protocol.CodeInvalidMessage, field: "roomId"},
+		{name: "refresh token missing", msg: `{"type":"refresh"}`, code: protocol.CodeInvalidMessage, field: "token"},
 
-		{name: "chat in no room", msg: `{"type":"chat","roomId":"r","content":"hi"}`, code: CodeNotInRoom, text: "Not in this room"},
-		{name: "chat in a room of others", msg: `{"type":"chat","roomId":"busy","content":"hi"}`, code: CodeNotInRoom, text: "Not in this room"},
-		{name: "chat in another room", joins: []string{"mine"}, msg: `{"type":"chat","roomId":"busy","content":"hi"}`, code: CodeNotInRoom, text: "Not in this room"},
-		{name: "leave no room", msg: `{"type":"leave","roomId":"r"}`, code: CodeNotInRoom, text: "Not in this room"},
-		{name: "leave a room of others", msg: `{"type":"leave","roomId":"busy"}`, code: CodeNotInRoom, text: "Not in this room"},
+		{name: "chat in no room", msg: `{"type":"chat","roomId":"r","content":"hi"}`, code: protocol.CodeNotInRoom, text: "Not in this room"},
+		{name: "chat in a room of others", msg: `{"type":"chat","roomId":"busy","content":"hi"}`, code: protocol.CodeNotInRoom, text: "Not in this room"},
+		{name: "chat in another room", joins: []string{"mine"}, msg: `{"type":"chat","roomId":"busy","content":"hi"}`, code: protocol.CodeNotInRoom, text: "Not in this room"},
+		{name: "leave no room", msg: `{"type":"leave","roomId":"r"}`, code: protocol.CodeNotInRoom, text: "Not in this room"},
+		{name: "leave a room of others", msg: `{"type":"leave","roomId":"busy"}`, code: protocol.CodeNotInRoom, text: "Not in this room"},
 
-		{name: "unknown type", msg: `{"type":"dance"}`, code: CodeUnknownType, text: "Unknown message type: dance"},
-		{name: "type is case-sensitive", msg: `{"type":"JOIN","roomId":"r","userName":"n"}`, code: CodeUnknownType, text: "Unknown message type: JOIN"},
-		{name: "unknown type with quotes", msg: `{"type":"a\"b\\c"}`, code: CodeUnknownType, text: `Unknown message type: a"b\c`},
-		{name: "unknown type unicode", msg: `{"type":"tänzeln"}`, code: CodeUnknownType, text: "Unknown message type: tänzeln"},
-		{name: "empty type", msg: `{"type":""}`, code: CodeUnknownType, text: "Unknown message type: "},
+		{name: "unknown type", msg: `{"type":"dance"}`, code: protocol.CodeUnknownType, text: "Unknown message type: dance"},
+		{name: "type is case-sensitive", msg: `{"type":"JOIN","roomId":"r","userName":"n"}`, code: protocol.CodeUnknownType, text: "Unknown message type: JOIN"},
+		{name: "unknown type with quotes", msg: `{"type":"a\"b\\c"}`, code: protocol.CodeUnknownType, text: `Unknown message type: a"b\c`},
+		{name: "unknown type unicode", msg: `{"type":"tänzeln"}`, code: protocol.CodeUnknownType, text: "Unknown message type: tänzeln"},
+		{name: "empty type", msg: `{"type":""}`, code: protocol.CodeUnknownType, text: "Unknown message type: "},
 
-		{name: "join twice", joins: []string{"r"}, msg: `{"type":"join","roomId":"r","userName":"again"}`, code: CodeAlreadyInRoom, text: "Already in this room"},
+		{name: "join twice", joins: []string{"r"}, msg: `{"type":"join","roomId":"r","userName":"again"}`, code: protocol.CodeAlreadyInRoom, text: "Already in this room"},
 	}
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	busy := dialPeer(t, ts)
 	busy.join("busy", "Busy", 1)
 	for _, tc := range cases {
@@ -460,7 +462,7 @@ func TestRoomsErrors(t *testing.T) {
 }
 
 func TestRoomsLimitsOfValidInput(t *testing.T) {
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	p := dialPeer(t, ts)
 	id128 := strings.Repeat("r", 128)
 	idUTF8 := strings.Repeat("é", 64) // 128 bytes
@@ -478,7 +480,7 @@ func TestRoomsLimitsOfValidInput(t *testing.T) {
 }
 
 func TestRoomsUnknownFieldsIgnored(t *testing.T) {
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	a, b := dialPeer(t, ts), dialPeer(t, ts)
 	a.send(`{"id":1,"type":"join","roomId":"r","userName":"Al","extra":{"deep":[1,{"x":null}]},"userCount":99}`)
 	if m := a.expect("joined"); m.UserCount != 1 || m.RoomID != "r" {
@@ -497,14 +499,14 @@ func TestRoomsUnknownFieldsIgnored(t *testing.T) {
 }
 
 func TestRoomsBinaryFrameCloses1003(t *testing.T) {
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	p := dialPeer(t, ts)
 	p.c.WriteMessage(websocket.BinaryMessage, []byte(`{"type":"ping"}`))
 	expectClose(t, p.c, websocket.CloseUnsupportedData)
 }
 
 func TestRoomsTooManyRoomsPerConn(t *testing.T) {
-	ts := startChatServer(t, Options{}, func(c *Chat) { c.Rate = -1; c.MaxRoomsPerConn = 3 })
+	ts := startChatServer(t, server.Options{}, func(c *Handler) { c.Rate = -1; c.MaxRoomsPerConn = 3 })
 	p := dialPeer(t, ts)
 	for i := range 3 {
 		p.join(fmt.Sprint("r", i), "n", 1)
@@ -513,7 +515,7 @@ func TestRoomsTooManyRoomsPerConn(t *testing.T) {
 		p.send(`{"type":"join","roomId":"r3","userName":"n"}`)
 		m := p.expect("error")
 		m.hasKeys(t, "type", "code", "message")
-		if m.Code != CodeTooManyRooms || m.Message != "Too many rooms" {
+		if m.Code != protocol.CodeTooManyRooms || m.Message != "Too many rooms" {
 			t.Fatalf("fourth join: %s", m.raw)
 		}
 	}
@@ -522,7 +524,7 @@ func TestRoomsTooManyRoomsPerConn(t *testing.T) {
 	}
 	// Already being in the room is the better answer than the limit.
 	p.send(`{"type":"join","roomId":"r0","userName":"n"}`)
-	if m := p.expect("error"); m.Code != CodeAlreadyInRoom {
+	if m := p.expect("error"); m.Code != protocol.CodeAlreadyInRoom {
 		t.Fatalf("rejoin at the limit: %s", m.raw)
 	}
 	p.send(`{"type":"leave","roomId":"r1"}`)
@@ -536,13 +538,13 @@ func TestRoomsTooManyRoomsPerConn(t *testing.T) {
 }
 
 func TestRoomsRoomFull(t *testing.T) {
-	s, err := newTestServer(Options{Loops: 2, TickInterval: 10 * time.Millisecond})
+	s, err := server.New(server.Options{Backend: testBackend, Loops: 2, TickInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	rooms := room.New(s.Loops(), room.Options{MaxMembers: 2})
-	s.Handle("/ws", &Chat{Rooms: rooms, Rate: -1})
+	s.Handle("/ws", &Handler{Rooms: rooms, RateLimit: server.RateLimit{Rate: -1}})
 	addr, err := s.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -556,13 +558,13 @@ func TestRoomsRoomFull(t *testing.T) {
 	c.send(`{"type":"join","roomId":"r","userName":"C"}`)
 	m := c.expect("error")
 	m.hasKeys(t, "type", "code", "message")
-	if m.Code != CodeRoomFull || m.Message != "Room is full" {
+	if m.Code != protocol.CodeRoomFull || m.Message != "Room is full" {
 		t.Fatalf("third join: %s", m.raw)
 	}
 	// The refused join is not in the room: it is told nothing and cannot speak,
 	// and the members heard nothing of it.
 	c.chat("r", "hi")
-	if m := c.expect("error"); m.Code != CodeNotInRoom {
+	if m := c.expect("error"); m.Code != protocol.CodeNotInRoom {
 		t.Fatalf("chat after refused join: %s", m.raw)
 	}
 	a.sync()
@@ -581,7 +583,7 @@ func TestRoomsRoomFull(t *testing.T) {
 // message reaches it tagged with its room and the sender's name there.
 func TestRoomsManyRoomsPerConn(t *testing.T) {
 	const n = 50
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	hub, other := dialPeer(t, ts), dialPeer(t, ts)
 	for i := range n {
 		hub.join(fmt.Sprint("room-", i), fmt.Sprint("hub-", i), 1)
@@ -644,7 +646,7 @@ func TestRoomsManyRoomsPerConn(t *testing.T) {
 // is talking, and checks the two left see the same room history: every message,
 // and the user-left, in one order.
 func TestRoomsDisconnectMidRoom(t *testing.T) {
-	ts := startChatServer(t, Options{Loops: 3}, unlimitedChat)
+	ts := startChatServer(t, server.Options{Loops: 3}, unlimitedChat)
 	a, b, c := dialPeer(t, ts), dialPeer(t, ts), dialPeer(t, ts)
 	a.join("mid", "A", 1)
 	b.join("mid", "B", 2)
@@ -795,7 +797,7 @@ func TestRoomsLargeRoom(t *testing.T) {
 	// would put them but without telling the room; everything after is the
 	// protocol: chat messages in, Broadcast's per-loop fan-out, frames out.
 	const roomID = "big"
-	ts := startChatServer(t, Options{Loops: 2}, unlimitedChat)
+	ts := startChatServer(t, server.Options{Loops: 2}, unlimitedChat)
 
 	members := make([]*rawConn, n)
 	var dialErr atomic.Value
@@ -928,7 +930,7 @@ func joinQuietly(t *testing.T, ts *testServer, roomID string) int {
 		l.Post(poller.FuncJob(func() {
 			defer wg.Done()
 			l.Range(func(pc *poller.Conn) bool {
-				c, ok := pc.Context().(*Conn)
+				c, ok := pc.Context().(*server.Conn)
 				if !ok || c.Path() != "/ws" || !c.Open() {
 					return true
 				}
@@ -997,10 +999,10 @@ func logPeer(t *testing.T, p *chatPeer) *peerLog {
 // reading, and checks the others get every message without delay while the
 // stuck one is closed or has messages dropped, as the policy says.
 func TestRoomsSlowConsumer(t *testing.T) {
-	for _, policy := range []SlowConsumerPolicy{SlowClose, SlowDrop} {
+	for _, policy := range []server.SlowConsumerPolicy{server.SlowClose, server.SlowDrop} {
 		t.Run(policy.String(), func(t *testing.T) {
 			const roomID = "slow"
-			ts := startChatServer(t, Options{MaxPending: 64 << 10, SlowConsumer: policy}, unlimitedChat)
+			ts := startChatServer(t, server.Options{MaxPending: 64 << 10, SlowConsumer: policy}, unlimitedChat)
 			a, b := dialPeer(t, ts), dialPeer(t, ts)
 			a.join(roomID, "A", 1)
 			b.join(roomID, "B", 2)
@@ -1085,13 +1087,13 @@ func TestRoomsSlowConsumer(t *testing.T) {
 				if seq < received {
 					t.Fatalf("stuck member read message %d after %d", seq, received)
 				}
-				if policy == SlowClose && seq != received {
+				if policy == server.SlowClose && seq != received {
 					t.Fatalf("stuck member read message %d, want %d: messages before the close must not be dropped", seq, received)
 				}
 				received = seq + 1
 			}
 			switch policy {
-			case SlowClose:
+			case server.SlowClose:
 				if st.SlowClosed != 1 || st.SlowDropped != 0 || st.Closes["slow_consumer"] != 1 {
 					t.Errorf("stats %+v, want one slow consumer closed", st)
 				}
@@ -1130,7 +1132,7 @@ func TestRoomsSlowConsumer(t *testing.T) {
 					t.Errorf("Count = %d after the stuck member was closed, want 2", n)
 				}
 
-			case SlowDrop:
+			case server.SlowDrop:
 				if st.SlowDropped == 0 || st.SlowClosed != 0 || st.Closes["slow_consumer"] != 0 {
 					t.Errorf("stats %+v, want messages dropped and nobody closed", st)
 				}
@@ -1152,7 +1154,7 @@ func TestRoomsSlowConsumer(t *testing.T) {
 					got++
 				}
 				dropped.hasKeys(t, "type", "code", "message", "count")
-				if dropped.Code != CodeMessagesDropped || dropped.Count <= 0 {
+				if dropped.Code != protocol.CodeMessagesDropped || dropped.Count <= 0 {
 					t.Fatalf("got %s, want messages_dropped with a count", dropped.raw)
 				}
 				if uint64(dropped.Count) != st.SlowDropped || got+dropped.Count != published {
@@ -1183,7 +1185,7 @@ func TestRoomsSlowConsumer(t *testing.T) {
 // second is handled, and checks the second joiner is not told of a join that
 // came before its own, nor sent a message published before it joined.
 func TestRoomsJoinerGetsOnlyLaterMessages(t *testing.T) {
-	ts := startChatServer(t, Options{Loops: 1}, unlimitedChat)
+	ts := startChatServer(t, server.Options{Loops: 1}, unlimitedChat)
 	a, b := dialPeer(t, ts), dialPeer(t, ts)
 	for i := range 200 {
 		r := fmt.Sprint("r", i)
@@ -1213,7 +1215,7 @@ func TestRoomsPresenceAtScale(t *testing.T) {
 	if raceEnabled || testing.Short() {
 		n = 100
 	}
-	ts := startChatServer(t, Options{Loops: 3}, unlimitedChat)
+	ts := startChatServer(t, server.Options{Loops: 3}, unlimitedChat)
 	ps := make([]*chatPeer, n)
 	for i := range ps {
 		ps[i] = dialPeer(t, ts)
@@ -1251,7 +1253,7 @@ func setServerSndBuf(t *testing.T, ts *testServer, user string, size int) {
 		l.Post(poller.FuncJob(func() {
 			defer wg.Done()
 			l.Range(func(pc *poller.Conn) bool {
-				if c, ok := pc.Context().(*Conn); ok && c.UserID() == user {
+				if c, ok := pc.Context().(*server.Conn); ok && c.UserID() == user {
 					found.Add(1)
 					if err := syscall.SetsockoptInt(pc.Fd(), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size); err != nil {
 						errs <- err

@@ -1,11 +1,16 @@
-package server
+// Package chat is the /ws endpoint: the seed's JSON chat protocol on rooms.
+// It implements server.Handler; package server moves the frames, and package
+// room fans each message out to the members. Its vocabulary (types, codes,
+// limits) is package protocol's. With a Cluster it carries rooms across nodes,
+// and API is its HTTP side: rooms, members and publishing for backends.
+package chat
 
 import (
+	"cmp"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -14,10 +19,12 @@ import (
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
-// Chat is the /ws endpoint: the seed's JSON chat protocol.
+// Handler is the /ws endpoint: the seed's JSON chat protocol.
 //
 //	join    {"type":"join","roomId":R,"userName":N}  → joined; others get user-joined
 //	chat    {"type":"chat","roomId":R,"content":C}   → every member gets message
@@ -29,7 +36,7 @@ import (
 // an error with a code, and never costs another client its messages. Inbound
 // messages are rate-limited per connection with a token bucket, and a client
 // that breaks the limit is banned for a while, as the seed does.
-type Chat struct {
+type Handler struct {
 	// Rooms is the room table. If nil, join, chat and leave are refused.
 	Rooms *room.Table
 	// Auth verifies refreshed tokens. If nil, refresh is refused.
@@ -45,57 +52,18 @@ type Chat struct {
 	// DefaultMaxRoomsPerConn is used.
 	MaxRoomsPerConn int
 	// MaxContent bounds a chat message's content, in characters. If zero,
-	// DefaultMaxContent is used.
+	// protocol.DefaultMaxContent is used.
 	MaxContent int
-	// Rate is the inbound messages per second a connection may send on average.
-	// If zero, DefaultRate is used; if negative, messages are not limited.
-	Rate float64
-	// Burst is how many messages may arrive at once. If zero, DefaultBurst is used.
-	Burst int
-	// Ban is how long a connection that broke the rate is ignored. If zero,
-	// DefaultBan is used.
-	Ban time.Duration
-	// BanCloseAfter closes a banned connection, with 1008, that sends more than
-	// this many messages during its ban. If zero, DefaultBanCloseAfter is used.
-	BanCloseAfter int
+	// RateLimit bounds the inbound messages of each connection; a connection
+	// over it gets one rate_limited error and is banned.
+	server.RateLimit
 
 	parsers fastjson.ParserPool
 	counts  chatCounters
 }
 
-// Defaults for Chat.
-const (
-	DefaultMaxRoomsPerConn = 100
-	DefaultMaxContent      = 500
-	DefaultRate            = 10
-	DefaultBurst           = 20
-	DefaultBan             = 5 * time.Minute
-	DefaultBanCloseAfter   = 100
-	// MaxRoomID bounds a room id, in bytes.
-	MaxRoomID = 128
-	// MaxUserName bounds a user name, in characters.
-	MaxUserName = 50
-)
-
-// Error codes sent in `error` messages.
-const (
-	CodeInvalidJSON     = "invalid_json"
-	CodeInvalidMessage  = "invalid_message"
-	CodeUnknownType     = "unknown_type"
-	CodeNotInRoom       = "not_in_room"
-	CodeAlreadyInRoom   = "already_in_room"
-	CodeTooManyRooms    = "too_many_rooms"
-	CodeRoomFull        = "room_full"
-	CodeRateLimited     = "rate_limited"
-	CodeInvalidToken    = "invalid_token"
-	CodeTokenExpired    = "token_expired"
-	CodeMessagesDropped = "messages_dropped"
-	CodeUnavailable     = "unavailable"
-)
-
-// TimeLayout is the protocol's timestamp format: RFC 3339 in UTC with
-// milliseconds, as JavaScript's Date.toISOString writes it.
-const TimeLayout = "2006-01-02T15:04:05.000Z07:00"
+// Defaults for Handler.
+const DefaultMaxRoomsPerConn = 100
 
 // chatCounters count the endpoint's events for metrics.
 type chatCounters struct {
@@ -103,25 +71,23 @@ type chatCounters struct {
 	bans        atomic.Uint64 // bans started
 }
 
-// ChatStats are the endpoint's counters.
-type ChatStats struct {
+// Stats are the endpoint's counters.
+type Stats struct {
 	RateLimited uint64
 	Bans        uint64
 }
 
 // Stats returns the endpoint's counters.
-func (h *Chat) Stats() ChatStats {
-	return ChatStats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load()}
+func (h *Handler) Stats() Stats {
+	return Stats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load()}
 }
 
 // chatConn is one connection's chat state, made at its first message, so a
 // connection that only listens costs nothing here until it joins.
 type chatConn struct {
-	c        *Conn
-	rooms    []*room.Member
-	rate     bucket
-	banUntil int64  // unix ms; 0 when not banned
-	banned   uint32 // messages received during the current ban
+	c     *server.Conn
+	rooms []*room.Member
+	rate  server.RateState
 }
 
 // Deliver implements room.Sink.
@@ -136,7 +102,7 @@ func (cc *chatConn) member(id []byte) (int, *room.Member) {
 	return -1, nil
 }
 
-func (h *Chat) state(c *Conn) *chatConn {
+func (h *Handler) state(c *server.Conn) *chatConn {
 	if cc, ok := c.Data().(*chatConn); ok {
 		return cc
 	}
@@ -145,22 +111,22 @@ func (h *Chat) state(c *Conn) *chatConn {
 	return cc
 }
 
-// OnOpen implements Handler.
-func (h *Chat) OnOpen(c *Conn) {
+// OnOpen implements server.Handler.
+func (h *Handler) OnOpen(c *server.Conn) {
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"connected","userId":`...)
-	b.B = AppendJSONString(b.B, c.UserID())
+	b.B = protocol.AppendJSONString(b.B, c.UserID())
 	b.B = append(b.B, `,"timestamp":"`...)
-	b.B = c.Now().UTC().AppendFormat(b.B, TimeLayout)
+	b.B = c.Now().UTC().AppendFormat(b.B, protocol.TimeLayout)
 	b.B = append(b.B, `"}`...)
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
 }
 
-// OnMessage implements Handler.
-func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
+// OnMessage implements server.Handler.
+func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
 	if op != ws.OpText {
-		c.Close(CloseUnsupported)
+		c.Close(server.CloseUnsupported)
 		return
 	}
 	cc := h.state(c)
@@ -171,12 +137,12 @@ func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 	defer h.parsers.Put(p)
 	v, err := p.ParseBytes(data)
 	if err != nil || v.Type() != fastjson.TypeObject {
-		h.sendError(c, CodeInvalidJSON, "Invalid JSON", "")
+		h.sendError(c, protocol.CodeInvalidJSON, protocol.TextInvalidJSON, "")
 		return
 	}
 	t := v.Get("type")
 	if t == nil || t.Type() != fastjson.TypeString {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", "type")
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "type")
 		return
 	}
 	switch typ := t.GetStringBytes(); string(typ) {
@@ -191,11 +157,11 @@ func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 	case "refresh":
 		h.refresh(c, v)
 	default:
-		if !utf8.Valid(typ) || len(typ) > 64 {
+		if !utf8.Valid(typ) || len(typ) > protocol.MaxEchoedType {
 			typ = typ[:0]
 		}
 		b := bytebufferpool.Get()
-		b.B = appendError(b.B, CodeUnknownType, "Unknown message type: ", typ, "")
+		b.B = protocol.AppendError(b.B, protocol.CodeUnknownType, protocol.TextUnknownType, typ, "")
 		c.WriteText(b.B)
 		bytebufferpool.Put(b)
 	}
@@ -204,50 +170,25 @@ func (h *Chat) OnMessage(c *Conn, op ws.OpCode, data []byte) {
 // allow applies the rate limit: a connection over it gets one rate_limited error
 // and is banned; what it sends during the ban is dropped, and if it keeps
 // sending it is closed.
-func (h *Chat) allow(cc *chatConn) bool {
-	rate := h.Rate
-	if rate < 0 {
+func (h *Handler) allow(cc *chatConn) bool {
+	switch h.RateLimit.Allow(&cc.rate, cc.c.Now().UnixMilli()) {
+	case server.Allowed:
 		return true
-	}
-	if rate == 0 {
-		rate = DefaultRate
-	}
-	now := cc.c.Now().UnixMilli()
-	if cc.banUntil != 0 {
-		if now < cc.banUntil {
-			cc.banned++
-			h.counts.rateLimited.Add(1)
-			if limit := cmpOr(h.BanCloseAfter, DefaultBanCloseAfter); int(cc.banned) > limit {
-				cc.c.Close(CloseRateLimited)
-			}
-			return false
-		}
-		cc.banUntil, cc.banned = 0, 0
-		cc.rate = bucket{} // the ban is served: start with a full bucket
-	}
-	if ok, _ := cc.rate.take(now, rate, cmpOr(h.Burst, DefaultBurst)); ok {
-		return true
+	case server.BanStarted:
+		h.counts.bans.Add(1)
+		h.sendError(cc.c, protocol.CodeRateLimited, protocol.TextRateLimited, "")
+	case server.BanExceeded:
+		cc.c.Close(server.CloseRateLimited)
 	}
 	h.counts.rateLimited.Add(1)
-	h.counts.bans.Add(1)
-	cc.banUntil = now + cmpOr(h.Ban, DefaultBan).Milliseconds()
-	h.sendError(cc.c, CodeRateLimited, "Rate limit exceeded. You are temporarily banned.", "")
 	return false
 }
 
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
-}
-
 // stringField returns v's field as a string, or reports it as the bad field.
-func (h *Chat) stringField(c *Conn, v *fastjson.Value, field string) ([]byte, bool) {
+func (h *Handler) stringField(c *server.Conn, v *fastjson.Value, field string) ([]byte, bool) {
 	f := v.Get(field)
 	if f == nil || f.Type() != fastjson.TypeString {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", field)
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, field)
 		return nil, false
 	}
 	return f.GetStringBytes(), true
@@ -255,31 +196,19 @@ func (h *Chat) stringField(c *Conn, v *fastjson.Value, field string) ([]byte, bo
 
 // roomID returns the message's roomId if it is 1 to MaxRoomID bytes of
 // printable UTF-8.
-func (h *Chat) roomID(c *Conn, v *fastjson.Value) ([]byte, bool) {
+func (h *Handler) roomID(c *server.Conn, v *fastjson.Value) ([]byte, bool) {
 	id, ok := h.stringField(c, v, "roomId")
 	if !ok {
 		return nil, false
 	}
-	if len(id) == 0 || len(id) > MaxRoomID || !printable(id) {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", "roomId")
+	if !protocol.ValidRoomID(id) {
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "roomId")
 		return nil, false
 	}
 	return id, true
 }
 
-func printable(b []byte) bool {
-	if !utf8.Valid(b) {
-		return false
-	}
-	for _, r := range string(b) {
-		if !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
-}
-
-func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
+func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 	c := cc.c
 	id, ok := h.roomID(c, v)
 	if !ok {
@@ -289,27 +218,27 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 	if !ok {
 		return
 	}
-	if n := utf8.RuneCount(name); n == 0 || n > MaxUserName || !printable(name) {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", "userName")
+	if !protocol.ValidUserName(name) {
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "userName")
 		return
 	}
 	if h.Rooms == nil {
-		h.sendError(c, CodeUnavailable, "Rooms are not available", "")
+		h.sendError(c, protocol.CodeUnavailable, protocol.TextUnavailable, "")
 		return
 	}
 	if _, m := cc.member(id); m != nil {
-		h.sendError(c, CodeAlreadyInRoom, "Already in this room", "")
+		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
-	if len(cc.rooms) >= cmpOr(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
-		h.sendError(c, CodeTooManyRooms, "Too many rooms", "")
+	if len(cc.rooms) >= cmp.Or(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
+		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
 	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name)}
 	roomID := string(id)
 	count, err := h.Rooms.Join(c.Loop().Index(), roomID, m)
 	if err != nil {
-		h.sendError(c, CodeRoomFull, "Room is full", "")
+		h.sendError(c, protocol.CodeRoomFull, protocol.TextRoomFull, "")
 		return
 	}
 	cc.rooms = append(cc.rooms, m)
@@ -323,9 +252,9 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"joined","roomId":`...)
-	b.B = AppendJSONString(b.B, roomID)
+	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID)
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
 	b.B = append(b.B, '}')
@@ -334,16 +263,16 @@ func (h *Chat) join(cc *chatConn, v *fastjson.Value) {
 }
 
 // presence tells a room's other members that m joined or left.
-func (h *Chat) presence(m *room.Member, roomID, typ string, count int, except room.Sink) {
+func (h *Handler) presence(m *room.Member, roomID, typ string, count int, except room.Sink) {
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"`...)
 	b.B = append(b.B, typ...)
 	b.B = append(b.B, `","roomId":`...)
-	b.B = AppendJSONString(b.B, roomID)
+	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID)
 	b.B = append(b.B, `,"userName":`...)
-	b.B = AppendJSONString(b.B, m.Name)
+	b.B = protocol.AppendJSONString(b.B, m.Name)
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
 	b.B = append(b.B, '}')
@@ -352,16 +281,16 @@ func (h *Chat) presence(m *room.Member, roomID, typ string, count int, except ro
 }
 
 // broadcast frames payload once and fans the same bytes out to the room.
-func (h *Chat) broadcast(roomID string, payload []byte, except room.Sink) int {
+func (h *Handler) broadcast(roomID string, payload []byte, except room.Sink) int {
 	f := poller.NewFrame()
 	fb := f.Buffer()
-	fb.B = AppendFrame(fb.B, ws.OpText, payload)
+	fb.B = server.AppendFrame(fb.B, ws.OpText, payload)
 	n := h.Rooms.Broadcast(roomID, f, except, nil)
 	f.Release()
 	return n
 }
 
-func (h *Chat) chat(cc *chatConn, v *fastjson.Value) {
+func (h *Handler) chat(cc *chatConn, v *fastjson.Value) {
 	c := cc.c
 	id, ok := h.roomID(c, v)
 	if !ok {
@@ -371,13 +300,13 @@ func (h *Chat) chat(cc *chatConn, v *fastjson.Value) {
 	if !ok {
 		return
 	}
-	if n := utf8.RuneCount(content); n == 0 || n > cmpOr(h.MaxContent, DefaultMaxContent) {
-		h.sendError(c, CodeInvalidMessage, "Invalid message format", "content")
+	if n := utf8.RuneCount(content); n == 0 || n > cmp.Or(h.MaxContent, protocol.DefaultMaxContent) {
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "content")
 		return
 	}
 	_, m := cc.member(id)
 	if m == nil {
-		h.sendError(c, CodeNotInRoom, "Not in this room", "")
+		h.sendError(c, protocol.CodeNotInRoom, protocol.TextNotInRoom, "")
 		return
 	}
 	h.publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
@@ -388,25 +317,25 @@ func (h *Chat) chat(cc *chatConn, v *fastjson.Value) {
 // announced them, unless the message could not be published to them. It may be
 // called from any goroutine: the HTTP publish API uses it with the user id
 // "server".
-func (h *Chat) Publish(roomID, userID, userName, content string, at time.Time) int {
+func (h *Handler) Publish(roomID, userID, userName, content string, at time.Time) int {
 	d := h.publish(roomID, userID, userName, content, at)
 	return d.local + d.remote
 }
 
 // publish is Publish, telling where the message went.
 
-func (h *Chat) publish(roomID, userID, userName, content string, at time.Time) delivery {
+func (h *Handler) publish(roomID, userID, userName, content string, at time.Time) delivery {
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"message","roomId":`...)
-	b.B = AppendJSONString(b.B, roomID)
+	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = AppendJSONString(b.B, userID)
+	b.B = protocol.AppendJSONString(b.B, userID)
 	b.B = append(b.B, `,"userName":`...)
-	b.B = AppendJSONString(b.B, userName)
+	b.B = protocol.AppendJSONString(b.B, userName)
 	b.B = append(b.B, `,"content":`...)
-	b.B = AppendJSONString(b.B, content)
+	b.B = protocol.AppendJSONString(b.B, content)
 	b.B = append(b.B, `,"timestamp":"`...)
-	b.B = at.UTC().AppendFormat(b.B, TimeLayout)
+	b.B = at.UTC().AppendFormat(b.B, protocol.TimeLayout)
 	b.B = append(b.B, `"}`...)
 	d := h.send(roomID, b.B, nil)
 	bytebufferpool.Put(b)
@@ -416,7 +345,7 @@ func (h *Chat) publish(roomID, userID, userName, content string, at time.Time) d
 	return d
 }
 
-func (h *Chat) leave(cc *chatConn, v *fastjson.Value) {
+func (h *Handler) leave(cc *chatConn, v *fastjson.Value) {
 	c := cc.c
 	id, ok := h.roomID(c, v)
 	if !ok {
@@ -424,21 +353,21 @@ func (h *Chat) leave(cc *chatConn, v *fastjson.Value) {
 	}
 	i, m := cc.member(id)
 	if m == nil {
-		h.sendError(c, CodeNotInRoom, "Not in this room", "")
+		h.sendError(c, protocol.CodeNotInRoom, protocol.TextNotInRoom, "")
 		return
 	}
 	roomID := m.Room()
 	h.drop(cc, i)
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"left","roomId":`...)
-	b.B = AppendJSONString(b.B, roomID)
+	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, '}')
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
 }
 
 // drop takes the connection out of its i-th room and tells the others.
-func (h *Chat) drop(cc *chatConn, i int) {
+func (h *Handler) drop(cc *chatConn, i int) {
 	m := cc.rooms[i]
 	roomID := m.Room()
 	count := h.changed(roomID, h.Rooms.Leave(m))
@@ -453,25 +382,25 @@ func (h *Chat) drop(cc *chatConn, i int) {
 
 // refresh replaces the connection's token expiry with a later token's, if the
 // token verifies and names the same subject.
-func (h *Chat) refresh(c *Conn, v *fastjson.Value) {
+func (h *Handler) refresh(c *server.Conn, v *fastjson.Value) {
 	tok, ok := h.stringField(c, v, "token")
 	if !ok {
 		return
 	}
 	if h.Auth == nil {
-		h.sendError(c, CodeInvalidToken, "Invalid token", "")
+		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "")
 		return
 	}
 	claims, err := h.Auth.Verify(string(tok))
 	switch {
 	case err != nil:
-		h.sendError(c, CodeInvalidToken, "Invalid token", "")
+		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "")
 		return
 	case claims.Subject != c.UserID():
-		h.sendError(c, CodeInvalidToken, "Invalid token", "sub")
+		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "sub")
 		return
 	case !c.ExpiresAt().IsZero() && !claims.ExpiresAt.IsZero() && !claims.ExpiresAt.After(c.ExpiresAt()):
-		h.sendError(c, CodeInvalidToken, "Invalid token", "exp")
+		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "exp")
 		return
 	}
 	c.SetExpiresAt(claims.ExpiresAt)
@@ -479,7 +408,7 @@ func (h *Chat) refresh(c *Conn, v *fastjson.Value) {
 	b.B = append(b.B, `{"type":"refreshed"`...)
 	if !claims.ExpiresAt.IsZero() {
 		b.B = append(b.B, `,"expiresAt":"`...)
-		b.B = claims.ExpiresAt.UTC().AppendFormat(b.B, TimeLayout)
+		b.B = claims.ExpiresAt.UTC().AppendFormat(b.B, protocol.TimeLayout)
 		b.B = append(b.B, '"')
 	}
 	b.B = append(b.B, '}')
@@ -489,26 +418,26 @@ func (h *Chat) refresh(c *Conn, v *fastjson.Value) {
 
 // TokenExpired is called by the server before it closes a connection whose
 // token expired, so the client can read why in its own protocol.
-func (h *Chat) TokenExpired(c *Conn) {
-	h.sendError(c, CodeTokenExpired, "Token expired", "")
+func (h *Handler) TokenExpired(c *server.Conn) {
+	h.sendError(c, protocol.CodeTokenExpired, protocol.TextTokenExpired, "")
 }
 
 // Dropped implements DropNotifier: a slow consumer that caught up learns how
 // many messages it missed.
-func (h *Chat) Dropped(c *Conn, n int) {
+func (h *Handler) Dropped(c *server.Conn, n int) {
 	b := bytebufferpool.Get()
-	b.B = append(b.B, `{"type":"error","code":"messages_dropped","message":"`...)
+	b.B = append(b.B, `{"type":"error","code":"`+protocol.CodeMessagesDropped+`","message":"`...)
 	b.B = strconv.AppendInt(b.B, int64(n), 10)
-	b.B = append(b.B, ` messages were dropped","count":`...)
+	b.B = append(b.B, protocol.TextMessagesDropped+`","count":`...)
 	b.B = strconv.AppendInt(b.B, int64(n), 10)
 	b.B = append(b.B, '}')
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
 }
 
-// OnClose implements Handler: the connection leaves every room it was in, and
+// OnClose implements server.Handler: the connection leaves every room it was in, and
 // each room hears user-left.
-func (h *Chat) OnClose(c *Conn, _ ws.StatusCode, _ string) {
+func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	cc, ok := c.Data().(*chatConn)
 	if !ok {
 		return
@@ -519,8 +448,8 @@ func (h *Chat) OnClose(c *Conn, _ ws.StatusCode, _ string) {
 	cc.rooms = nil
 }
 
-// OnError implements Handler.
-func (h *Chat) OnError(c *Conn, err error) {
+// OnError implements server.Handler.
+func (h *Handler) OnError(c *server.Conn, err error) {
 	if h.Logger != nil {
 		h.Logger.Debug("connection error", "user", c.UserID(), "err", err)
 	}
@@ -528,27 +457,9 @@ func (h *Chat) OnError(c *Conn, err error) {
 
 // sendError sends {"type":"error","code":…,"message":…}; a non-empty field is
 // named in the message and sent as "field".
-func (h *Chat) sendError(c *Conn, code, msg, field string) {
+func (h *Handler) sendError(c *server.Conn, code, msg, field string) {
 	b := bytebufferpool.Get()
-	b.B = appendError(b.B, code, msg, nil, field)
+	b.B = protocol.AppendError(b.B, code, msg, nil, field)
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
-}
-
-func appendError(b []byte, code, msg string, arg []byte, field string) []byte {
-	b = append(b, `{"type":"error","code":`...)
-	b = AppendJSONString(b, code)
-	b = append(b, `,"message":"`...)
-	b = appendJSONStringBody(b, msg)
-	b = appendJSONStringBody(b, string(arg))
-	if field != "" {
-		b = append(b, ": "...)
-		b = appendJSONStringBody(b, field)
-	}
-	b = append(b, '"')
-	if field != "" {
-		b = append(b, `,"field":`...)
-		b = AppendJSONString(b, field)
-	}
-	return append(b, '}')
 }

@@ -1,4 +1,4 @@
-package server
+package chat
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
 // fakeCluster is a Cluster whose other nodes are a table the test fills in.
@@ -89,7 +90,7 @@ func readMap(t *testing.T, c interface{ ReadJSON(any) error }) map[string]any {
 func TestChatClusterHooks(t *testing.T) {
 	fc := &fakeCluster{up: true, remote: map[string]int{"r": 5, "elsewhere": 2},
 		members: map[string][]room.MemberInfo{"r": {{UserID: "far", Name: "Far"}}}}
-	ts := startChatServer(t, Options{}, func(c *Chat) { c.Rate = -1; c.Cluster = fc })
+	ts := startChatServer(t, server.Options{}, func(c *Handler) { c.Rate = -1; c.Cluster = fc })
 	a := dial(t, ts.URL("/ws"), nil)
 	readMap(t, a) // connected
 	a.WriteJSON(map[string]string{"type": "join", "roomId": "r", "userName": "A"})

@@ -1,4 +1,4 @@
-package server
+package chat
 
 import (
 	"context"
@@ -6,13 +6,13 @@ import (
 	"github.com/throng-ws/throng/room"
 )
 
-// Cluster links a Chat to the other nodes of a cluster; package cluster
-// implements it over NATS. Chat calls it on loop goroutines and the API on HTTP
+// Cluster links a Handler to the other nodes of a cluster; package cluster
+// implements it over NATS. Handler calls it on loop goroutines and the API on HTTP
 // handlers' goroutines, so the methods other than RemoteMembers must not block.
 //
-// Delivery is local first. Chat writes a room's message to this node's members
+// Delivery is local first. The handler writes a room's message to this node's members
 // itself, through the room table, and hands the same payload to Publish for the
-// other nodes, which write it to theirs with Chat.Deliver. The cluster never
+// other nodes, which write it to theirs with Handler.Deliver. The cluster never
 // hands a node its own messages back, so every member, on the origin node or
 // any other, gets each message once.
 type Cluster interface {
@@ -38,23 +38,11 @@ type Cluster interface {
 	RemoteMembers(ctx context.Context, roomID string) (members []room.MemberInfo, partial bool, err error)
 }
 
-// UserConns counts open connections per user id against
-// Options.MaxConnsPerUser. The server's own count holds the limit on one node;
-// package cluster provides one that adds the other nodes' connections. Both
-// methods are called on loop goroutines and must not block.
-type UserConns interface {
-	// Acquire counts one more connection for user unless the user already has
-	// max, and reports whether it did.
-	Acquire(user string, max int) bool
-	// Release gives back a connection that Acquire counted.
-	Release(user string)
-}
-
 // Deliver writes a message that another node published to roomID (a complete
 // server-to-client JSON message) to this node's members of the room, and
 // returns how many it goes to. The frame is encoded once, and the room table
 // writes the same bytes to every member. It may be called from any goroutine.
-func (h *Chat) Deliver(roomID string, payload []byte) int {
+func (h *Handler) Deliver(roomID string, payload []byte) int {
 	if h.Rooms == nil {
 		return 0
 	}
@@ -74,7 +62,7 @@ type delivery struct {
 // send broadcasts payload to the room's local members except except, and
 // publishes it for the other nodes' members. It leaves delivery.remote to the
 // caller that wants it.
-func (h *Chat) send(roomID string, payload []byte, except room.Sink) delivery {
+func (h *Handler) send(roomID string, payload []byte, except room.Sink) delivery {
 	d := delivery{local: h.broadcast(roomID, payload, except), published: true}
 	if h.Cluster != nil {
 		d.published = h.Cluster.Publish(roomID, payload)
@@ -84,7 +72,7 @@ func (h *Chat) send(roomID string, payload []byte, except room.Sink) delivery {
 
 // changed tells the cluster that roomID's local membership changed, and returns
 // the room's count across the nodes, given the local one.
-func (h *Chat) changed(roomID string, local int) int {
+func (h *Handler) changed(roomID string, local int) int {
 	if h.Cluster == nil {
 		return local
 	}

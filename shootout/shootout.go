@@ -1,4 +1,8 @@
-package server
+// Package shootout is the /shootout endpoint: the protocol of hashrocket's
+// websocket-shootout, which dozens of servers speak, so throng can be measured
+// with the same tool as its peers. It is mounted only when asked for
+// (--endpoints).
+package shootout
 
 import (
 	"encoding/binary"
@@ -10,11 +14,10 @@ import (
 
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
-// Shootout is the /shootout endpoint: the protocol of hashrocket's
-// websocket-shootout, which dozens of servers speak, so throng can be measured
-// with the same tool as its peers.
+// Handler speaks the shootout protocol.
 //
 // JSON: {"type":"echo","payload":P} comes back as sent;
 // {"type":"broadcast","payload":P} goes to every /shootout connection, the
@@ -25,10 +28,14 @@ import (
 // Binary: byte 0 is 'e' (echo) or 'b' (broadcast), then a big-endian uint32
 // length and the payload. An echo comes back unchanged, a broadcast goes out
 // unchanged, and the sender's result is the same bytes with byte 0 set to 'r'.
-type Shootout struct {
+type Handler struct {
 	// Rooms holds the one room every /shootout connection is in. It should be a
 	// table of its own, so no chat room can share its name.
 	Rooms *room.Table
+	// RateLimit bounds each connection's inbound messages; a connection over
+	// it is closed with 1008. Its zero value is the server's defaults; a
+	// negative Rate, no limit.
+	RateLimit server.RateLimit
 
 	parsers fastjson.ParserPool
 }
@@ -36,15 +43,16 @@ type Shootout struct {
 const shootoutRoom = "shootout"
 
 type shootoutConn struct {
-	c *Conn
-	m room.Member
+	c    *server.Conn
+	m    room.Member
+	rate server.RateState
 }
 
 // Deliver implements room.Sink.
 func (sc *shootoutConn) Deliver(f *poller.Frame) { sc.c.WriteFrame(f) }
 
-// OnOpen implements Handler: every connection joins the broadcast room.
-func (h *Shootout) OnOpen(c *Conn) {
+// OnOpen implements server.Handler: every connection joins the broadcast room.
+func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}
 	sc.m.Sink = sc
 	sc.m.UserID = c.UserID()
@@ -52,18 +60,21 @@ func (h *Shootout) OnOpen(c *Conn) {
 	h.Rooms.Join(c.Loop().Index(), shootoutRoom, &sc.m)
 }
 
-// OnClose implements Handler.
-func (h *Shootout) OnClose(c *Conn, _ ws.StatusCode, _ string) {
+// OnClose implements server.Handler.
+func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	if sc, ok := c.Data().(*shootoutConn); ok {
 		h.Rooms.Leave(&sc.m)
 	}
 }
 
-// OnError implements Handler.
-func (h *Shootout) OnError(*Conn, error) {}
+// OnError implements server.Handler.
+func (h *Handler) OnError(*server.Conn, error) {}
 
-// OnMessage implements Handler.
-func (h *Shootout) OnMessage(c *Conn, op ws.OpCode, data []byte) {
+// OnMessage implements server.Handler.
+func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
+	if sc, ok := c.Data().(*shootoutConn); !ok || !h.RateLimit.Admit(c, &sc.rate) {
+		return
+	}
 	if op == ws.OpBinary {
 		h.binary(c, data)
 		return
@@ -105,7 +116,7 @@ func marshalValue(b []byte, v *fastjson.Value) []byte {
 	return v.MarshalTo(b)
 }
 
-func (h *Shootout) binary(c *Conn, data []byte) {
+func (h *Handler) binary(c *server.Conn, data []byte) {
 	if len(data) < 5 || int(binary.BigEndian.Uint32(data[1:5])) != len(data)-5 {
 		c.CloseWith(ws.StatusUnsupportedData, "malformed shootout message")
 		return
@@ -126,10 +137,10 @@ func (h *Shootout) binary(c *Conn, data []byte) {
 // fanOut broadcasts payload to every connection and, once every loop has
 // written it, sends the sender res (completed by finish with the listener
 // count) on the sender's own loop.
-func (h *Shootout) fanOut(c *Conn, op ws.OpCode, payload []byte, res *bytebufferpool.ByteBuffer, finish func([]byte, int) []byte) {
+func (h *Handler) fanOut(c *server.Conn, op ws.OpCode, payload []byte, res *bytebufferpool.ByteBuffer, finish func([]byte, int) []byte) {
 	f := poller.NewFrame()
 	fb := f.Buffer()
-	fb.B = AppendFrame(fb.B, op, payload)
+	fb.B = server.AppendFrame(fb.B, op, payload)
 	h.Rooms.Broadcast(shootoutRoom, f, nil, func(listeners int) {
 		posted := c.Post(func() {
 			if finish != nil {

@@ -1,4 +1,4 @@
-package server
+package chat
 
 import (
 	"encoding/json"
@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/throng-ws/throng/protocol"
+	"github.com/throng-ws/throng/server"
 )
 
 const testAPIKey = "test-api-key"
@@ -24,7 +27,7 @@ type apiServer struct {
 
 func startAPI(t *testing.T) *apiServer {
 	t.Helper()
-	ts := startChatServer(t, Options{}, unlimitedChat)
+	ts := startChatServer(t, server.Options{}, unlimitedChat)
 	now := time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC)
 	mux := ts.HTTPHandler()
 	api := &API{Key: testAPIKey, Chat: ts.Chat, Rooms: ts.Rooms, Now: func() time.Time { return now }}
@@ -226,7 +229,7 @@ func TestAPIPublish(t *testing.T) {
 	a.expectPresence("user-joined", "news", b, "Bo", 2)
 	outsider.join("other", "Out", 1)
 
-	stamp := as.now.Format(TimeLayout)
+	stamp := as.now.Format(protocol.TimeLayout)
 	cases := []struct {
 		body, name, content string
 	}{
@@ -258,19 +261,19 @@ func TestAPIPublish(t *testing.T) {
 	}
 
 	bad := []struct{ body, code string }{
-		{``, CodeInvalidJSON},
-		{`not json`, CodeInvalidJSON},
-		{`{"content":`, CodeInvalidJSON},
-		{`{"content":5}`, CodeInvalidJSON},
-		{`["hi"]`, CodeInvalidJSON},
-		{`{}`, CodeInvalidMessage},
-		{`{"content":null}`, CodeInvalidMessage},
-		{`{"content":""}`, CodeInvalidMessage},
-		{`{"content":"` + strings.Repeat("x", 501) + `"}`, CodeInvalidMessage},
-		{`{"content":"hi","userName":""}`, CodeInvalidMessage},
-		{`{"content":"hi","userName":"` + strings.Repeat("n", 51) + `"}`, CodeInvalidMessage},
-		{`{"content":"hi","userName":"tab\there"}`, CodeInvalidMessage},
-		{`{"content":"` + strings.Repeat("x", 70<<10) + `"}`, CodeInvalidJSON},
+		{``, protocol.CodeInvalidJSON},
+		{`not json`, protocol.CodeInvalidJSON},
+		{`{"content":`, protocol.CodeInvalidJSON},
+		{`{"content":5}`, protocol.CodeInvalidJSON},
+		{`["hi"]`, protocol.CodeInvalidJSON},
+		{`{}`, protocol.CodeInvalidMessage},
+		{`{"content":null}`, protocol.CodeInvalidMessage},
+		{`{"content":""}`, protocol.CodeInvalidMessage},
+		{`{"content":"` + strings.Repeat("x", 501) + `"}`, protocol.CodeInvalidMessage},
+		{`{"content":"hi","userName":""}`, protocol.CodeInvalidMessage},
+		{`{"content":"hi","userName":"` + strings.Repeat("n", 51) + `"}`, protocol.CodeInvalidMessage},
+		{`{"content":"hi","userName":"tab\there"}`, protocol.CodeInvalidMessage},
+		{`{"content":"` + strings.Repeat("x", 70<<10) + `"}`, protocol.CodeInvalidJSON},
 	}
 	for _, tc := range bad {
 		var e apiErrorBody

@@ -1,4 +1,4 @@
-package server
+package chat
 
 import (
 	"crypto/rand"
@@ -16,6 +16,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/protocol"
+	"github.com/throng-ws/throng/server"
 )
 
 // authWireMsg is any message of the /ws JSON protocol, decoded loosely so a test
@@ -66,8 +68,8 @@ func expectPong(t *testing.T, c *websocket.Conn) {
 func expectTokenExpired(t *testing.T, c *websocket.Conn) {
 	t.Helper()
 	m := readAuthMsg(t, c)
-	if m.Type != "error" || m.Code != CodeTokenExpired || m.Message != "Token expired" {
-		t.Fatalf("got %+v, want error %s", m, CodeTokenExpired)
+	if m.Type != "error" || m.Code != protocol.CodeTokenExpired || m.Message != "Token expired" {
+		t.Fatalf("got %+v, want error %s", m, protocol.CodeTokenExpired)
 	}
 	if ce := expectClose(t, c, websocket.ClosePolicyViolation); ce.Text != "Token expired" {
 		t.Fatalf("close reason %q, want %q", ce.Text, "Token expired")
@@ -96,7 +98,7 @@ func dialToken(t *testing.T, ts *testServer, sub string, ttl time.Duration) *web
 }
 
 func TestAuthTokenTransports(t *testing.T) {
-	ts := startAuthServer(t, Options{Subprotocols: []string{"throng.v1"}})
+	ts := startAuthServer(t, server.Options{Subprotocols: []string{"throng.v1"}}, nil)
 	tok := ts.token("alice", time.Hour)
 	cases := []struct {
 		name      string
@@ -144,7 +146,7 @@ func TestAuthTokenTransports(t *testing.T) {
 			if m.Type != "connected" || m.UserID != "alice" {
 				t.Fatalf("greeting %+v, want connected with userId alice", m)
 			}
-			if want := ts.Clock.Now().UTC().Format(TimeLayout); m.Timestamp != want {
+			if want := ts.Clock.Now().UTC().Format(protocol.TimeLayout); m.Timestamp != want {
 				t.Errorf("timestamp %q, want %q from the server clock", m.Timestamp, want)
 			}
 		})
@@ -227,7 +229,7 @@ func presentToken(transport, tok string) (query string, h http.Header, protocols
 	return "", nil, nil
 }
 
-func checkAuthFailures(t *testing.T, st Stats, reason string) {
+func checkAuthFailures(t *testing.T, st server.Stats, reason string) {
 	t.Helper()
 	for r, n := range st.AuthFailures {
 		want := uint64(0)
@@ -256,7 +258,7 @@ func TestAuthRefusedWith401(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name+"/"+tc.transport, func(t *testing.T) {
-			ts := startAuthServer(t, Options{})
+			ts := startAuthServer(t, server.Options{}, nil)
 			query, h, protos := presentToken(tc.transport, tc.make(ts))
 			d := websocket.Dialer{Subprotocols: protos, HandshakeTimeout: 5 * time.Second}
 			c, resp, err := d.Dial(ts.URL("/ws"+query), h)
@@ -307,7 +309,7 @@ func TestAuthFailClose(t *testing.T) {
 			if reasons[tc.name] != "" && reasons[tc.name] != tc.reason {
 				t.Fatalf("table: %s is counted as %s", tc.name, reasons[tc.name])
 			}
-			ts := startAuthServer(t, Options{AuthFailure: AuthFailClose})
+			ts := startAuthServer(t, server.Options{AuthFailure: server.AuthFailClose}, nil)
 			query, h, _ := presentToken("query", tc.make(ts))
 			c := dial(t, ts.URL("/ws"+query), h)
 			// The close must come first: a refused client is never greeted.
@@ -334,7 +336,7 @@ func TestAuthFailClose(t *testing.T) {
 func TestAuthTokenExpiresOnLiveConnection(t *testing.T) {
 	// Idle and ping deadlines are far away, so only the token can end the
 	// connection when the clock jumps.
-	ts := startAuthServer(t, Options{PingInterval: 30 * time.Minute, IdleTimeout: time.Hour})
+	ts := startAuthServer(t, server.Options{PingInterval: 30 * time.Minute, IdleTimeout: time.Hour}, nil)
 	c := dialToken(t, ts, "alice", time.Minute)
 	expectPong(t, c)
 	ts.Clock.Advance(2 * time.Minute)
@@ -347,7 +349,7 @@ func TestAuthTokenExpiresOnLiveConnection(t *testing.T) {
 func TestAuthRefreshExtendsConnection(t *testing.T) {
 	// One loop, so the sentinel's expiry proves a sweep has also looked at the
 	// refreshed connection after the clock moved.
-	ts := startAuthServer(t, Options{Loops: 1, PingInterval: 30 * time.Minute, IdleTimeout: time.Hour})
+	ts := startAuthServer(t, server.Options{Loops: 1, PingInterval: 30 * time.Minute, IdleTimeout: time.Hour}, nil)
 	c := dialToken(t, ts, "alice", time.Minute)
 	sentinel := dialToken(t, ts, "bob", time.Minute)
 
@@ -357,7 +359,7 @@ func TestAuthRefreshExtendsConnection(t *testing.T) {
 	if m.Type != "refreshed" {
 		t.Fatalf("refresh answered %+v, want refreshed", m)
 	}
-	if want := later.UTC().Format(TimeLayout); m.ExpiresAt != want {
+	if want := later.UTC().Format(protocol.TimeLayout); m.ExpiresAt != want {
 		t.Errorf("expiresAt %q, want %q", m.ExpiresAt, want)
 	}
 
@@ -378,34 +380,34 @@ func TestAuthRefreshRefused(t *testing.T) {
 	}{
 		{"other subject", func(ts *testServer) any {
 			return map[string]string{"type": "refresh", "token": ts.token("mallory", 10*time.Minute)}
-		}, CodeInvalidToken, "sub"},
+		}, protocol.CodeInvalidToken, "sub"},
 		{"garbage", func(*testServer) any {
 			return map[string]string{"type": "refresh", "token": "garbage"}
-		}, CodeInvalidToken, ""},
+		}, protocol.CodeInvalidToken, ""},
 		{"empty token", func(*testServer) any {
 			return map[string]string{"type": "refresh", "token": ""}
-		}, CodeInvalidToken, ""},
+		}, protocol.CodeInvalidToken, ""},
 		{"wrong secret", func(ts *testServer) any {
 			tok, _ := auth.Mint([]byte("not the server's secret"), "HS256", "alice", 10*time.Minute, "", ts.Clock.Now())
 			return map[string]string{"type": "refresh", "token": tok}
-		}, CodeInvalidToken, ""},
+		}, protocol.CodeInvalidToken, ""},
 		{"expired", func(ts *testServer) any {
 			tok, _ := auth.Mint(testSecret, "HS256", "alice", time.Minute, "", ts.Clock.Now().Add(-time.Hour))
 			return map[string]string{"type": "refresh", "token": tok}
-		}, CodeInvalidToken, ""},
+		}, protocol.CodeInvalidToken, ""},
 		{"earlier expiry", func(ts *testServer) any {
 			return map[string]string{"type": "refresh", "token": ts.token("alice", 30*time.Second)}
-		}, CodeInvalidToken, "exp"},
+		}, protocol.CodeInvalidToken, "exp"},
 		{"token not a string", func(*testServer) any {
 			return map[string]any{"type": "refresh", "token": 42}
-		}, CodeInvalidMessage, "token"},
+		}, protocol.CodeInvalidMessage, "token"},
 		{"no token", func(*testServer) any {
 			return map[string]any{"type": "refresh"}
-		}, CodeInvalidMessage, "token"},
+		}, protocol.CodeInvalidMessage, "token"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ts := startAuthServer(t, Options{PingInterval: 30 * time.Minute, IdleTimeout: time.Hour})
+			ts := startAuthServer(t, server.Options{PingInterval: 30 * time.Minute, IdleTimeout: time.Hour}, nil)
 			c := dialToken(t, ts, "alice", time.Minute)
 			sendAuthJSON(t, c, tc.msg(ts))
 			m := readAuthMsg(t, c)
@@ -421,7 +423,7 @@ func TestAuthRefreshRefused(t *testing.T) {
 }
 
 func TestAuthAnonymous(t *testing.T) {
-	ts := startServer(t, Options{})
+	ts := startChatServer(t, server.Options{}, nil)
 	seen := map[string]bool{}
 	for range 3 {
 		c := dial(t, ts.URL("/ws"), nil)
@@ -439,7 +441,7 @@ func TestAuthAnonymous(t *testing.T) {
 		seen[m.UserID] = true
 		// Without a verifier there is nothing to refresh against.
 		sendAuthJSON(t, c, map[string]string{"type": "refresh", "token": "x"})
-		if m := readAuthMsg(t, c); m.Type != "error" || m.Code != CodeInvalidToken {
+		if m := readAuthMsg(t, c); m.Type != "error" || m.Code != protocol.CodeInvalidToken {
 			t.Errorf("anonymous refresh answered %+v, want invalid_token", m)
 		}
 	}
@@ -455,7 +457,7 @@ func TestAuthAnonymous(t *testing.T) {
 // comma-separated line: the bearer entry must be found wherever it is, and the
 // app protocol still chosen.
 func TestAuthSubprotocolHeaderRepeated(t *testing.T) {
-	ts := startAuthServer(t, Options{Subprotocols: []string{"throng.v1"}})
+	ts := startAuthServer(t, server.Options{Subprotocols: []string{"throng.v1"}}, nil)
 	tok := ts.token("alice", time.Hour)
 	for _, tc := range []struct {
 		name      string
@@ -496,7 +498,7 @@ func TestAuthSubprotocolHeaderRepeated(t *testing.T) {
 // TestAuthSubprotocolPreference checks that Options.Subprotocols, which is in
 // the server's preference order, decides between protocols the client offers.
 func TestAuthSubprotocolPreference(t *testing.T) {
-	ts := startAuthServer(t, Options{Subprotocols: []string{"throng.v2", "throng.v1"}})
+	ts := startAuthServer(t, server.Options{Subprotocols: []string{"throng.v2", "throng.v1"}}, nil)
 	tok := ts.token("alice", time.Hour)
 	for i, tc := range []struct {
 		offer []string

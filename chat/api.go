@@ -1,6 +1,7 @@
-package server
+package chat
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -13,7 +14,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
 // API is the HTTP API for backends, on the HTTP listener:
@@ -28,12 +31,12 @@ type API struct {
 	// Key authenticates requests. It must not be empty.
 	Key string
 	// Chat publishes messages.
-	Chat *Chat
+	Chat *Handler
 	// Rooms is the chat's room table.
 	Rooms *room.Table
-	// Server is the server whose Overview GET /api/stats returns. If nil, that
-	// route is not registered.
-	Server *Server
+	// Server is the transport whose Overview GET /api/stats returns, with the
+	// chat's and rooms' figures. If nil, that route is not registered.
+	Server *server.Server
 	// Now timestamps published messages. If nil, time.Now is used.
 	Now func() time.Time
 }
@@ -47,7 +50,7 @@ const (
 // Register adds the API's routes to mux.
 func (a *API) Register(mux *http.ServeMux) error {
 	if a.Key == "" {
-		return errors.New("server: API key is empty")
+		return errors.New("chat: API key is empty")
 	}
 	mux.Handle("GET /api/rooms", a.authed(a.listRooms))
 	mux.Handle("GET /api/rooms/{id}", a.authed(a.getRoom))
@@ -59,7 +62,7 @@ func (a *API) Register(mux *http.ServeMux) error {
 }
 
 func (a *API) stats(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.Server.Overview(a.Chat, a.Rooms))
+	writeJSON(w, http.StatusOK, a.overview())
 }
 
 // apiError is the body of every API error.
@@ -130,8 +133,8 @@ func (a *API) listRooms(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) roomID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	if id == "" || len(id) > MaxRoomID || !printable([]byte(id)) {
-		writeAPIError(w, http.StatusBadRequest, "invalid_room", "room id must be 1 to 128 bytes of printable UTF-8")
+	if !protocol.ValidRoomID(id) {
+		writeAPIError(w, http.StatusBadRequest, "invalid_room", "room id must be 1 to "+strconv.Itoa(protocol.MaxRoomID)+" bytes of printable UTF-8")
 		return "", false
 	}
 	return id, true
@@ -223,23 +226,23 @@ func (a *API) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 	if err := dec.Decode(&body); err != nil {
-		writeAPIError(w, http.StatusBadRequest, CodeInvalidJSON, "Invalid JSON")
+		writeAPIError(w, http.StatusBadRequest, protocol.CodeInvalidJSON, protocol.TextInvalidJSON)
 		return
 	}
-	maxContent := cmpOr(a.Chat.MaxContent, DefaultMaxContent)
+	maxContent := cmp.Or(a.Chat.MaxContent, protocol.DefaultMaxContent)
 	if body.Content == nil || !utf8.ValidString(*body.Content) {
-		writeAPIError(w, http.StatusBadRequest, CodeInvalidMessage, "Invalid message format: content")
+		writeAPIError(w, http.StatusBadRequest, protocol.CodeInvalidMessage, protocol.TextInvalidMessage+": content")
 		return
 	}
 	if n := utf8.RuneCountInString(*body.Content); n == 0 || n > maxContent {
-		writeAPIError(w, http.StatusBadRequest, CodeInvalidMessage, "Invalid message format: content")
+		writeAPIError(w, http.StatusBadRequest, protocol.CodeInvalidMessage, protocol.TextInvalidMessage+": content")
 		return
 	}
 	name := ServerUserID
 	if body.UserName != nil {
 		name = *body.UserName
-		if n := utf8.RuneCountInString(name); n == 0 || n > MaxUserName || !printable([]byte(name)) {
-			writeAPIError(w, http.StatusBadRequest, CodeInvalidMessage, "Invalid message format: userName")
+		if !protocol.ValidUserName(name) {
+			writeAPIError(w, http.StatusBadRequest, protocol.CodeInvalidMessage, protocol.TextInvalidMessage+": userName")
 			return
 		}
 	}

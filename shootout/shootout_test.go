@@ -1,20 +1,26 @@
-package server
+package shootout
 
 import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
 
+	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
 // startShootout starts a server with only /shootout, on its own room table.
-func startShootout(t *testing.T, o Options) (*testServer, *Shootout) {
+func startShootout(t *testing.T, o server.Options) (*testServer, *Handler) {
 	t.Helper()
 	if o.Loops == 0 {
 		o.Loops = 2
@@ -22,12 +28,15 @@ func startShootout(t *testing.T, o Options) (*testServer, *Shootout) {
 	if o.TickInterval == 0 {
 		o.TickInterval = 10 * time.Millisecond
 	}
-	s, err := newTestServer(o)
+	if o.Backend == "" {
+		o.Backend = testBackend
+	}
+	s, err := server.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	h := &Shootout{Rooms: room.New(s.Loops(), room.Options{Shards: 1})}
+	h := &Handler{Rooms: room.New(s.Loops(), room.Options{Shards: 1}), RateLimit: server.RateLimit{Rate: -1}}
 	if err := s.Handle("/shootout", h); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +44,85 @@ func startShootout(t *testing.T, o Options) (*testServer, *Shootout) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testServer{Server: s, t: t, Addr: addr.String(), Rooms: h.Rooms}, h
+	return &testServer{Server: s, Addr: addr.String(), Rooms: h.Rooms}, h
+}
+
+type testServer struct {
+	*server.Server
+	Addr  string
+	Rooms *room.Table
+}
+
+// URL is the ws:// URL of path on the test server.
+func (ts *testServer) URL(path string) string { return "ws://" + ts.Addr + path }
+
+// testBackend is the event-loop backend the suite is running on: TestMain
+// runs the suite once per backend in THRONG_TEST_BACKENDS (comma-separated;
+// by default every backend this platform has).
+var testBackend poller.Backend
+
+func TestMain(m *testing.M) {
+	backends := poller.Backends()
+	if list := os.Getenv("THRONG_TEST_BACKENDS"); list != "" {
+		backends = backends[:0]
+		for _, b := range strings.Split(list, ",") {
+			backends = append(backends, poller.Backend(strings.TrimSpace(b)))
+		}
+	}
+	for _, b := range backends {
+		testBackend = b
+		if code := m.Run(); code != 0 {
+			fmt.Fprintf(os.Stderr, "shootout: tests failed on the %s backend\n", b)
+			os.Exit(code)
+		}
+	}
+	if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// dial connects with gorilla/websocket, the independent client, and closes the
+// connection when the test ends.
+func dial(t *testing.T, url string, h http.Header) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial(url, h)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return c
+}
+
+// expectClose reads until the connection closes and checks the close code.
+func expectClose(t *testing.T, c *websocket.Conn, code int) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		_, _, err := c.ReadMessage()
+		if err == nil {
+			continue
+		}
+		ce, ok := err.(*websocket.CloseError)
+		if !ok || ce.Code != code {
+			t.Fatalf("want close %d, got %v", code, err)
+		}
+		return
+	}
+}
+
+// waitFor polls cond until it holds; the deadline only bounds a failing test.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // dialShootout connects n clients and waits until all are in the broadcast
@@ -94,7 +181,7 @@ func syncShootout(t *testing.T, c *websocket.Conn) {
 }
 
 func TestShootoutJSONEcho(t *testing.T) {
-	ts, _ := startShootout(t, Options{})
+	ts, _ := startShootout(t, server.Options{})
 	cs := dialShootout(t, ts, 2)
 	for _, msg := range []string{
 		`{"type":"echo","payload":{"sendTime":1700000000000,"text":"hi"}}`,
@@ -112,7 +199,7 @@ func TestShootoutJSONEcho(t *testing.T) {
 }
 
 func TestShootoutJSONBroadcast(t *testing.T) {
-	ts, _ := startShootout(t, Options{Loops: 3})
+	ts, _ := startShootout(t, server.Options{Loops: 3})
 	cs := dialShootout(t, ts, 3)
 	for _, payload := range []string{`{"sendTime":1700000000000,"n":1}`, `"text"`, `42`, `[1,{"a":null}]`, `null`} {
 		for from := range cs {
@@ -154,7 +241,7 @@ func TestShootoutJSONBroadcast(t *testing.T) {
 // checks each gets each broadcast exactly once, and its result after its own.
 func TestShootoutConcurrentBroadcasts(t *testing.T) {
 	const clients, rounds = 4, 25
-	ts, _ := startShootout(t, Options{Loops: 2})
+	ts, _ := startShootout(t, server.Options{Loops: 2})
 	cs := dialShootout(t, ts, clients)
 	for i, c := range cs {
 		for r := range rounds {
@@ -200,7 +287,7 @@ func TestShootoutConcurrentBroadcasts(t *testing.T) {
 }
 
 func TestShootoutBinary(t *testing.T) {
-	ts, _ := startShootout(t, Options{Loops: 3})
+	ts, _ := startShootout(t, server.Options{Loops: 3})
 	cs := dialShootout(t, ts, 3)
 	for _, payload := range [][]byte{{}, []byte("hello"), bytes.Repeat([]byte{0, 0xff, 'b'}, 1000)} {
 		echo := shootoutFrame('e', payload)
@@ -243,7 +330,7 @@ func TestShootoutMalformedCloses1003(t *testing.T) {
 		{"unknown type", websocket.TextMessage, []byte(`{"type":"dance"}`)},
 		{"no type", websocket.TextMessage, []byte(`{"payload":1}`)},
 	}
-	ts, _ := startShootout(t, Options{})
+	ts, _ := startShootout(t, server.Options{})
 	other := dialShootout(t, ts, 1)[0]
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -259,7 +346,7 @@ func TestShootoutMalformedCloses1003(t *testing.T) {
 
 // TestShootoutListenerCount checks the count follows clients leaving.
 func TestShootoutListenerCount(t *testing.T) {
-	ts, _ := startShootout(t, Options{})
+	ts, _ := startShootout(t, server.Options{})
 	cs := dialShootout(t, ts, 3)
 	cs[2].Close()
 	waitFor(t, "the closed client to leave", func() bool { return ts.Rooms.Count(shootoutRoom) == 2 })

@@ -1,4 +1,4 @@
-package server
+package protocol
 
 import "unicode/utf8"
 
@@ -56,4 +56,25 @@ func appendJSONStringBody(b []byte, s string) []byte {
 		start = i
 	}
 	return append(b, s[start:]...)
+}
+
+// AppendError appends an error message: {"type":"error","code":…,"message":…}.
+// The message is text followed by arg; a non-empty field is named after a
+// colon and sent as "field", as invalid_message does.
+func AppendError(b []byte, code, text string, arg []byte, field string) []byte {
+	b = append(b, `{"type":"error","code":`...)
+	b = AppendJSONString(b, code)
+	b = append(b, `,"message":"`...)
+	b = appendJSONStringBody(b, text)
+	b = appendJSONStringBody(b, string(arg))
+	if field != "" {
+		b = append(b, ": "...)
+		b = appendJSONStringBody(b, field)
+	}
+	b = append(b, '"')
+	if field != "" {
+		b = append(b, `,"field":`...)
+		b = AppendJSONString(b, field)
+	}
+	return append(b, '}')
 }

@@ -1,0 +1,90 @@
+package chat
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
+)
+
+// Collector returns a Prometheus collector for the endpoint's counters and its
+// room table's, read at scrape time like the transport's (server.Collector).
+// The names are listed in docs/OPERATIONS.md; keep both in step.
+func (h *Handler) Collector() prometheus.Collector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc("throng_"+name, help, nil, nil) }
+	return &collector{
+		h:           h,
+		rateLimited: d("chat_rate_limited_messages_total", "Chat messages refused by the per-connection rate limit, bans included."),
+		bans:        d("chat_bans_total", "Rate-limit bans started."),
+		rooms:       d("rooms", "Chat rooms with at least one member."),
+		members:     d("room_members", "Chat room memberships (a connection in two rooms counts twice)."),
+		fanSize:     d("broadcast_recipients", "Members each room broadcast went to."),
+		fanTime:     d("broadcast_duration_seconds", "Time from a room broadcast until the last event loop had written it to its members."),
+	}
+}
+
+type collector struct {
+	h                                 *Handler
+	rateLimited, bans, rooms, members *prometheus.Desc
+	fanSize, fanTime                  *prometheus.Desc
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.rateLimited
+	ch <- c.bans
+	if c.h.Rooms != nil {
+		ch <- c.rooms
+		ch <- c.members
+		ch <- c.fanSize
+		ch <- c.fanTime
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.h.Stats()
+	ch <- prometheus.MustNewConstMetric(c.rateLimited, prometheus.CounterValue, float64(st.RateLimited))
+	ch <- prometheus.MustNewConstMetric(c.bans, prometheus.CounterValue, float64(st.Bans))
+	if t := c.h.Rooms; t != nil {
+		rs := t.Stats()
+		ch <- prometheus.MustNewConstMetric(c.rooms, prometheus.GaugeValue, float64(rs.Rooms))
+		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(rs.Members))
+		bs := t.BroadcastStats()
+		ch <- constHistogram(c.fanSize, bs.Recipients)
+		ch <- constHistogram(c.fanTime, bs.Duration)
+	}
+}
+
+func constHistogram(desc *prometheus.Desc, h room.HistogramSnapshot) prometheus.Metric {
+	return prometheus.MustNewConstHistogram(desc, h.Count, h.Sum, h.Cumulative())
+}
+
+// Overview is the JSON of /api/stats: the transport's essentials
+// (server.Overview, whose fields it carries at the top level) and the chat's.
+type Overview struct {
+	server.Overview
+
+	RateLimited uint64 `json:"rate_limited"`
+	Bans        uint64 `json:"bans"`
+	Rooms       int    `json:"rooms"`
+	RoomMembers int    `json:"room_members"`
+	Broadcasts  uint64 `json:"broadcasts"`
+	// BroadcastRecipients and BroadcastSeconds are the sums over all broadcasts.
+	BroadcastRecipients float64 `json:"broadcast_recipients"`
+	BroadcastSeconds    float64 `json:"broadcast_seconds"`
+}
+
+// overview gathers the transport's and the chat's essentials.
+func (a *API) overview() Overview {
+	o := Overview{Overview: a.Server.Overview()}
+	if a.Chat != nil {
+		cs := a.Chat.Stats()
+		o.RateLimited, o.Bans = cs.RateLimited, cs.Bans
+	}
+	if a.Rooms != nil {
+		rs := a.Rooms.Stats()
+		o.Rooms, o.RoomMembers = rs.Rooms, rs.Members
+		bs := a.Rooms.BroadcastStats()
+		o.Broadcasts, o.BroadcastRecipients, o.BroadcastSeconds = bs.Recipients.Count, bs.Recipients.Sum, bs.Duration.Sum
+	}
+	return o
+}

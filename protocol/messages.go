@@ -1,0 +1,204 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Msg is one message of the chat protocol, in either direction. Its Type is the
+// message's "type" field on the wire.
+type Msg interface{ Type() string }
+
+// Client to server.
+type (
+	// Join asks to join a room under a display name; the reply is Joined.
+	Join struct {
+		RoomID   string `json:"roomId"`
+		UserName string `json:"userName"`
+	}
+	// Chat sends a message to a room the client is in; every member, the sender
+	// included, gets it as a Message.
+	Chat struct {
+		RoomID  string `json:"roomId"`
+		Content string `json:"content"`
+	}
+	// Leave leaves a room; the reply is Left.
+	Leave struct {
+		RoomID string `json:"roomId"`
+	}
+	// Ping asks for a Pong.
+	Ping struct{}
+	// Refresh replaces the connection's token with a later one for the same
+	// user; the reply is Refreshed.
+	Refresh struct {
+		Token string `json:"token"`
+	}
+)
+
+// Server to client.
+type (
+	// Connected greets a new connection.
+	Connected struct {
+		UserID    string    `json:"userId"`
+		Timestamp time.Time `json:"timestamp"`
+	}
+	// Joined answers Join.
+	Joined struct {
+		RoomID    string `json:"roomId"`
+		UserID    string `json:"userId"`
+		UserCount int    `json:"userCount"`
+	}
+	// UserJoined tells a room's members that someone else joined.
+	UserJoined struct {
+		RoomID    string `json:"roomId"`
+		UserID    string `json:"userId"`
+		UserName  string `json:"userName"`
+		UserCount int    `json:"userCount"`
+	}
+	// Message is a chat message in a room.
+	Message struct {
+		RoomID    string    `json:"roomId"`
+		UserID    string    `json:"userId"`
+		UserName  string    `json:"userName"`
+		Content   string    `json:"content"`
+		Timestamp time.Time `json:"timestamp"`
+	}
+	// Left answers Leave.
+	Left struct {
+		RoomID string `json:"roomId"`
+	}
+	// UserLeft tells a room's members that someone left or disconnected.
+	UserLeft struct {
+		RoomID    string `json:"roomId"`
+		UserID    string `json:"userId"`
+		UserName  string `json:"userName"`
+		UserCount int    `json:"userCount"`
+	}
+	// Pong answers Ping.
+	Pong struct{}
+	// Refreshed answers Refresh. ExpiresAt is zero for a token without exp.
+	Refreshed struct {
+		ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	}
+	// Unknown is a message of a type this package does not know, kept whole so
+	// that a newer server does not break an older client.
+	Unknown struct {
+		Kind string
+		Raw  json.RawMessage
+	}
+)
+
+// ServerError is the protocol's error message. It is also a Go error: calls
+// return it when the server refuses them.
+type ServerError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Field names the offending field of an invalid_message.
+	Field string `json:"field,omitempty"`
+	// Count is how many messages were lost, for messages_dropped.
+	Count int `json:"count,omitempty"`
+}
+
+func (e *ServerError) Error() string {
+	if e.Message == "" {
+		return "protocol: server error " + e.Code
+	}
+	return "protocol: server error " + e.Code + ": " + e.Message
+}
+
+func (Join) Type() string         { return TypeJoin }
+func (Chat) Type() string         { return TypeChat }
+func (Leave) Type() string        { return TypeLeave }
+func (Ping) Type() string         { return TypePing }
+func (Refresh) Type() string      { return TypeRefresh }
+func (Connected) Type() string    { return TypeConnected }
+func (Joined) Type() string       { return TypeJoined }
+func (UserJoined) Type() string   { return TypeUserJoined }
+func (Message) Type() string      { return TypeMessage }
+func (Left) Type() string         { return TypeLeft }
+func (UserLeft) Type() string     { return TypeUserLeft }
+func (Pong) Type() string         { return TypePong }
+func (Refreshed) Type() string    { return TypeRefreshed }
+func (ServerError) Type() string  { return TypeError }
+func (u Unknown) Type() string    { return u.Kind }
+func (u *Unknown) String() string { return "unknown message " + strconv.Quote(u.Kind) }
+
+// ErrNoType is returned by Decode for a JSON object without a string "type".
+var ErrNoType = errors.New("protocol: message has no type")
+
+// Encode writes m as one protocol message: a JSON object whose first field is
+// "type". An *Unknown is written back as it was received.
+func Encode(m Msg) ([]byte, error) {
+	if u, ok := m.(*Unknown); ok {
+		return append([]byte(nil), u.Raw...), nil
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("protocol: encode %s: %w", m.Type(), err)
+	}
+	if len(body) < 2 || body[0] != '{' {
+		return nil, fmt.Errorf("protocol: encode %s: not a JSON object", m.Type())
+	}
+	out := make([]byte, 0, len(body)+len(m.Type())+10)
+	out = append(out, `{"type":`...)
+	out = strconv.AppendQuote(out, m.Type()) // types are ASCII: Go and JSON quoting agree
+	if len(body) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, body[1:]...), nil
+}
+
+// Decode reads one protocol message sent by either side and returns a pointer
+// to its type, such as *Message or *ServerError; an unknown type comes back as
+// *Unknown. Unknown fields are ignored, as the server ignores them.
+func Decode(data []byte) (Msg, error) {
+	var head struct {
+		Type *string `json:"type"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, fmt.Errorf("protocol: decode: %w", err)
+	}
+	if head.Type == nil {
+		return nil, ErrNoType
+	}
+	var m Msg
+	switch *head.Type {
+	case TypeJoin:
+		m = new(Join)
+	case TypeChat:
+		m = new(Chat)
+	case TypeLeave:
+		m = new(Leave)
+	case TypePing:
+		return &Ping{}, nil
+	case TypeRefresh:
+		m = new(Refresh)
+	case TypeConnected:
+		m = new(Connected)
+	case TypeJoined:
+		m = new(Joined)
+	case TypeUserJoined:
+		m = new(UserJoined)
+	case TypeMessage:
+		m = new(Message)
+	case TypeLeft:
+		m = new(Left)
+	case TypeUserLeft:
+		m = new(UserLeft)
+	case TypePong:
+		return &Pong{}, nil
+	case TypeRefreshed:
+		m = new(Refreshed)
+	case TypeError:
+		m = new(ServerError)
+	default:
+		return &Unknown{Kind: *head.Type, Raw: append(json.RawMessage(nil), data...)}, nil
+	}
+	if err := json.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("protocol: decode %s: %w", *head.Type, err)
+	}
+	return m, nil
+}
