@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/server"
 )
@@ -85,7 +86,7 @@ func TestNoTokenInLogs(t *testing.T) {
 			// that does not exist.
 			for _, u := range []string{"/ws?token=" + forged, "/ws?token=" + expired, "/nowhere?token=" + inQuery} {
 				if _, status, _ := opsDialStatus(t, ts.URL(u), nil); status/100 != 4 {
-					t.Fatalf("%s: status %d, want 4xx", server.RedactURI(u), status)
+					t.Fatalf("%s: status %d, want 4xx", redact.String(u), status)
 				}
 			}
 			// Invalid UTF-8 is a failure the chat logs.
@@ -106,7 +107,7 @@ func TestNoTokenInLogs(t *testing.T) {
 				}
 				resp.Body.Close()
 				if resp.StatusCode != http.StatusOK {
-					t.Fatalf("%s: %d", server.RedactURI(u), resp.StatusCode)
+					t.Fatalf("%s: %d", redact.String(u), resp.StatusCode)
 				}
 			}
 
@@ -118,7 +119,7 @@ func TestNoTokenInLogs(t *testing.T) {
 			ts.Close()
 
 			out := buf.String()
-			for _, want := range []string{"handshake refused", "connection opened", "connection closed", "connection error", "http request", "token=" + server.Redacted, "api_key=" + server.Redacted} {
+			for _, want := range []string{"handshake refused", "connection opened", "connection closed", "connection error", "http request", "token=" + redact.Redacted, "api_key=" + redact.Redacted} {
 				if !strings.Contains(out, want) {
 					t.Errorf("the log lacks %q, so the test did not exercise it:\n%s", want, out)
 				}

@@ -30,6 +30,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -46,7 +47,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/valyala/bytebufferpool"
 
+	"github.com/throng-ws/throng/internal/bg"
+	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
 )
 
 // Options configures a Node. Only URLs is required.
@@ -130,7 +134,7 @@ type Node struct {
 	nc      *nats.Conn
 
 	peers  peerTable
-	users  userTable
+	users  *server.UserCounts
 	remote remoteMembers // the other nodes' members of the local rooms
 	// fetches counts the member-list requests the worker started; stop
 	// waits for them after the worker.
@@ -166,9 +170,8 @@ type Node struct {
 
 	started  bool          // guarded by closeMu
 	closed   bool          // guarded by closeMu
-	closeMu  sync.Mutex    // held by goTracked while it starts a goroutine and by stop
-	quit     chan struct{} // closed to stop the goroutines
-	bg       sync.WaitGroup
+	closeMu  sync.Mutex    // held by Start's and stop's checks
+	bg       bg.Group      // the worker, publisher and inbound goroutines
 	ncClosed chan struct{} // closed by the NATS client's closed handler
 
 	c counters
@@ -217,11 +220,11 @@ func New(o Options) (*Node, error) {
 	if o.Heartbeat < 0 || o.DeadAfter < 0 || o.ReconnectWait < 0 || o.OutboundQueue < 0 || o.InboundQueue < 0 {
 		return nil, errors.New("cluster: negative option")
 	}
-	o.Heartbeat = cmpOr(o.Heartbeat, DefaultHeartbeat)
-	o.DeadAfter = cmpOr(o.DeadAfter, DefaultDeadAfter)
-	o.ReconnectWait = cmpOr(o.ReconnectWait, DefaultReconnectWait)
-	o.OutboundQueue = cmpOr(o.OutboundQueue, DefaultOutboundQueue)
-	o.InboundQueue = cmpOr(o.InboundQueue, DefaultInboundQueue)
+	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
+	o.DeadAfter = cmp.Or(o.DeadAfter, DefaultDeadAfter)
+	o.ReconnectWait = cmp.Or(o.ReconnectWait, DefaultReconnectWait)
+	o.OutboundQueue = cmp.Or(o.OutboundQueue, DefaultOutboundQueue)
+	o.InboundQueue = cmp.Or(o.InboundQueue, DefaultInboundQueue)
 	if o.DeadAfter < 2*o.Heartbeat {
 		return nil, fmt.Errorf("cluster: dead-after %v must be at least twice the heartbeat %v", o.DeadAfter, o.Heartbeat)
 	}
@@ -240,7 +243,6 @@ func New(o Options) (*Node, error) {
 		out:        make(chan outMsg, o.OutboundQueue),
 		in:         make(chan *nats.Msg, o.InboundQueue),
 		state:      make(chan *nats.Msg, 4096),
-		quit:       make(chan struct{}),
 		ncClosed:   make(chan struct{}),
 	}
 	n.syncSubj = n.syncPrefix + n.id
@@ -249,7 +251,7 @@ func New(o Options) (*Node, error) {
 	}
 	n.log = n.log.With("node", n.id)
 	n.peers.init(n.id, o.DeadAfter)
-	n.users.init()
+	n.users = server.NewUserCounts()
 	return n, nil
 }
 
@@ -273,14 +275,6 @@ func validToken(s string) bool {
 		}
 	}
 	return true
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // ID is the node's id.
@@ -366,7 +360,7 @@ func (n *Node) Start(rooms *room.Table, d Deliverer) error {
 		nc.Close()
 		return fmt.Errorf("cluster: %w", err)
 	}
-	if !n.goTracked(n.work) || !n.goTracked(n.publish) || !n.goTracked(n.inbound) {
+	if !n.bg.Go(n.work) || !n.bg.Go(n.publish) || !n.bg.Go(n.inbound) {
 		nc.Close()
 		return ErrClosed
 	}
@@ -375,39 +369,12 @@ func (n *Node) Start(rooms *room.Table, d Deliverer) error {
 	return nil
 }
 
-// goTracked runs f on a goroutine that stop waits for; it refuses once stop
-// has begun. f must return when n.quit is closed.
-func (n *Node) goTracked(f func()) bool {
-	n.closeMu.Lock()
-	defer n.closeMu.Unlock()
-	if n.closed {
-		return false
-	}
-	n.bg.Add(1)
-	go func() {
-		defer n.bg.Done()
-		f()
-	}()
-	return true
-}
-
 func redactURLs(urls []string) []string {
 	out := make([]string, len(urls))
 	for i, u := range urls {
-		out[i] = RedactURL(u)
+		out[i] = redact.String(u)
 	}
 	return out
-}
-
-// RedactURL hides the user and password of a broker URL, for logs.
-func RedactURL(u string) string {
-	if at := strings.LastIndex(u, "@"); at >= 0 {
-		if sep := strings.Index(u, "://"); sep >= 0 && sep < at {
-			return u[:sep+3] + "REDACTED" + u[at:]
-		}
-		return "REDACTED" + u[at:]
-	}
-	return u
 }
 
 func (n *Node) onConnect(nc *nats.Conn) {
@@ -545,7 +512,7 @@ func (n *Node) publish() {
 	}
 	for {
 		select {
-		case <-n.quit:
+		case <-n.bg.Quit():
 			for n.drain.Load() {
 				select {
 				case m := <-n.out:
@@ -566,7 +533,7 @@ func (n *Node) publish() {
 func (n *Node) inbound() {
 	for {
 		select {
-		case <-n.quit:
+		case <-n.bg.Quit():
 			return
 		case m := <-n.in:
 			n.onRoomMsg(m)
@@ -681,7 +648,7 @@ func (n *Node) gatherMembers(ctx context.Context, roomID string, fn func(members
 // them, are fewer than max.
 func (n *Node) Acquire(user string, max int) bool {
 	remote := n.peers.user(user, time.Now())
-	if !n.users.acquire(user, max-remote) {
+	if !n.users.Acquire(user, max-remote) {
 		n.c.userRefused.Add(1)
 		return false
 	}
@@ -695,7 +662,7 @@ func (n *Node) RemoteUser(user string) int { return n.peers.user(user, time.Now(
 
 // Release implements server.UserConns.
 func (n *Node) Release(user string) {
-	n.users.release(user)
+	n.users.Release(user)
 	n.userChanged(user)
 }
 
@@ -751,8 +718,7 @@ func (n *Node) stop() bool {
 		return false
 	}
 	n.closed = true
-	close(n.quit)
-	n.bg.Wait()
+	n.bg.Stop()
 	n.fetches.Wait() // started only by the worker, which has stopped
 	return true
 }

@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -94,8 +95,8 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	cl, err := cluster.New(cluster.Options{
 		URLs:          []string{brokerURL},
 		NodeID:        name,
-		Heartbeat:     cmpOr(o.heartbeat, 100*time.Millisecond),
-		DeadAfter:     cmpOr(o.deadAfter, 2*time.Second),
+		Heartbeat:     cmp.Or(o.heartbeat, 100*time.Millisecond),
+		DeadAfter:     cmp.Or(o.deadAfter, 2*time.Second),
 		ReconnectWait: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -141,14 +142,6 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	n.api = httptest.NewServer(mux)
 	t.Cleanup(n.kill)
 	return n
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // kill stops the node as a crash would: the cluster node goes first, without a

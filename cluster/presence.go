@@ -213,7 +213,7 @@ func (n *Node) fetchMembers(roomID string) {
 	defer cancel()
 	go func() {
 		select {
-		case <-n.quit:
+		case <-n.bg.Quit():
 			cancel()
 		case <-ctx.Done():
 		}

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"encoding/json"
-	"hash/maphash"
 	"sync"
 	"time"
 
@@ -276,71 +275,6 @@ func (t *peerTable) status(now time.Time) []PeerStatus {
 // Peers lists the live nodes this node hears, with the canary's figures.
 func (n *Node) Peers() []PeerStatus { return n.peers.status(time.Now()) }
 
-// userTable counts this node's connections per user, for the cluster-wide
-// MaxConnsPerUser: sharded like the server's own count, which it replaces.
-type userTable struct {
-	seed   maphash.Seed
-	shards [16]userShard
-}
-
-type userShard struct {
-	mu sync.Mutex
-	m  map[string]int32 // guarded by mu
-}
-
-func (u *userTable) init() {
-	u.seed = maphash.MakeSeed()
-	for i := range u.shards {
-		u.shards[i].m = make(map[string]int32)
-	}
-}
-
-func (u *userTable) shard(user string) *userShard {
-	return &u.shards[maphash.String(u.seed, user)%uint64(len(u.shards))]
-}
-
-// acquire counts a connection for user unless it already has limit here.
-func (u *userTable) acquire(user string, limit int) bool {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if int(sh.m[user]) >= limit {
-		return false
-	}
-	sh.m[user]++
-	return true
-}
-
-func (u *userTable) release(user string) {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if c := sh.m[user] - 1; c > 0 {
-		sh.m[user] = c
-	} else {
-		delete(sh.m, user)
-	}
-}
-
-func (u *userTable) count(user string) int32 {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return sh.m[user]
-}
-
-// each calls fn for every user with a connection, a shard at a time.
-func (u *userTable) each(fn func(user string, c int32)) {
-	for i := range u.shards {
-		sh := &u.shards[i]
-		sh.mu.Lock()
-		for k, v := range sh.m {
-			fn(k, v)
-		}
-		sh.mu.Unlock()
-	}
-}
-
 // work is the worker goroutine: it publishes the heartbeat, announces the
 // rooms and users whose local counts changed (subscribing to a room's subject
 // on its first local member and unsubscribing on its last), takes in the
@@ -354,7 +288,7 @@ func (n *Node) work() {
 	n.publishSnapshot()
 	for {
 		select {
-		case <-n.quit:
+		case <-n.bg.Quit():
 			return
 		case m := <-n.state:
 			n.onState(m)
@@ -453,7 +387,7 @@ func (n *Node) flushDirty() {
 		}
 	}
 	for u := range users {
-		b.user(u, int(n.users.count(u)))
+		b.user(u, n.users.Count(u))
 	}
 	b.finish()
 }
@@ -511,7 +445,7 @@ func (n *Node) publishSnapshot() {
 		b.room(id, it.count)
 	}
 	n.imu.Unlock()
-	n.users.each(func(user string, c int32) { b.user(user, int(c)) })
+	n.users.Each(b.user)
 	b.finish()
 	n.snapWant, n.lastSnap = false, time.Now()
 	n.c.snapshots.Add(1)

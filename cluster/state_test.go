@@ -60,19 +60,6 @@ func TestNewOptions(t *testing.T) {
 	}
 }
 
-func TestRedactURL(t *testing.T) {
-	for in, want := range map[string]string{
-		"nats://127.0.0.1:4222":        "nats://127.0.0.1:4222",
-		"nats://user:secret@host:4222": "nats://REDACTED@host:4222",
-		"tls://tok@host":               "tls://REDACTED@host",
-		"user:pass@host":               "REDACTED@host",
-	} {
-		if got := RedactURL(in); got != want {
-			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // feed is a peer table fed the state stream of node "b" by hand.
 type feed struct {
 	t    *testing.T
@@ -302,26 +289,4 @@ func TestStateBuilderParts(t *testing.T) {
 func itoa(i int) string {
 	b, _ := json.Marshal(i)
 	return string(b)
-}
-
-func TestUserTable(t *testing.T) {
-	var u userTable
-	u.init()
-	if !u.acquire("x", 2) || !u.acquire("x", 2) || u.acquire("x", 2) {
-		t.Fatal("limit 2 not held")
-	}
-	if u.acquire("y", 0) {
-		t.Fatal("limit 0 (the others hold the max) admitted")
-	}
-	u.release("x")
-	if u.count("x") != 1 || !u.acquire("x", 2) {
-		t.Fatal("release did not free a slot")
-	}
-	u.release("x")
-	u.release("x")
-	n := 0
-	u.each(func(string, int32) { n++ })
-	if n != 0 {
-		t.Fatalf("%d users left after every release", n)
-	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
@@ -277,11 +278,11 @@ func (c *Serve) Validate() error {
 	}
 	for _, u := range c.NATSURLs() {
 		if pu, err := url.Parse(u); err != nil || pu.Host == "" {
-			bad("--nats %q: not a URL such as nats://127.0.0.1:4222", cluster.RedactURL(u))
+			bad("--nats %q: not a URL such as nats://127.0.0.1:4222", redact.String(u))
 		}
 	}
 	if c.NATS != "" && len(c.NATSURLs()) == 0 {
-		bad("--nats %q names no server", cluster.RedactURL(c.NATS))
+		bad("--nats %q names no server", redact.String(c.NATS))
 	}
 	if c.NodeID != "" {
 		if err := cluster.CheckNodeID(c.NodeID); err != nil {
@@ -388,14 +389,14 @@ func (c *Serve) OriginList() []string {
 }
 
 // Logger returns the logger --log-format and --log-level ask for, writing to w.
-// Credentials are redacted from every attribute (server.RedactAttr). Call it
+// Credentials are redacted from every attribute (redact.Attr). Call it
 // after Validate.
 func (c *Serve) Logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	o := &slog.HandlerOptions{Level: level, ReplaceAttr: server.RedactAttr}
+	o := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.Attr}
 	switch c.LogFormat {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, o)), nil

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -314,7 +315,7 @@ func TestLogger(t *testing.T) {
 		if strings.Contains(out, "hidden") || !strings.Contains(out, "shown") {
 			t.Errorf("%s: level not applied: %s", format, out)
 		}
-		if strings.Contains(out, "s3cr3t") || strings.Contains(out, "k3y") || !strings.Contains(out, server.Redacted) {
+		if strings.Contains(out, "s3cr3t") || strings.Contains(out, "k3y") || !strings.Contains(out, redact.Redacted) {
 			t.Errorf("%s: credentials not redacted: %s", format, out)
 		}
 		if format == "json" && !strings.HasPrefix(out, "{") {

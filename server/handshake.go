@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/poller"
 )
 
@@ -89,7 +90,14 @@ type handshake struct {
 	// made once so that a handshake does not allocate it.
 	protoHeaders []ws.HandshakeHeader
 
-	// The request in progress; reset for each.
+	// req is the request in progress, reset as a whole for each (reset), so
+	// nothing of one request's is left for the next.
+	req request
+}
+
+// request is one upgrade request's state, filled in by the Upgrader's
+// callbacks.
+type request struct {
 	pc         *poller.Conn
 	route      *route
 	token      []byte
@@ -101,8 +109,14 @@ type handshake struct {
 	counted    bool // the user's connection count was taken
 	reserved   bool // one of Options.MaxConns was taken
 	// uri is the request URI, kept only when debug logging is on; it may hold a
-	// token, so it is logged only through RedactURI.
+	// token, so it is logged only through redact.String.
 	uri []byte
+}
+
+// reset starts a request on pc (nil when it is over), keeping only the
+// buffers' memory.
+func (hs *handshake) reset(pc *poller.Conn) {
+	hs.req = request{pc: pc, token: hs.req.token[:0], uri: hs.req.uri[:0]}
 }
 
 func (hs *handshake) init(s *Server, loop int) {
@@ -126,12 +140,11 @@ func (hs *handshake) Read(p []byte) (int, error)  { return hs.r.Read(p) }
 func (hs *handshake) Write(p []byte) (int, error) { return hs.w.Write(p) }
 
 func (hs *handshake) onRequest(uri []byte) error {
-	hs.proto = 0
 	if hs.s.log.Enabled(context.Background(), slog.LevelDebug) {
-		hs.uri = append(hs.uri[:0], uri...)
+		hs.req.uri = append(hs.req.uri[:0], uri...)
 	}
-	hs.route = hs.s.route(uri)
-	if hs.route == nil {
+	hs.req.route = hs.s.route(uri)
+	if hs.req.route == nil {
 		return errNotFound
 	}
 	if i := bytes.IndexByte(uri, '?'); i >= 0 {
@@ -140,9 +153,9 @@ func (hs *handshake) onRequest(uri []byte) error {
 			var kv []byte
 			kv, q, _ = bytes.Cut(q, []byte{'&'})
 			k, v, _ := bytes.Cut(kv, []byte{'='})
-			if string(k) == "token" && len(hs.token) == 0 {
+			if string(k) == "token" && len(hs.req.token) == 0 {
 				if t, err := url.QueryUnescape(string(v)); err == nil {
-					hs.token = append(hs.token[:0], t...)
+					hs.req.token = append(hs.req.token[:0], t...)
 				}
 			}
 		}
@@ -157,8 +170,8 @@ func (hs *handshake) onHeader(key, value []byte) error {
 			return errForbidden
 		}
 	case "Authorization":
-		if len(value) > 7 && bytes.EqualFold(value[:7], []byte("bearer ")) && len(hs.token) == 0 {
-			hs.token = append(hs.token[:0], bytes.TrimSpace(value[7:])...)
+		if len(value) > 7 && bytes.EqualFold(value[:7], []byte("bearer ")) && len(hs.req.token) == 0 {
+			hs.req.token = append(hs.req.token[:0], bytes.TrimSpace(value[7:])...)
 		}
 	}
 	return nil
@@ -170,7 +183,7 @@ func (hs *handshake) onHeader(key, value []byte) error {
 //
 // The list may arrive over several header lines (RFC 6455 section 11.3.4), and
 // gobwas/ws stops calling once a protocol is returned, so the choice is kept in
-// hs.proto and sent by beforeUpgrade: a bearer entry after the chosen protocol
+// hs.req.proto and sent by beforeUpgrade: a bearer entry after the chosen protocol
 // is still read.
 func (hs *handshake) onProtocol(v []byte) (string, bool) {
 	for len(v) > 0 {
@@ -178,14 +191,14 @@ func (hs *handshake) onProtocol(v []byte) (string, bool) {
 		p, v, _ = bytes.Cut(v, []byte{','})
 		p = bytes.TrimSpace(p)
 		if t, ok := bytes.CutPrefix(p, []byte("bearer.")); ok {
-			if len(hs.token) == 0 {
-				hs.token = append(hs.token[:0], t...)
+			if len(hs.req.token) == 0 {
+				hs.req.token = append(hs.req.token[:0], t...)
 			}
 			continue
 		}
 		for i, sp := range hs.s.opts.Subprotocols {
-			if string(p) == sp && (hs.proto == 0 || i+1 < hs.proto) {
-				hs.proto = i + 1 // Subprotocols are in the server's preference order
+			if string(p) == sp && (hs.req.proto == 0 || i+1 < hs.req.proto) {
+				hs.req.proto = i + 1 // Subprotocols are in the server's preference order
 				break
 			}
 		}
@@ -196,8 +209,8 @@ func (hs *handshake) onProtocol(v []byte) (string, bool) {
 // beforeUpgrade adds the chosen subprotocol to a successful upgrade.
 func (hs *handshake) beforeUpgrade() (ws.HandshakeHeader, error) {
 	h, err := hs.onBeforeUpgrade()
-	if err == nil && h == nil && hs.proto > 0 {
-		h = hs.protoHeaders[hs.proto-1]
+	if err == nil && h == nil && hs.req.proto > 0 {
+		h = hs.protoHeaders[hs.req.proto-1]
 	}
 	return h, err
 }
@@ -210,7 +223,7 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	// Overload is checked before the rate limit and the token, so a full server
 	// spends neither a client's handshake budget nor a signature check.
 	if s.mem != nil && s.mem.refusing.Load() {
-		hs.retryAfter = OverloadRetryAfter
+		hs.req.retryAfter = OverloadRetryAfter
 		return nil, errMemory
 	}
 	if limit := int64(s.opts.MaxConns); limit > 0 {
@@ -218,35 +231,35 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		// same moment cannot pass the cap together.
 		if s.admitted.Add(1) > limit {
 			s.admitted.Add(-1)
-			hs.retryAfter = OverloadRetryAfter
+			hs.req.retryAfter = OverloadRetryAfter
 			return nil, errOverCap
 		}
-		hs.reserved = true
+		hs.req.reserved = true
 	}
 	if s.ipLimit != nil {
-		if ok, wait := s.ipLimit.allow(hs.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
-			hs.retryAfter = wait
+		if ok, wait := s.ipLimit.allow(hs.req.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
+			hs.req.retryAfter = wait
 			return nil, errRateLimited
 		}
 	}
 	if s.opts.Auth == nil {
-		hs.user = anonymousID()
+		hs.req.user = anonymousID()
 	} else {
-		hs.claims, hs.authErr = s.opts.Auth.Verify(string(hs.token))
-		if hs.authErr != nil {
-			s.stats(hs.loop).authFailures[auth.ReasonOf(hs.authErr)].Add(1)
+		hs.req.claims, hs.req.authErr = s.opts.Auth.Verify(string(hs.req.token))
+		if hs.req.authErr != nil {
+			s.stats(hs.loop).authFailures[auth.ReasonOf(hs.req.authErr)].Add(1)
 			if s.opts.AuthFailure == AuthFailReject {
 				return nil, errUnauthorized
 			}
 			return nil, nil // upgraded, then closed with the reason
 		}
-		hs.user = hs.claims.Subject
+		hs.req.user = hs.req.claims.Subject
 	}
 	if s.perUser != nil {
-		if !s.perUser.Acquire(hs.user, s.opts.MaxConnsPerUser) {
+		if !s.perUser.Acquire(hs.req.user, s.opts.MaxConnsPerUser) {
 			return nil, errTooManyConns
 		}
-		hs.counted = true
+		hs.req.counted = true
 	}
 	return nil, nil
 }
@@ -255,7 +268,6 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 // it used and, once upgraded, the new connection.
 func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	s := hs.s
-	hs.uri = hs.uri[:0]
 	end := bytes.Index(data, []byte("\r\n\r\n"))
 	if end < 0 {
 		if len(data) > MaxRequestSize {
@@ -269,9 +281,8 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 		hs.reject(pc, HandshakeTooLarge, http.StatusRequestHeaderFieldsTooLarge, "request too large")
 		return len(data), nil
 	}
-	hs.pc, hs.route, hs.token, hs.user, hs.claims, hs.authErr, hs.retryAfter, hs.counted, hs.reserved =
-		pc, nil, hs.token[:0], "", auth.Claims{}, nil, 0, false, false
-	defer func() { hs.pc = nil }()
+	hs.reset(pc)
+	defer hs.reset(nil)
 	hs.r.Reset(data[:n])
 	hs.w.Reset()
 	hsr, err := hs.up.Upgrade(hs)
@@ -289,12 +300,12 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	_ = hsr
 	s.stats(hs.loop).handshakes[HandshakeOK].Add(1)
 
-	c := s.newConn(pc, hs.route, hs.user, hs.claims.ExpiresAt)
-	c.counted = hs.counted
-	if hs.authErr != nil {
+	c := s.newConn(pc, hs.req.route, hs.req.user, hs.req.claims.ExpiresAt)
+	c.counted = hs.req.counted
+	if hs.req.authErr != nil {
 		// AuthFailClose: the browser can read this reason, unlike a 401.
 		c.told = true
-		if auth.ReasonOf(hs.authErr) == auth.ReasonMissing {
+		if auth.ReasonOf(hs.req.authErr) == auth.ReasonMissing {
 			c.Close(CloseAuthRequired)
 		} else {
 			c.Close(CloseInvalidToken)
@@ -303,7 +314,7 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	}
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.LogAttrs(context.Background(), slog.LevelDebug, "connection opened",
-			slog.String("user", hs.user), slog.String("uri", RedactURI(string(hs.uri))),
+			slog.String("user", hs.req.user), slog.String("uri", redact.String(string(hs.req.uri))),
 			slog.String("remote", pc.RemoteAddr().String()), slog.Int("loop", hs.loop))
 	}
 	c.route.h.OnOpen(c)
@@ -313,13 +324,13 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 // release gives back what onBeforeUpgrade took for a handshake that did not
 // become a connection; a Conn gives them back in OnClose.
 func (hs *handshake) release() {
-	if hs.counted {
-		hs.s.perUser.Release(hs.user)
-		hs.counted = false
+	if hs.req.counted {
+		hs.s.perUser.Release(hs.req.user)
+		hs.req.counted = false
 	}
-	if hs.reserved {
+	if hs.req.reserved {
 		hs.s.admitted.Add(-1)
-		hs.reserved = false
+		hs.req.reserved = false
 	}
 }
 
@@ -364,7 +375,7 @@ func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, ms
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.LogAttrs(context.Background(), slog.LevelDebug, "handshake refused",
 			slog.String("result", res.String()), slog.Int("status", status),
-			slog.String("uri", RedactURI(string(hs.uri))), slog.String("remote", pc.RemoteAddr().String()))
+			slog.String("uri", redact.String(string(hs.req.uri))), slog.String("remote", pc.RemoteAddr().String()))
 	}
 	b := hs.w.B[:0]
 	b = append(b, "HTTP/1.1 "...)
@@ -378,17 +389,17 @@ func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, ms
 	case http.StatusUpgradeRequired:
 		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
 	case http.StatusServiceUnavailable:
-		if hs.retryAfter > 0 {
+		if hs.req.retryAfter > 0 {
 			b = append(b, "Retry-After: "...)
-			b = strconv.AppendInt(b, int64(max(1, (hs.retryAfter+time.Second-1)/time.Second)), 10)
+			b = strconv.AppendInt(b, int64(max(1, (hs.req.retryAfter+time.Second-1)/time.Second)), 10)
 			b = append(b, "\r\n"...)
 		} else {
 			b = append(b, "Retry-After: 1\r\n"...)
 		}
 	case http.StatusTooManyRequests:
-		if hs.retryAfter > 0 {
+		if hs.req.retryAfter > 0 {
 			b = append(b, "Retry-After: "...)
-			b = strconv.AppendInt(b, int64(max(1, (hs.retryAfter+time.Second-1)/time.Second)), 10)
+			b = strconv.AppendInt(b, int64(max(1, (hs.req.retryAfter+time.Second-1)/time.Second)), 10)
 			b = append(b, "\r\n"...)
 		}
 	}

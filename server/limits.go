@@ -190,33 +190,34 @@ type UserConns interface {
 	Release(user string)
 }
 
-// userCounts is the server's own UserConns: it counts this node's open
-// connections per user id.
-type userCounts struct {
+// UserCounts counts open connections per user id, in shards so that loops
+// seldom wait on each other. It is the server's own UserConns, and package
+// cluster's count of this node's connections.
+type UserCounts struct {
 	seed   maphash.Seed
-	shards [limitShards]struct {
-		mu sync.Mutex
-		m  map[string]int32 // guarded by mu
-	}
+	shards [limitShards]userShard
 }
 
-func newUserCounts() *userCounts {
-	u := &userCounts{seed: maphash.MakeSeed()}
+type userShard struct {
+	mu sync.Mutex
+	m  map[string]int32 // guarded by mu
+}
+
+// NewUserCounts returns an empty count.
+func NewUserCounts() *UserCounts {
+	u := &UserCounts{seed: maphash.MakeSeed()}
 	for i := range u.shards {
 		u.shards[i].m = make(map[string]int32)
 	}
 	return u
 }
 
-func (u *userCounts) shard(user string) *struct {
-	mu sync.Mutex
-	m  map[string]int32
-} {
+func (u *UserCounts) shard(user string) *userShard {
 	return &u.shards[maphash.String(u.seed, user)%limitShards]
 }
 
 // Acquire implements UserConns.
-func (u *userCounts) Acquire(user string, max int) bool {
+func (u *UserCounts) Acquire(user string, max int) bool {
 	sh := u.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -228,7 +229,7 @@ func (u *userCounts) Acquire(user string, max int) bool {
 }
 
 // Release implements UserConns.
-func (u *userCounts) Release(user string) {
+func (u *UserCounts) Release(user string) {
 	sh := u.shard(user)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -236,5 +237,26 @@ func (u *userCounts) Release(user string) {
 		sh.m[user] = n
 	} else {
 		delete(sh.m, user)
+	}
+}
+
+// Count is user's open connections.
+func (u *UserCounts) Count(user string) int {
+	sh := u.shard(user)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return int(sh.m[user])
+}
+
+// Each calls fn for every user with a connection, a shard at a time, holding
+// that shard's lock: fn must not call back into u.
+func (u *UserCounts) Each(fn func(user string, n int)) {
+	for i := range u.shards {
+		sh := &u.shards[i]
+		sh.mu.Lock()
+		for k, v := range sh.m {
+			fn(k, int(v))
+		}
+		sh.mu.Unlock()
 	}
 }

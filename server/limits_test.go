@@ -197,3 +197,24 @@ func TestMaxConnsPerUserCloseHandshake(t *testing.T) {
 		return dialStatus(t, ts.URL("/echo"), "", h).StatusCode == http.StatusSwitchingProtocols
 	})
 }
+
+func TestUserCounts(t *testing.T) {
+	u := NewUserCounts()
+	if !u.Acquire("x", 2) || !u.Acquire("x", 2) || u.Acquire("x", 2) {
+		t.Fatal("limit 2 not held")
+	}
+	if u.Acquire("y", 0) {
+		t.Fatal("limit 0 (the others hold the max) admitted")
+	}
+	u.Release("x")
+	if u.Count("x") != 1 || !u.Acquire("x", 2) {
+		t.Fatal("release did not free a slot")
+	}
+	u.Release("x")
+	u.Release("x")
+	n := 0
+	u.Each(func(string, int) { n++ })
+	if n != 0 {
+		t.Fatalf("%d users left after every release", n)
+	}
+}

@@ -121,7 +121,7 @@ func (s *Server) monitor() {
 	var leak leakWatch
 	for {
 		select {
-		case <-s.quit:
+		case <-s.bg.Quit():
 			return
 		case <-memC:
 			s.sampleMemory()

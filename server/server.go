@@ -22,6 +22,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/internal/bg"
 	"github.com/throng-ws/throng/poller"
 )
 
@@ -230,10 +231,9 @@ type Server struct {
 	// subtracted to estimate bytes per connection.
 	baseline atomic.Uint64
 
-	// Background goroutines (the memory and stats monitor) are started with
-	// goTracked and stopped by Close, which closes quit and waits on bg.
-	bg   sync.WaitGroup
-	quit chan struct{}
+	// bg holds the background goroutines (the memory and stats monitor);
+	// Close stops them and waits.
+	bg bg.Group
 	// lastPrune is when loop 0 last pruned ipLimit; owned by loop 0.
 	lastPrune int64
 }
@@ -295,7 +295,7 @@ func New(o Options) (*Server, error) {
 	if o.MaxConnsPerUser > 0 {
 		s.perUser = o.UserConns
 		if s.perUser == nil {
-			s.perUser = newUserCounts()
+			s.perUser = NewUserCounts()
 		}
 	}
 	if o.IdleTimeout <= o.PingInterval {
@@ -348,28 +348,11 @@ func New(o Options) (*Server, error) {
 		s.loops = append(s.loops, newLoopState(s, l))
 	}
 	s.started = s.now()
-	s.quit = make(chan struct{})
 	if s.mem != nil {
 		s.mem.update(o.MemoryReader(), s.log) // admission is decided from the start
 	}
-	s.goTracked(s.monitor)
+	s.bg.Go(s.monitor)
 	return s, nil
-}
-
-// goTracked runs f on a goroutine that Close waits for; it refuses once Close has
-// begun. f must return when s.quit is closed.
-func (s *Server) goTracked(f func()) bool {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed.Load() {
-		return false
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		f()
-	}()
-	return true
 }
 
 // Handle registers the handler for a WebSocket path. It must be called before
@@ -533,8 +516,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.draining.Store(true)
-	close(s.quit)
-	s.bg.Wait()
+	s.bg.Stop()
 	return s.p.Close()
 }
 

@@ -1,8 +1,11 @@
 // Command throng is a WebSocket server for hundreds of thousands of mostly idle
 // connections per node, and a load tester for it and its peers.
 //
-//	throng serve [flags]   run the server
-//	throng token [flags]   print a signed JWT
+//	throng serve [flags]              run the server
+//	throng token [flags]              print a signed JWT
+//	throng bench <scenario> [flags]   load-test throng or a peer: idle, echo,
+//	                                  broadcast, chat, churn, reconnect-storm
+//	throng client [flags]             a terminal chat client for /ws
 //
 // Every flag can also be set through the environment: --ws-addr is
 // THRONG_WS_ADDR.
@@ -17,6 +20,8 @@ import (
 
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/throng-ws/throng/config"
 )
 
 func main() {
@@ -48,4 +53,4 @@ func main() {
 }
 
 // envOptions makes every flag of a subcommand readable as THRONG_<FLAG>.
-var envOptions = []ff.Option{ff.WithEnvVarPrefix("THRONG")}
+var envOptions = []ff.Option{ff.WithEnvVarPrefix(config.EnvPrefix)}

@@ -1,4 +1,4 @@
-package server
+package redact
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestRedactURI(t *testing.T) {
+func TestString(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"/ws", "/ws"},
 		{"/ws?token=abc.def.ghi", "/ws?token=REDACTED"},
@@ -24,13 +24,13 @@ func TestRedactURI(t *testing.T) {
 		{"throng.v1, bearer.abc.def", "throng.v1, bearer.REDACTED"},
 		{"no secrets. here = there", "no secrets. here = there"},
 	} {
-		if got := RedactURI(tc.in); got != tc.want {
-			t.Errorf("RedactURI(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := String(tc.in); got != tc.want {
+			t.Errorf("String(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }
 
-func TestRedactAttr(t *testing.T) {
+func TestAttr(t *testing.T) {
 	for _, tc := range []struct {
 		in   slog.Attr
 		want string
@@ -44,8 +44,24 @@ func TestRedactAttr(t *testing.T) {
 		{slog.String("user", "alice"), "alice"},
 		{slog.Int("conns", 3), "3"},
 	} {
-		if got := RedactAttr(nil, tc.in).Value.String(); got != tc.want {
-			t.Errorf("RedactAttr(%v) = %q, want %q", tc.in, got, tc.want)
+		if got := Attr(nil, tc.in).Value.String(); got != tc.want {
+			t.Errorf("Attr(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestURLUserinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                  "nats://127.0.0.1:4222",
+		"nats://user:secret@host:4222":           "nats://REDACTED@host:4222",
+		"tls://tok@host":                         "tls://REDACTED@host",
+		"user:pass@host":                         "REDACTED@host",
+		"nats://a:b@h1:4222,nats://c:d@h2:4222":  "nats://REDACTED@h1:4222,nats://REDACTED@h2:4222",
+		`dial "nats://u:p@h/x?token=t": refused`: `dial "nats://REDACTED@h/x?token=REDACTED": refused`,
+		"mail alice@example.com about it":        "mail alice@example.com about it",
+	} {
+		if got := String(in); got != want {
+			t.Errorf("String(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

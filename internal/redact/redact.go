@@ -1,13 +1,14 @@
-package server
+// Package redact keeps credentials out of logs: tokens and keys in request
+// URIs, bearer credentials, the user and password of a URL, and attributes
+// named like a credential. The server, the cluster and the logger that
+// package config builds all use it, so there is one rule.
+package redact
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"strings"
-	"time"
 )
 
 // Redacted replaces a credential in logs.
@@ -21,12 +22,14 @@ var credentialKeys = map[string]bool{
 	"jwt_secret": true, "password": true, "authorization": true,
 }
 
-// RedactURI returns s with the value of every credential query parameter
+// String returns s with the value of every credential query parameter
 // (token=, access_token=, api_key=, ...) replaced by REDACTED, and the credential
 // of an "Authorization: Bearer ..." or "bearer.<token>" subprotocol too. s may be
 // a request URI or any text that holds one, such as an error message; the rest
-// is left as it is.
-func RedactURI(s string) string {
+// is left as it is. The user and password of a URL (nats://user:pass@host)
+// become REDACTED as well.
+func String(s string) string {
+	s = userinfo(s)
 	if !strings.ContainsAny(s, "=.") && !strings.Contains(strings.ToLower(s), "bearer") {
 		return s
 	}
@@ -73,19 +76,19 @@ func credentialParam(s string) (int, bool) {
 	return 0, false
 }
 
-// RedactAttr is a slog.HandlerOptions.ReplaceAttr that keeps credentials out of
+// Attr is a slog.HandlerOptions.ReplaceAttr that keeps credentials out of
 // logs whatever a caller passes: an attribute named like a credential (token,
 // secret, api_key, authorization, ...) loses its value, and a string or error
-// value has RedactURI applied. It is the second line of defence; the server
+// value has String applied. It is the second line of defence; the server
 // redacts what it logs itself.
-func RedactAttr(_ []string, a slog.Attr) slog.Attr {
+func Attr(_ []string, a slog.Attr) slog.Attr {
 	if credentialKeys[strings.ToLower(a.Key)] {
 		return slog.String(a.Key, Redacted)
 	}
 	switch a.Value.Kind() {
 	case slog.KindString:
-		if s := a.Value.String(); RedactURI(s) != s {
-			return slog.String(a.Key, RedactURI(s))
+		if s := a.Value.String(); String(s) != s {
+			return slog.String(a.Key, String(s))
 		}
 	case slog.KindAny:
 		var s string
@@ -97,49 +100,44 @@ func RedactAttr(_ []string, a slog.Attr) slog.Attr {
 		default:
 			return a
 		}
-		if r := RedactURI(s); r != s {
+		if r := String(s); r != s {
 			return slog.String(a.Key, r)
 		}
 	}
 	return a
 }
 
-// LogRequests logs each HTTP request at debug level: method, URI with its
-// credentials redacted, status and duration. Headers are never logged, as
-// Authorization carries the API key.
-func LogRequests(log *slog.Logger, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !log.Enabled(r.Context(), slog.LevelDebug) {
-			h.ServeHTTP(w, r)
-			return
-		}
-		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		h.ServeHTTP(sw, r)
-		log.LogAttrs(context.Background(), slog.LevelDebug, "http request",
-			slog.String("method", r.Method), slog.String("uri", RedactURI(r.RequestURI)),
-			slog.Int("status", sw.status), slog.Duration("took", time.Since(start)),
-			slog.String("remote", r.RemoteAddr))
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if !w.wrote {
-		w.status, w.wrote = code, true
+// userinfo replaces the user and password of every URL in s with REDACTED:
+// "nats://user:pass@host" becomes "nats://REDACTED@host". A bare
+// "user:pass@host", with no scheme and no space, is a URL too.
+func userinfo(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
 	}
-	w.ResponseWriter.WriteHeader(code)
+	if !strings.Contains(s, "://") {
+		if at := strings.LastIndexByte(s, '@'); !strings.ContainsAny(s, " \t") && strings.Contains(s[:at], ":") {
+			return Redacted + s[at:]
+		}
+		return s
+	}
+	var b strings.Builder
+	for {
+		sep := strings.Index(s, "://")
+		if sep < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:sep+3])
+		s = s[sep+3:]
+		// The authority ends at the path, query, fragment or the end of the
+		// quoted or spaced URL; its user part, at its last '@'.
+		end := strings.IndexAny(s, "/?#\"' \t\r\n")
+		if end < 0 {
+			end = len(s)
+		}
+		if at := strings.LastIndexByte(s[:end], '@'); at >= 0 {
+			b.WriteString(Redacted)
+			s = s[at:]
+		}
+	}
 }
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	w.wrote = true
-	return w.ResponseWriter.Write(p)
-}
-
-// Unwrap lets http.ResponseController reach the writer's Flush and deadlines.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
