@@ -27,6 +27,50 @@ export const State = Object.freeze({
   CLOSED: "closed",
 });
 
+/**
+ * The chat protocol's vocabulary, as the server's Go package protocol defines
+ * it; a test (web/web_test.go) checks these against it.
+ */
+export const Types = Object.freeze({
+  JOIN: "join",
+  CHAT: "chat",
+  LEAVE: "leave",
+  PING: "ping",
+  REFRESH: "refresh",
+  CONNECTED: "connected",
+  JOINED: "joined",
+  USER_JOINED: "user-joined",
+  MESSAGE: "message",
+  LEFT: "left",
+  USER_LEFT: "user-left",
+  PONG: "pong",
+  REFRESHED: "refreshed",
+  ERROR: "error",
+});
+
+/** Error codes of the protocol's error messages. */
+export const Codes = Object.freeze({
+  INVALID_JSON: "invalid_json",
+  INVALID_MESSAGE: "invalid_message",
+  UNKNOWN_TYPE: "unknown_type",
+  NOT_IN_ROOM: "not_in_room",
+  ALREADY_IN_ROOM: "already_in_room",
+  TOO_MANY_ROOMS: "too_many_rooms",
+  ROOM_FULL: "room_full",
+  RATE_LIMITED: "rate_limited",
+  INVALID_TOKEN: "invalid_token",
+  TOKEN_EXPIRED: "token_expired",
+  MESSAGES_DROPPED: "messages_dropped",
+  UNAVAILABLE: "unavailable",
+});
+
+/** Limits on fields: room ids in bytes, names and content in characters. */
+export const Limits = Object.freeze({
+  MAX_ROOM_ID: 128,
+  MAX_USER_NAME: 50,
+  DEFAULT_MAX_CONTENT: 500,
+});
+
 /** The subprotocol throng selects; offered alongside the token. */
 export const PROTOCOL = "throng.v1";
 
@@ -156,9 +200,9 @@ export class WebSocketClient extends EventTarget {
       console.error("WebSocket is not connected");
       return false;
     }
-    if (data && data.type === "join" && typeof data.roomId === "string") {
+    if (data && data.type === Types.JOIN && typeof data.roomId === "string") {
       this._pendingJoins.set(data.roomId, data.userName);
-    } else if (data && data.type === "leave") {
+    } else if (data && data.type === Types.LEAVE) {
       this.rooms.delete(data.roomId);
       this._pendingJoins.delete(data.roomId);
     }
@@ -167,19 +211,19 @@ export class WebSocketClient extends EventTarget {
   }
 
   join(roomId, userName) {
-    return this.send({ type: "join", roomId, userName });
+    return this.send({ type: Types.JOIN, roomId, userName });
   }
 
   leave(roomId) {
-    return this.send({ type: "leave", roomId });
+    return this.send({ type: Types.LEAVE, roomId });
   }
 
   chat(roomId, content) {
-    return this.send({ type: "chat", roomId, content });
+    return this.send({ type: Types.CHAT, roomId, content });
   }
 
   ping() {
-    return this.send({ type: "ping" });
+    return this.send({ type: Types.PING });
   }
 
   /** Closes for good: no reconnect. */
@@ -237,7 +281,7 @@ export class WebSocketClient extends EventTarget {
 
   _handleMessage(data) {
     switch (data.type) {
-      case "connected": {
+      case Types.CONNECTED: {
         this._greeted = true;
         this.userId = data.userId;
         const again = this.reconnectAttempts > 0 || this.rooms.size > 0;
@@ -255,38 +299,38 @@ export class WebSocketClient extends EventTarget {
         this.onConnected?.(data);
         break;
       }
-      case "joined":
+      case Types.JOINED:
         if (this._pendingJoins.has(data.roomId)) {
           this.rooms.set(data.roomId, this._pendingJoins.get(data.roomId));
           this._pendingJoins.delete(data.roomId);
         }
         this.onJoined?.(data);
         break;
-      case "left":
+      case Types.LEFT:
         this.rooms.delete(data.roomId);
         this.onLeft?.(data);
         break;
-      case "message":
+      case Types.MESSAGE:
         this.onMessage?.(data);
         break;
-      case "user-joined":
+      case Types.USER_JOINED:
         this.onUserJoined?.(data);
         break;
-      case "user-left":
+      case Types.USER_LEFT:
         this.onUserLeft?.(data);
         break;
-      case "pong":
+      case Types.PONG:
         this.onPong?.(data);
         break;
-      case "refreshed":
+      case Types.REFRESHED:
         if (this._refreshing) this._setToken(this._refreshing);
         this._refreshing = null;
         this._scheduleRefresh();
         this.onRefreshed?.(data);
         break;
-      case "error":
-        if (data.code === "token_expired") this._expired = true;
-        if (data.code === "invalid_token" && this._refreshing) this._refreshing = null;
+      case Types.ERROR:
+        if (data.code === Codes.TOKEN_EXPIRED) this._expired = true;
+        if (data.code === Codes.INVALID_TOKEN && this._refreshing) this._refreshing = null;
         this.onError?.(data);
         break;
     }
@@ -388,7 +432,7 @@ export class WebSocketClient extends EventTarget {
       return;
     }
     this._refreshing = token;
-    if (!this.send({ type: "refresh", token })) {
+    if (!this.send({ type: Types.REFRESH, token })) {
       // Not connected: the next connection uses it.
       this._setToken(token);
       this._refreshing = null;
