@@ -74,15 +74,16 @@ type Serve struct {
 	Ban             time.Duration // --ban
 	BanCloseAfter   int           // --ban-close-after
 
-	Auth         string        // --auth: on or off
-	AuthFailure  string        // --auth-failure: reject or close
-	JWTSecret    string        // --jwt-secret
-	JWTPublicKey string        // --jwt-public-key: a PEM file
-	JWTIssuer    string        // --jwt-issuer
-	JWTAudience  string        // --jwt-audience
-	JWTLeeway    time.Duration // --jwt-leeway
-	APIKey       string        // --api-key
-	Dev          bool          // --dev
+	Auth          string        // --auth: on or off
+	AuthFailure   string        // --auth-failure: reject or close
+	JWTSecret     string        // --jwt-secret
+	JWTPublicKey  string        // --jwt-public-key: a PEM file
+	JWTIssuer     string        // --jwt-issuer
+	JWTAudience   string        // --jwt-audience
+	JWTLeeway     time.Duration // --jwt-leeway
+	JWTAllowNoExp bool          // --jwt-allow-no-exp
+	APIKey        string        // --api-key
+	Dev           bool          // --dev
 
 	LogLevel      string        // --log-level
 	LogFormat     string        // --log-format: text or json
@@ -154,7 +155,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file with the public key for RS*/PS*/ES*/EdDSA tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim (empty: not checked)")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim (empty: not checked)")
-	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp and nbf")
+	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp, nbf and iat; a connection is closed at exp plus this, when its token would no longer pass the handshake")
+	fs.BoolVar(&c.JWTAllowNoExp, "jwt-allow-no-exp", false, "accept tokens without an exp claim, which never expire (logged as a warning at start)")
 	fs.StringVar(&c.APIKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
 	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, and a ready ws:// URL printed")
 
@@ -402,7 +404,8 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 	if c.Auth == "off" {
 		return nil, "", nil
 	}
-	o := auth.Options{Secret: []byte(c.JWTSecret), Issuer: c.JWTIssuer, Audience: c.JWTAudience, Leeway: c.JWTLeeway}
+	o := auth.Options{Secret: []byte(c.JWTSecret), Issuer: c.JWTIssuer, Audience: c.JWTAudience, Leeway: c.JWTLeeway,
+		AllowNoExp: c.JWTAllowNoExp}
 	switch {
 	case c.JWTPublicKey != "":
 		pem, err := auth.LoadPublicKeyFile(c.JWTPublicKey)
@@ -427,6 +430,15 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 		return nil, "", err
 	}
 	return v, devSecret, nil
+}
+
+// Warn logs, once at start, every setting that weakens the server on purpose,
+// so that it is in the log of every run rather than only in a config file.
+func (c *Serve) Warn(log *slog.Logger) {
+	if c.JWTAllowNoExp && c.Auth == "on" {
+		log.Warn("--jwt-allow-no-exp: tokens without exp are accepted and never expire; " +
+			"a leaked one is valid until the key is rotated, and a refresh with one lifts a connection's expiry")
+	}
 }
 
 // ServerOptions maps the settings onto server.Options, one field per flag.

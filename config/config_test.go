@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -340,6 +341,41 @@ func TestVerifier(t *testing.T) {
 	c, _ = parse(t, "--jwt-secret", "s")
 	if v, dev, err := c.Verifier(rand.Reader); v == nil || dev != "" || err != nil {
 		t.Fatalf("--jwt-secret: %v, %q, %v", v, dev, err)
+	}
+}
+
+// TestAllowNoExp checks that a token without exp is refused unless
+// --jwt-allow-no-exp, and that allowing it is logged as a warning.
+func TestAllowNoExp(t *testing.T) {
+	clearEnv(t)
+	forever, err := auth.Mint([]byte("s"), "", "u", 0, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want auth.Reason
+		warn bool
+	}{
+		{[]string{"--jwt-secret", "s"}, auth.ReasonNoExpiry, false},
+		{[]string{"--jwt-secret", "s", "--jwt-allow-no-exp"}, auth.ReasonNone, true},
+	} {
+		c, err := parse(t, tc.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _, err := c.Verifier(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Verify(forever); auth.ReasonOf(err) != tc.want {
+			t.Errorf("%v: token without exp: %v, want %v", tc.args, err, tc.want)
+		}
+		var buf bytes.Buffer
+		c.Warn(slog.New(slog.NewTextHandler(&buf, nil)))
+		if warned := strings.Contains(buf.String(), "level=WARN") && strings.Contains(buf.String(), "--jwt-allow-no-exp"); warned != tc.warn {
+			t.Errorf("%v: warning logged %v, want %v: %q", tc.args, warned, tc.warn, buf.String())
+		}
 	}
 }
 

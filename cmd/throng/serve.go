@@ -56,6 +56,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if err != nil {
 		return err
 	}
+	c.Warn(log)
 	verifier, devSecret, err := c.Verifier(rand.Reader)
 	if err != nil {
 		return err
