@@ -27,6 +27,7 @@ import (
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -43,8 +44,14 @@ type Serve struct {
 
 	WSAddr   string // --ws-addr
 	HTTPAddr string // --http-addr
-	Loops    int    // --loops
-	Poller   string // --poller: epoll or netpoll
+
+	HTTPReadTimeout  time.Duration // --http-read-timeout
+	HTTPWriteTimeout time.Duration // --http-write-timeout
+	HTTPIdleTimeout  time.Duration // --http-idle-timeout
+	HTTPMaxConns     int           // --http-max-conns
+	HTTPMaxBody      ByteSize      // --http-max-body
+	Loops            int           // --loops
+	Poller           string        // --poller: epoll or netpoll
 	// --netpoll-buffer-size: netpoll's input buffer per connection
 	NetpollBufferSize int
 
@@ -118,6 +125,12 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 
 	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", httplimit.DefaultReadTimeout, "HTTP listener: time to read a whole request, body included")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", httplimit.DefaultWriteTimeout, "HTTP listener: time to write a response")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", httplimit.DefaultIdleTimeout, "HTTP listener: close a keep-alive connection idle this long")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", httplimit.DefaultMaxConns, "HTTP listener: concurrent connections at most; past it new ones wait in the listen backlog")
+	c.HTTPMaxBody = httplimit.DefaultMaxBodyBytes
+	fs.Var(&c.HTTPMaxBody, "http-max-body", "HTTP listener: largest request body, such as 64KiB")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
 
@@ -248,6 +261,8 @@ func (c *Serve) Validate() error {
 		{"--max-content", c.MaxContent, 1},
 		{"--burst", c.Burst, 1},
 		{"--ban-close-after", c.BanCloseAfter, 0},
+		{"--http-max-conns", c.HTTPMaxConns, 1},
+		{"--http-max-body", int(min(c.HTTPMaxBody, 1<<40)), 1},
 	} {
 		if n.v < n.min {
 			bad("%s must be at least %d, not %d", n.flag, n.min, n.v)
@@ -266,6 +281,9 @@ func (c *Serve) Validate() error {
 		{"--idle-timeout", c.IdleTimeout},
 		{"--drain-timeout", c.DrainTimeout},
 		{"--ban", c.Ban},
+		{"--http-read-timeout", c.HTTPReadTimeout},
+		{"--http-write-timeout", c.HTTPWriteTimeout},
+		{"--http-idle-timeout", c.HTTPIdleTimeout},
 	} {
 		if d.v <= 0 {
 			bad("%s must be more than 0, not %v", d.flag, d.v)
@@ -472,6 +490,18 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 		o.SlowConsumer = server.SlowDrop
 	}
 	return o
+}
+
+// HTTPOptions maps the HTTP listener's settings onto httplimit.Options.
+func (c *Serve) HTTPOptions(log *slog.Logger) httplimit.Options {
+	return httplimit.Options{
+		ReadTimeout:  c.HTTPReadTimeout,
+		WriteTimeout: c.HTTPWriteTimeout,
+		IdleTimeout:  c.HTTPIdleTimeout,
+		MaxConns:     c.HTTPMaxConns,
+		MaxBodyBytes: int64(c.HTTPMaxBody),
+		Logger:       log,
+	}
 }
 
 // RoomOptions maps the settings onto room.Options.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -375,6 +376,42 @@ func TestAllowNoExp(t *testing.T) {
 		c.Warn(slog.New(slog.NewTextHandler(&buf, nil)))
 		if warned := strings.Contains(buf.String(), "level=WARN") && strings.Contains(buf.String(), "--jwt-allow-no-exp"); warned != tc.warn {
 			t.Errorf("%v: warning logged %v, want %v: %q", tc.args, warned, tc.warn, buf.String())
+		}
+	}
+}
+
+func TestHTTPOptions(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := c.HTTPOptions(nil)
+	if def.ReadTimeout != httplimit.DefaultReadTimeout || def.WriteTimeout != httplimit.DefaultWriteTimeout ||
+		def.IdleTimeout != httplimit.DefaultIdleTimeout || def.MaxConns != httplimit.DefaultMaxConns ||
+		def.MaxBodyBytes != httplimit.DefaultMaxBodyBytes {
+		t.Errorf("default HTTP options %+v", def)
+	}
+	t.Setenv("THRONG_HTTP_MAX_CONNS", "7")
+	c, err = parse(t, "--http-read-timeout", "2s", "--http-write-timeout", "3s", "--http-idle-timeout", "4s", "--http-max-body", "1KiB", "--dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.HTTPOptions(nil)
+	if o.ReadTimeout != 2*time.Second || o.WriteTimeout != 3*time.Second || o.IdleTimeout != 4*time.Second ||
+		o.MaxConns != 7 || o.MaxBodyBytes != 1024 {
+		t.Errorf("HTTP options %+v", o)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{{"--http-read-timeout", "0"}, {"--http-idle-timeout", "-1s"}, {"--http-max-conns", "0"}, {"--http-max-body", "0"}} {
+		c, err := parse(t, append(bad, "--dev")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), bad[0]) {
+			t.Errorf("%v: Validate %v", bad, err)
 		}
 	}
 }

@@ -5,9 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -23,6 +21,7 @@ import (
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 	"github.com/throng-ws/throng/web"
@@ -101,12 +100,18 @@ func serve(ctx context.Context, c *config.Serve) error {
 	srv.Handle("/echo", server.Echo{})
 	srv.Handle("/shootout", &server.Shootout{Rooms: room.New(srv.Loops(), room.Options{Shards: 1})})
 	mux := srv.HTTPHandler()
+	hs, err := httplimit.New(server.LogRequests(log, mux), c.HTTPOptions(log))
+	if err != nil {
+		srv.Close()
+		return err
+	}
 	// Metrics go on a registry of their own, never the global one.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		srv.Collector(chat, rooms),
+		hs.Collector(),
 	)
 	if node != nil {
 		reg.MustRegister(node.Collector())
@@ -130,11 +135,6 @@ func serve(ctx context.Context, c *config.Serve) error {
 	}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
 	mux.Handle("/", web.Handler(web.Options{WSAddr: wsAddr.String(), Auth: verifier, DevSecret: []byte(devSecret)}))
-	hs := &http.Server{
-		Handler:           server.LogRequests(log, mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 
