@@ -104,8 +104,13 @@ type Serve struct {
 
 // Defaults that are the command's own; the rest are the packages' defaults.
 const (
-	DefaultWSAddr          = ":8080"
-	DefaultHTTPAddr        = ":8081"
+	DefaultWSAddr   = ":8080"
+	DefaultHTTPAddr = ":8081"
+	// DevWSAddr and DevHTTPAddr replace the defaults under --dev: /dev/token
+	// mints a token for any subject, so a dev server answers only this
+	// machine unless an address is given.
+	DevWSAddr              = "127.0.0.1:8080"
+	DevHTTPAddr            = "127.0.0.1:8081"
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultStatsInterval   = time.Minute
 	DefaultMemoryHighWater = server.DefaultMemoryHighWater * 100
@@ -123,8 +128,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", "", "file of settings, .toml or .yaml by extension; flags and THRONG_* variables win over it")
 
-	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout)")
-	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
+	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (/ws, /echo, /shootout); with --dev and not set, "+DevWSAddr)
+	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api, the demo page); with --dev and not set, "+DevHTTPAddr)
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", httplimit.DefaultReadTimeout, "HTTP listener: time to read a whole request, body included")
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", httplimit.DefaultWriteTimeout, "HTTP listener: time to write a response")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", httplimit.DefaultIdleTimeout, "HTTP listener: close a keep-alive connection idle this long")
@@ -171,7 +176,7 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp, nbf and iat; a connection is closed at exp plus this, when its token would no longer pass the handshake")
 	fs.BoolVar(&c.JWTAllowNoExp, "jwt-allow-no-exp", false, "accept tokens without an exp claim, which never expire (logged as a warning at start)")
 	fs.StringVar(&c.APIKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
-	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, and a ready ws:// URL printed")
+	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, /dev/token mints tokens for anyone, a ready ws:// URL printed; listens on loopback unless --ws-addr or --http-addr say otherwise")
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
@@ -226,6 +231,24 @@ func noConfigKey(set func(name, value string) error) func(name, value string) er
 			return errors.New("a config file cannot set config")
 		}
 		return set(name, value)
+	}
+}
+
+// DevLoopback makes --dev listen on 127.0.0.1 (DevWSAddr, DevHTTPAddr) for
+// each listener whose address was not given, as a flag, a THRONG_* variable
+// or in the --config file (ff sets all three through fs, so fs.Visit sees
+// them). Call it after parsing fs, before Validate.
+func (c *Serve) DevLoopback(fs *flag.FlagSet) {
+	if !c.Dev {
+		return
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["ws-addr"] {
+		c.WSAddr = DevWSAddr
+	}
+	if !set["http-addr"] {
+		c.HTTPAddr = DevHTTPAddr
 	}
 }
 

@@ -416,6 +416,42 @@ func TestHTTPOptions(t *testing.T) {
 	}
 }
 
+// TestDevLoopback: --dev listens on loopback unless an address is given, by
+// flag, environment or config file.
+func TestDevLoopback(t *testing.T) {
+	file := writeFile(t, "dev.toml", "http-addr = \"0.0.0.0:9001\"\n")
+	for _, tc := range []struct {
+		name             string
+		env              []string
+		args             []string
+		wantWS, wantHTTP string
+	}{
+		{"dev", nil, []string{"--dev"}, "127.0.0.1:8080", "127.0.0.1:8081"},
+		{"not dev", nil, nil, ":8080", ":8081"},
+		{"dev with ws flag", nil, []string{"--dev", "--ws-addr", ":9000"}, ":9000", "127.0.0.1:8081"},
+		{"dev with env", []string{"THRONG_HTTP_ADDR=:9001"}, []string{"--dev"}, "127.0.0.1:8080", ":9001"},
+		{"dev from env with file", []string{"THRONG_DEV=true"}, []string{"--config", file}, "127.0.0.1:8080", "0.0.0.0:9001"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			for _, kv := range tc.env {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
+			var c Serve
+			fs := c.FlagSet()
+			fs.SetOutput(new(bytes.Buffer))
+			if err := Parse(fs, tc.args); err != nil {
+				t.Fatal(err)
+			}
+			c.DevLoopback(fs)
+			if c.WSAddr != tc.wantWS || c.HTTPAddr != tc.wantHTTP {
+				t.Errorf("ws %q http %q, want %q and %q", c.WSAddr, c.HTTPAddr, tc.wantWS, tc.wantHTTP)
+			}
+		})
+	}
+}
+
 func TestServerOptions(t *testing.T) {
 	clearEnv(t)
 	c, err := parse(t, "--slow-consumer", "drop", "--auth-failure", "close", "--origin", " https://a.example , https://*.b.example ",

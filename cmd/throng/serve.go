@@ -39,7 +39,10 @@ func serveCommand() *ffcli.Command {
 			"which wins over the file.",
 		FlagSet: fs,
 		Options: config.Options(fs),
-		Exec:    func(ctx context.Context, _ []string) error { return serve(ctx, &c) },
+		Exec: func(ctx context.Context, _ []string) error {
+			c.DevLoopback(fs)
+			return serve(ctx, &c)
+		},
 	}
 }
 
