@@ -31,6 +31,7 @@ import (
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/web"
 )
 
 // EnvPrefix prefixes the environment variable of every flag: --ws-addr is
@@ -50,6 +51,7 @@ type Serve struct {
 	HTTPIdleTimeout  time.Duration // --http-idle-timeout
 	HTTPMaxConns     int           // --http-max-conns
 	HTTPMaxBody      ByteSize      // --http-max-body
+	PublicWSURL      string        // --public-ws-url
 	Loops            int           // --loops
 	Poller           string        // --poller: epoll or netpoll
 	// --netpoll-buffer-size: netpoll's input buffer per connection
@@ -136,6 +138,7 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", httplimit.DefaultMaxConns, "HTTP listener: concurrent connections at most; past it new ones wait in the listen backlog")
 	c.HTTPMaxBody = httplimit.DefaultMaxBodyBytes
 	fs.Var(&c.HTTPMaxBody, "http-max-body", "HTTP listener: largest request body, such as 64KiB")
+	fs.StringVar(&c.PublicWSURL, "public-ws-url", "", "the chat endpoint's public URL (wss://chat.example.com/ws) given to the demo page; empty: the --ws-addr host if it names one, else the page's own host on the --ws-addr port")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
 
@@ -310,6 +313,11 @@ func (c *Serve) Validate() error {
 	} {
 		if d.v <= 0 {
 			bad("%s must be more than 0, not %v", d.flag, d.v)
+		}
+	}
+	if c.PublicWSURL != "" {
+		if u, err := url.Parse(c.PublicWSURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			bad("--public-ws-url %q: not a URL such as wss://chat.example.com/ws", c.PublicWSURL)
 		}
 	}
 	for _, u := range c.NATSURLs() {
@@ -525,6 +533,13 @@ func (c *Serve) HTTPOptions(log *slog.Logger) httplimit.Options {
 		MaxBodyBytes: int64(c.HTTPMaxBody),
 		Logger:       log,
 	}
+}
+
+// WebOptions maps the settings onto web.Options for the demo page, given the
+// WebSocket listener's bound address and the verifier and dev secret that
+// Verifier returned.
+func (c *Serve) WebOptions(wsAddr string, v *auth.Verifier, devSecret string) web.Options {
+	return web.Options{WSAddr: wsAddr, WSURL: c.PublicWSURL, Auth: v, DevSecret: []byte(devSecret), Reasons: c.Dev}
 }
 
 // RoomOptions maps the settings onto room.Options.

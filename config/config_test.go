@@ -452,6 +452,30 @@ func TestDevLoopback(t *testing.T) {
 	}
 }
 
+func TestWebOptions(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t, "--public-ws-url", "wss://chat.example.com/ws", "--dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if o := c.WebOptions("[::]:8080", nil, "s"); o.WSURL != "wss://chat.example.com/ws" || o.WSAddr != "[::]:8080" || !o.Reasons || string(o.DevSecret) != "s" {
+		t.Errorf("web options %+v", o)
+	}
+	c, _ = parse(t, "--jwt-secret", "s")
+	if o := c.WebOptions(":8080", nil, ""); o.Reasons || o.WSURL != "" {
+		t.Errorf("without --dev: web options %+v", o)
+	}
+	for _, bad := range []string{"chat.example.com", "https://chat.example.com/ws", "wss://"} {
+		c, _ := parse(t, "--public-ws-url", bad, "--dev")
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--public-ws-url") {
+			t.Errorf("--public-ws-url %q: %v", bad, err)
+		}
+	}
+}
+
 func TestServerOptions(t *testing.T) {
 	clearEnv(t)
 	c, err := parse(t, "--slow-consumer", "drop", "--auth-failure", "close", "--origin", " https://a.example , https://*.b.example ",

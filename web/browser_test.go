@@ -129,6 +129,7 @@ func (w *wsServer) stop() {
 // stackConfig says how to build a stack.
 type stackConfig struct {
 	auth      string             // "dev" (as make run), "token" or "none"
+	reasons   bool               // /token/verify says why, as under --dev
 	failClose bool               // refused tokens: upgrade, then close 1008
 	chat      func(*server.Chat) // adjusts the /ws handler
 	routes    map[string]http.Handler
@@ -152,6 +153,7 @@ func newStack(t *testing.T, cfg stackConfig) *stack {
 	if cfg.auth == "dev" {
 		o.DevSecret = testSecret
 	}
+	o.Reasons = cfg.reasons || cfg.auth == "dev"
 	ws.start("127.0.0.1:0")
 	t.Cleanup(ws.stop)
 	o.WSAddr = ws.Addr
@@ -430,7 +432,18 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Run("invalid token shows an error", func(t *testing.T) {
-		s := newStack(t, stackConfig{auth: "token"})
+		// Without --dev the server does not say why.
+		quiet := newStack(t, stackConfig{auth: "token"})
+		q := open(t, browser, quiet.URL+"/?room=private")
+		q.wait(`!document.getElementById("token-field").hidden`, "token field")
+		q.run(
+			chromedp.SetValue("#name", "Eve", chromedp.ByQuery),
+			chromedp.SetValue("#token", "not-a-token", chromedp.ByQuery),
+			chromedp.Click("#join", chromedp.ByQuery),
+		)
+		q.waitText("#banner", "Bad token: the server refuses it.")
+
+		s := newStack(t, stackConfig{auth: "token", reasons: true})
 		p := open(t, browser, s.URL+"/?room=private")
 		p.wait(`!document.getElementById("token-field").hidden`, "token field")
 		expired, _ := auth.Mint(testSecret, "", "eve", time.Second, "", time.Now().Add(-time.Hour))

@@ -137,7 +137,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 		return fmt.Errorf("--http-addr: %w", err)
 	}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
-	mux.Handle("/", web.Handler(web.Options{WSAddr: wsAddr.String(), Auth: verifier, DevSecret: []byte(devSecret)}))
+	mux.Handle("/", web.Handler(c.WebOptions(wsAddr.String(), verifier, devSecret)))
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 
