@@ -89,7 +89,16 @@ type Options struct {
 
 	// Leeway is the clock skew tolerated when checking exp, nbf and iat.
 	// If zero, DefaultLeeway is used. If negative, no skew is tolerated.
+	// The same leeway sets Claims.Deadline, so a connection lives exactly as
+	// long as its token would still pass Verify.
 	Leeway time.Duration
+
+	// AllowNoExp accepts tokens without an exp claim, which then never
+	// expire. If false (the default) such a token is refused with
+	// ReasonNoExpiry: a credential without exp cannot be revoked short of
+	// rotating the key, and a token refresh with one would lift the expiry
+	// of a live connection.
+	AllowNoExp bool
 
 	// Now is the clock tokens are checked against. If nil, time.Now is used.
 	// It exists so tests can pin time instead of sleeping.
@@ -105,11 +114,26 @@ type Claims struct {
 	// Name is the optional "name" claim, a display name; empty if absent.
 	Name string
 
-	// ExpiresAt is the exp claim, or the zero Time if the token has none.
+	// ExpiresAt is the exp claim, or the zero Time if the token has none
+	// (only with Options.AllowNoExp).
 	ExpiresAt time.Time
+
+	// Deadline is ExpiresAt plus the verifier's leeway: from this instant on
+	// Verify refuses the token as expired. It is the one expiry rule for the
+	// handshake, POST /token/verify and a live connection, which must be
+	// closed once the clock reaches it (see Expired). Zero if the token has
+	// no exp.
+	Deadline time.Time
 
 	// IssuedAt is the iat claim, or the zero Time if the token has none.
 	IssuedAt time.Time
+}
+
+// Expired reports whether a connection authenticated by c must be closed at
+// now: now has reached c.Deadline, so Verify would refuse the token too. It is
+// false for a token without exp.
+func (c Claims) Expired(now time.Time) bool {
+	return !c.Deadline.IsZero() && !now.Before(c.Deadline)
 }
 
 // Reason says why a token was refused. It is small and comparable so the
@@ -143,6 +167,9 @@ const (
 	ReasonBadAudience
 	// ReasonNoSubject means the token verified but has no sub claim.
 	ReasonNoSubject
+	// ReasonNoExpiry means the token has no exp claim and
+	// Options.AllowNoExp is false.
+	ReasonNoExpiry
 
 	// NumReasons is the number of reasons, for arrays of counters indexed by Reason.
 	NumReasons
@@ -171,6 +198,8 @@ func (r Reason) String() string {
 		return "bad_audience"
 	case ReasonNoSubject:
 		return "no_subject"
+	case ReasonNoExpiry:
+		return "no_expiry"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
@@ -226,13 +255,15 @@ type Verifier struct {
 	methods  []string    // algorithms key may verify; also given to the parser
 	issuer   string
 	audience string
+	leeway   time.Duration // effective: never negative
+	needExp  bool          // !Options.AllowNoExp
 }
 
 // New validates o and builds a Verifier. Configuration mistakes (no key, two
 // keys, a PEM that is not a supported public key) are reported here, once,
 // rather than as a stream of refused handshakes.
 func New(o Options) (*Verifier, error) {
-	v := &Verifier{issuer: o.Issuer, audience: o.Audience}
+	v := &Verifier{issuer: o.Issuer, audience: o.Audience, needExp: !o.AllowNoExp}
 	switch {
 	case len(o.Secret) > 0 && len(o.PublicKeyPEM) > 0:
 		return nil, ErrTwoKeys
@@ -256,15 +287,16 @@ func New(o Options) (*Verifier, error) {
 	case leeway < 0:
 		leeway = 0
 	}
+	v.leeway = leeway
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(v.methods),
 		jwt.WithLeeway(leeway),
 		// iat is checked so a token stamped in the future (a skewed or
 		// compromised issuer) is refused like an nbf in the future.
 		jwt.WithIssuedAt(),
-		// exp is deliberately not required: long-lived service tokens
-		// without exp are accepted, and revoking them is the issuer's job
-		// (rotate the key).
+	}
+	if v.needExp {
+		opts = append(opts, jwt.WithExpirationRequired())
 	}
 	if o.Now != nil {
 		opts = append(opts, jwt.WithTimeFunc(o.Now))
@@ -290,15 +322,19 @@ func (v *Verifier) lookupKey(t *jwt.Token) (any, error) {
 	return v.key, nil
 }
 
+// Leeway is the clock skew the verifier tolerates: Options.Leeway, or
+// DefaultLeeway if that was zero, or 0 if it was negative.
+func (v *Verifier) Leeway() time.Duration { return v.leeway }
+
 // Verify checks token (the bare compact JWT, without a "Bearer " prefix) and
 // returns its claims. On failure the error is always an *Error; use ReasonOf
 // to classify it.
 //
 // A token is accepted when its alg is allowed for the configured key, the
-// signature verifies, exp (if present) and nbf/iat (if present) hold within
-// the leeway, iss/aud match when configured, and sub is non-empty. A token
-// without exp is accepted and never expires; issuers that want bounded
-// sessions must set exp.
+// signature verifies, exp holds within the leeway (now is before
+// Claims.Deadline), nbf/iat (if present) hold within the leeway, iss/aud
+// match when configured, and sub is non-empty. A token without exp is
+// refused unless Options.AllowNoExp, and then never expires.
 func (v *Verifier) Verify(token string) (Claims, error) {
 	if token == "" {
 		return Claims{}, &Error{Reason: ReasonMissing, Err: errors.New("no token presented")}
@@ -318,6 +354,7 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	out := Claims{Subject: c.Subject, Name: c.Name}
 	if c.ExpiresAt != nil {
 		out.ExpiresAt = c.ExpiresAt.Time
+		out.Deadline = out.ExpiresAt.Add(v.leeway)
 	}
 	if c.IssuedAt != nil {
 		out.IssuedAt = c.IssuedAt.Time
@@ -353,9 +390,11 @@ func (v *Verifier) classify(tok *jwt.Token, c *tokenClaims, err error) Reason {
 	case errors.Is(err, jwt.ErrTokenInvalidAudience):
 		return ReasonBadAudience
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		// jwt reports an absent iss or aud as a missing claim rather than a
-		// mismatch. exp, nbf and sub are never marked required, so it is
-		// one of those two.
+		// jwt reports an absent exp, iss or aud as a missing claim rather
+		// than a mismatch. nbf and sub are never marked required.
+		if v.needExp && c.ExpiresAt == nil {
+			return ReasonNoExpiry
+		}
 		if v.issuer != "" && c.Issuer == "" {
 			return ReasonBadIssuer
 		}
@@ -367,7 +406,8 @@ func (v *Verifier) classify(tok *jwt.Token, c *tokenClaims, err error) Reason {
 // Mint signs a token for sub with secret, for `throng token`, tests and the
 // bench harness. alg is HS256, HS384 or HS512; empty means HS256. The token
 // carries sub and iat (= now), exp (= now+ttl) only if ttl > 0, and name only
-// if non-empty. If now is the zero Time, time.Now() is used. Times are
+// if non-empty. A token without exp (ttl 0) is refused by a Verifier unless
+// Options.AllowNoExp; `throng token` refuses to mint one. If now is the zero Time, time.Now() is used. Times are
 // truncated to whole seconds, as JWT NumericDates are.
 func Mint(secret []byte, alg string, sub string, ttl time.Duration, name string, now time.Time) (string, error) {
 	if alg == "" {

@@ -169,7 +169,9 @@ func TestVerify(t *testing.T) {
 		{name: "eddsa", opts: ed, token: sign(t, jwt.SigningMethodEdDSA, k.ed, claims())},
 		{name: "name claim", opts: hs, token: hs256(claims("sub", "bob", "name", "Bob B.")),
 			wantClaims: Claims{Subject: "bob", Name: "Bob B.", ExpiresAt: fixedNow().Add(time.Hour), IssuedAt: fixedNow()}},
-		{name: "no exp is accepted", opts: hs, token: hs256(claims("exp", nil)),
+		{name: "no exp is refused", opts: hs, token: hs256(claims("exp", nil)), want: ReasonNoExpiry},
+		{name: "no exp is refused before a bad issuer", opts: withIss(hs, "i"), token: hs256(claims("exp", nil)), want: ReasonNoExpiry},
+		{name: "no exp with AllowNoExp", opts: Options{Secret: secret, AllowNoExp: true}, token: hs256(claims("exp", nil)),
 			wantClaims: Claims{Subject: "alice", IssuedAt: fixedNow()}},
 		{name: "no iat", opts: hs, token: hs256(claims("iat", nil)),
 			wantClaims: Claims{Subject: "alice", ExpiresAt: fixedNow().Add(time.Hour)}},
@@ -275,6 +277,61 @@ func claimsEqual(a, b Claims) bool {
 	return a.Subject == b.Subject && a.Name == b.Name && a.ExpiresAt.Equal(b.ExpiresAt) && a.IssuedAt.Equal(b.IssuedAt)
 }
 
+// TestDeadline checks the one expiry rule: a token that Verify accepted at the
+// handshake stays accepted, and Claims.Expired stays false, until exactly
+// Claims.Deadline, when both turn. A token 2s past exp within a 30s leeway
+// passes the handshake and must then live until exp+30s, not be closed at once.
+func TestDeadline(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	for _, tc := range []struct {
+		name   string
+		leeway time.Duration // Options.Leeway
+		want   time.Duration // effective leeway
+		exp    time.Duration // exp relative to the handshake
+	}{
+		{"expired 2s ago, default leeway", 0, DefaultLeeway, -2 * time.Second},
+		{"valid, default leeway", 0, DefaultLeeway, time.Hour},
+		{"custom leeway", 5 * time.Minute, 5 * time.Minute, -time.Minute},
+		{"no leeway", -1, 0, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := fixedNow()
+			v, err := New(Options{Secret: secret, Leeway: tc.leeway, Now: func() time.Time { return clock }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Leeway() != tc.want {
+				t.Fatalf("Leeway() = %v, want %v", v.Leeway(), tc.want)
+			}
+			tok := sign(t, jwt.SigningMethodHS256, secret, claims("exp", unix(tc.exp)))
+			c, err := v.Verify(tok)
+			if err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			exp := fixedNow().Add(tc.exp)
+			if !c.ExpiresAt.Equal(exp) || !c.Deadline.Equal(exp.Add(tc.want)) {
+				t.Fatalf("ExpiresAt %v Deadline %v, want %v and %v", c.ExpiresAt, c.Deadline, exp, exp.Add(tc.want))
+			}
+			for _, at := range []struct {
+				now     time.Time
+				expired bool
+			}{
+				{fixedNow(), false},
+				{c.Deadline.Add(-time.Second), false},
+				{c.Deadline, true},
+				{c.Deadline.Add(time.Second), true},
+			} {
+				clock = at.now
+				_, err := v.Verify(tok)
+				if refused := ReasonOf(err) == ReasonExpired; refused != at.expired || c.Expired(at.now) != at.expired {
+					t.Errorf("at deadline%+v: Verify %v, Expired %v; want expired=%v in both",
+						at.now.Sub(c.Deadline), err, c.Expired(at.now), at.expired)
+				}
+			}
+		})
+	}
+}
+
 func TestVerifyErrorUnwrapsJWT(t *testing.T) {
 	secret := []byte("s")
 	v, err := New(Options{Secret: secret, Now: fixedClock()})
@@ -312,6 +369,7 @@ func TestReasonString(t *testing.T) {
 		ReasonBadIssuer:    "bad_issuer",
 		ReasonBadAudience:  "bad_audience",
 		ReasonNoSubject:    "no_subject",
+		ReasonNoExpiry:     "no_expiry",
 		Reason(200):        "reason(200)",
 	}
 	for r, s := range want {
@@ -385,13 +443,21 @@ func TestMint(t *testing.T) {
 		if s := string(payload); strings.Contains(s, `"exp"`) || strings.Contains(s, `"name"`) {
 			t.Errorf("payload = %s, want no exp and no name", s)
 		}
-		// Far in the future: a token without exp never expires.
-		v, err := New(Options{Secret: secret, Now: func() time.Time { return now.AddDate(10, 0, 0) }})
+		// By default a token without exp is refused.
+		strict, err := New(Options{Secret: secret, Now: fixedClock()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c, err := v.Verify(tok); err != nil || !c.ExpiresAt.IsZero() {
-			t.Errorf("Verify = %+v, %v; want accepted with zero ExpiresAt", c, err)
+		if _, err := strict.Verify(tok); ReasonOf(err) != ReasonNoExpiry {
+			t.Errorf("Verify without AllowNoExp: %v, want no_expiry", err)
+		}
+		// With AllowNoExp, far in the future: a token without exp never expires.
+		v, err := New(Options{Secret: secret, AllowNoExp: true, Now: func() time.Time { return now.AddDate(10, 0, 0) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err := v.Verify(tok); err != nil || !c.ExpiresAt.IsZero() || !c.Deadline.IsZero() || c.Expired(now.AddDate(10, 0, 0)) {
+			t.Errorf("Verify = %+v, %v; want accepted with zero ExpiresAt and Deadline", c, err)
 		}
 	})
 

@@ -520,3 +520,33 @@ func TestAuthSubprotocolPreference(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestAuthLeewayOneRule: a token that expired 2 s ago is inside the 30 s
+// leeway, so the handshake takes it, and the live connection then lasts until
+// exp + leeway, the instant the handshake would refuse it, not until the next
+// sweep.
+func TestAuthLeewayOneRule(t *testing.T) {
+	// One loop, so the sentinel's expiry proves a sweep has also looked at the
+	// late connection after the clock moved.
+	ts := startAuthServer(t, server.Options{Loops: 1, PingInterval: 30 * time.Minute, IdleTimeout: time.Hour}, nil)
+	mint := func(sub string, expAgo time.Duration) string {
+		tok, err := auth.Mint(testSecret, "HS256", sub, time.Minute, "", ts.Clock.Now().Add(expAgo-time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	late := dial(t, ts.URL("/ws?token="+mint("late", -2*time.Second)), nil)
+	if m := readAuthMsg(t, late); m.Type != "connected" {
+		t.Fatalf("token 2 s past exp: %+v, want connected", m)
+	}
+	sentinel := dial(t, ts.URL("/ws?token="+mint("sentinel", -29*time.Second)), nil)
+	readAuthMsg(t, sentinel)
+
+	ts.Clock.Advance(2 * time.Second)
+	expectTokenExpired(t, sentinel) // 31 s past its exp
+	expectPong(t, late)             // 4 s past its exp: still inside the leeway
+
+	ts.Clock.Advance(26 * time.Second) // exactly exp + leeway
+	expectTokenExpired(t, late)
+}

@@ -380,8 +380,8 @@ func (h *Handler) drop(cc *chatConn, i int) {
 	h.presence(m, roomID, "user-left", count, nil)
 }
 
-// refresh replaces the connection's token expiry with a later token's, if the
-// token verifies and names the same subject.
+// refresh replaces the connection's token deadline with a later token's, if
+// the token verifies and names the same subject.
 func (h *Handler) refresh(c *server.Conn, v *fastjson.Value) {
 	tok, ok := h.stringField(c, v, "token")
 	if !ok {
@@ -399,11 +399,16 @@ func (h *Handler) refresh(c *server.Conn, v *fastjson.Value) {
 	case claims.Subject != c.UserID():
 		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "sub")
 		return
-	case !c.ExpiresAt().IsZero() && !claims.ExpiresAt.IsZero() && !claims.ExpiresAt.After(c.ExpiresAt()):
+	case !c.TokenDeadline().IsZero() && (claims.Deadline.IsZero() || !claims.Deadline.After(c.TokenDeadline())):
+		// A refresh only moves the end later, and never lifts it: a token
+		// without exp (allowed only by --jwt-allow-no-exp) cannot refresh a
+		// connection whose token expires.
 		h.sendError(c, protocol.CodeInvalidToken, protocol.TextInvalidToken, "exp")
 		return
 	}
-	c.SetExpiresAt(claims.ExpiresAt)
+	// The connection now ends when the new token would be refused: its exp
+	// plus the leeway, the same rule as at the handshake.
+	c.SetTokenDeadline(claims.Deadline)
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"refreshed"`...)
 	if !claims.ExpiresAt.IsZero() {

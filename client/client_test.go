@@ -182,8 +182,9 @@ func TestNoRetryAfterPolicyClose(t *testing.T) {
 		cfg:  serverConfig{auth: true, clock: &fakeClock{t: time.Unix(1_800_000_000, 0)}},
 		ttl:  20 * time.Second,
 		before: func(t *testing.T, ts *testServer, c *Client) {
-			// Past exp, short of the idle timeout, which would close 1001.
-			ts.cfg.clock.Advance(25 * time.Second)
+			// Past exp and the verifier's 30 s leeway, short of the idle
+			// timeout, which would close 1001.
+			ts.cfg.clock.Advance(55 * time.Second)
 		},
 		reason: "Token expired",
 	}, {
@@ -263,7 +264,7 @@ func TestTokenExpiredRefreshes(t *testing.T) {
 	if _, err := c.Join(ctx, "night", "Dave"); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(25 * time.Second) // past exp, short of the idle timeout
+	clock.Advance(55 * time.Second) // past exp + leeway, short of the idle timeout
 	se := waitFor[*ServerError](t, e, "token_expired", nil)
 	if se.Code != CodeTokenExpired {
 		t.Fatalf("error = %+v", se)

@@ -29,11 +29,13 @@ import (
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
+	"github.com/throng-ws/throng/web"
 )
 
 // EnvPrefix prefixes the environment variable of every flag: --ws-addr is
@@ -49,8 +51,15 @@ type Serve struct {
 	HTTPAddr string // --http-addr
 	// --endpoints: the WebSocket endpoints to mount, of ws, echo and shootout
 	Endpoints string
-	Loops     int    // --loops
-	Poller    string // --poller: epoll or netpoll
+
+	HTTPReadTimeout  time.Duration // --http-read-timeout
+	HTTPWriteTimeout time.Duration // --http-write-timeout
+	HTTPIdleTimeout  time.Duration // --http-idle-timeout
+	HTTPMaxConns     int           // --http-max-conns
+	HTTPMaxBody      ByteSize      // --http-max-body
+	PublicWSURL      string        // --public-ws-url
+	Loops            int           // --loops
+	Poller           string        // --poller: epoll or netpoll
 	// --netpoll-buffer-size: netpoll's input buffer per connection
 	NetpollBufferSize int
 
@@ -80,15 +89,16 @@ type Serve struct {
 	Ban             time.Duration // --ban
 	BanCloseAfter   int           // --ban-close-after
 
-	Auth         string        // --auth: on or off
-	AuthFailure  string        // --auth-failure: reject or close
-	JWTSecret    string        // --jwt-secret
-	JWTPublicKey string        // --jwt-public-key: a PEM file
-	JWTIssuer    string        // --jwt-issuer
-	JWTAudience  string        // --jwt-audience
-	JWTLeeway    time.Duration // --jwt-leeway
-	APIKey       string        // --api-key
-	Dev          bool          // --dev
+	Auth          string        // --auth: on or off
+	AuthFailure   string        // --auth-failure: reject or close
+	JWTSecret     string        // --jwt-secret
+	JWTPublicKey  string        // --jwt-public-key: a PEM file
+	JWTIssuer     string        // --jwt-issuer
+	JWTAudience   string        // --jwt-audience
+	JWTLeeway     time.Duration // --jwt-leeway
+	JWTAllowNoExp bool          // --jwt-allow-no-exp
+	APIKey        string        // --api-key
+	Dev           bool          // --dev
 
 	LogLevel      string        // --log-level
 	LogFormat     string        // --log-format: text or json
@@ -102,8 +112,13 @@ type Serve struct {
 
 // Defaults that are the command's own; the rest are the packages' defaults.
 const (
-	DefaultWSAddr          = ":8080"
-	DefaultHTTPAddr        = ":8081"
+	DefaultWSAddr   = ":8080"
+	DefaultHTTPAddr = ":8081"
+	// DevWSAddr and DevHTTPAddr replace the defaults under --dev: /dev/token
+	// mints a token for any subject, so a dev server answers only this
+	// machine unless an address is given.
+	DevWSAddr              = "127.0.0.1:8080"
+	DevHTTPAddr            = "127.0.0.1:8081"
 	DefaultDrainTimeout    = 30 * time.Second
 	DefaultStatsInterval   = time.Minute
 	DefaultMemoryHighWater = server.DefaultMemoryHighWater * 100
@@ -121,9 +136,16 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("throng serve", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", "", "file of settings, .toml or .yaml by extension; flags and THRONG_* variables win over it")
 
-	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (the paths --endpoints mounts)")
-	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api)")
+	fs.StringVar(&c.WSAddr, "ws-addr", DefaultWSAddr, "WebSocket listener address (the paths --endpoints mounts); with --dev and not set, "+DevWSAddr)
+	fs.StringVar(&c.HTTPAddr, "http-addr", DefaultHTTPAddr, "HTTP listener address (/healthz, /readyz, /metrics, /api, the demo page); with --dev and not set, "+DevHTTPAddr)
 	fs.StringVar(&c.Endpoints, "endpoints", "ws", "WebSocket endpoints to mount, comma-separated: ws (/ws, the chat protocol), echo (/echo) and shootout (/shootout); the last two are for conformance runs and benchmarks")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", httplimit.DefaultReadTimeout, "HTTP listener: time to read a whole request, body included")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", httplimit.DefaultWriteTimeout, "HTTP listener: time to write a response")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", httplimit.DefaultIdleTimeout, "HTTP listener: close a keep-alive connection idle this long")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", httplimit.DefaultMaxConns, "HTTP listener: concurrent connections at most; past it new ones wait in the listen backlog")
+	c.HTTPMaxBody = httplimit.DefaultMaxBodyBytes
+	fs.Var(&c.HTTPMaxBody, "http-max-body", "HTTP listener: largest request body, such as 64KiB")
+	fs.StringVar(&c.PublicWSURL, "public-ws-url", "", "the chat endpoint's public URL (wss://chat.example.com/ws) given to the demo page; empty: the --ws-addr host if it names one, else the page's own host on the --ws-addr port")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops (0: GOMAXPROCS)")
 	fs.StringVar(&c.Poller, "poller", string(poller.DefaultBackend), "event-loop backend: epoll (Linux; least memory per idle connection) or netpoll (cloudwego/netpoll; also macOS)")
 
@@ -161,9 +183,10 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM file with the public key for RS*/PS*/ES*/EdDSA tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim (empty: not checked)")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim (empty: not checked)")
-	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp and nbf")
+	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", auth.DefaultLeeway, "clock skew allowed for exp, nbf and iat; a connection is closed at exp plus this, when its token would no longer pass the handshake")
+	fs.BoolVar(&c.JWTAllowNoExp, "jwt-allow-no-exp", false, "accept tokens without an exp claim, which never expire (logged as a warning at start)")
 	fs.StringVar(&c.APIKey, "api-key", "", "bearer key for /api on the HTTP listener (empty: /api is off; --dev makes one)")
-	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, and a ready ws:// URL printed")
+	fs.BoolVar(&c.Dev, "dev", false, "development mode: a random secret unless --jwt-secret is set, /dev/token mints tokens for anyone, a ready ws:// URL printed; listens on loopback unless --ws-addr or --http-addr say otherwise")
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
@@ -221,6 +244,24 @@ func noConfigKey(set func(name, value string) error) func(name, value string) er
 	}
 }
 
+// DevLoopback makes --dev listen on 127.0.0.1 (DevWSAddr, DevHTTPAddr) for
+// each listener whose address was not given, as a flag, a THRONG_* variable
+// or in the --config file (ff sets all three through fs, so fs.Visit sees
+// them). Call it after parsing fs, before Validate.
+func (c *Serve) DevLoopback(fs *flag.FlagSet) {
+	if !c.Dev {
+		return
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["ws-addr"] {
+		c.WSAddr = DevWSAddr
+	}
+	if !set["http-addr"] {
+		c.HTTPAddr = DevHTTPAddr
+	}
+}
+
 // Validate checks every setting and returns all the problems at once, each
 // naming its flag, or nil.
 func (c *Serve) Validate() error {
@@ -253,6 +294,8 @@ func (c *Serve) Validate() error {
 		{"--max-content", c.MaxContent, 1},
 		{"--burst", c.Burst, 1},
 		{"--ban-close-after", c.BanCloseAfter, 0},
+		{"--http-max-conns", c.HTTPMaxConns, 1},
+		{"--http-max-body", int(min(c.HTTPMaxBody, 1<<40)), 1},
 	} {
 		if n.v < n.min {
 			bad("%s must be at least %d, not %d", n.flag, n.min, n.v)
@@ -271,9 +314,17 @@ func (c *Serve) Validate() error {
 		{"--idle-timeout", c.IdleTimeout},
 		{"--drain-timeout", c.DrainTimeout},
 		{"--ban", c.Ban},
+		{"--http-read-timeout", c.HTTPReadTimeout},
+		{"--http-write-timeout", c.HTTPWriteTimeout},
+		{"--http-idle-timeout", c.HTTPIdleTimeout},
 	} {
 		if d.v <= 0 {
 			bad("%s must be more than 0, not %v", d.flag, d.v)
+		}
+	}
+	if c.PublicWSURL != "" {
+		if u, err := url.Parse(c.PublicWSURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			bad("--public-ws-url %q: not a URL such as wss://chat.example.com/ws", c.PublicWSURL)
 		}
 	}
 	for _, u := range c.NATSURLs() {
@@ -414,7 +465,8 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 	if c.Auth == "off" {
 		return nil, "", nil
 	}
-	o := auth.Options{Secret: []byte(c.JWTSecret), Issuer: c.JWTIssuer, Audience: c.JWTAudience, Leeway: c.JWTLeeway}
+	o := auth.Options{Secret: []byte(c.JWTSecret), Issuer: c.JWTIssuer, Audience: c.JWTAudience, Leeway: c.JWTLeeway,
+		AllowNoExp: c.JWTAllowNoExp}
 	switch {
 	case c.JWTPublicKey != "":
 		pem, err := auth.LoadPublicKeyFile(c.JWTPublicKey)
@@ -439,6 +491,15 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 		return nil, "", err
 	}
 	return v, devSecret, nil
+}
+
+// Warn logs, once at start, every setting that weakens the server on purpose,
+// so that it is in the log of every run rather than only in a config file.
+func (c *Serve) Warn(log *slog.Logger) {
+	if c.JWTAllowNoExp && c.Auth == "on" {
+		log.Warn("--jwt-allow-no-exp: tokens without exp are accepted and never expire; " +
+			"a leaked one is valid until the key is rotated, and a refresh with one lifts a connection's expiry")
+	}
 }
 
 // ServerOptions maps the settings onto server.Options, one field per flag.
@@ -472,6 +533,25 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 		o.SlowConsumer = server.SlowDrop
 	}
 	return o
+}
+
+// HTTPOptions maps the HTTP listener's settings onto httplimit.Options.
+func (c *Serve) HTTPOptions(log *slog.Logger) httplimit.Options {
+	return httplimit.Options{
+		ReadTimeout:  c.HTTPReadTimeout,
+		WriteTimeout: c.HTTPWriteTimeout,
+		IdleTimeout:  c.HTTPIdleTimeout,
+		MaxConns:     c.HTTPMaxConns,
+		MaxBodyBytes: int64(c.HTTPMaxBody),
+		Logger:       log,
+	}
+}
+
+// WebOptions maps the settings onto web.Options for the demo page, given the
+// WebSocket listener's bound address and the verifier and dev secret that
+// Verifier returned.
+func (c *Serve) WebOptions(wsAddr string, v *auth.Verifier, devSecret string) web.Options {
+	return web.Options{WSAddr: wsAddr, WSURL: c.PublicWSURL, Auth: v, DevSecret: []byte(devSecret), Reasons: c.Dev}
 }
 
 // RoomOptions maps the settings onto room.Options.

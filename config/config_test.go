@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/server"
 )
@@ -341,6 +343,137 @@ func TestVerifier(t *testing.T) {
 	c, _ = parse(t, "--jwt-secret", "s")
 	if v, dev, err := c.Verifier(rand.Reader); v == nil || dev != "" || err != nil {
 		t.Fatalf("--jwt-secret: %v, %q, %v", v, dev, err)
+	}
+}
+
+// TestAllowNoExp checks that a token without exp is refused unless
+// --jwt-allow-no-exp, and that allowing it is logged as a warning.
+func TestAllowNoExp(t *testing.T) {
+	clearEnv(t)
+	forever, err := auth.Mint([]byte("s"), "", "u", 0, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want auth.Reason
+		warn bool
+	}{
+		{[]string{"--jwt-secret", "s"}, auth.ReasonNoExpiry, false},
+		{[]string{"--jwt-secret", "s", "--jwt-allow-no-exp"}, auth.ReasonNone, true},
+	} {
+		c, err := parse(t, tc.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _, err := c.Verifier(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.Verify(forever); auth.ReasonOf(err) != tc.want {
+			t.Errorf("%v: token without exp: %v, want %v", tc.args, err, tc.want)
+		}
+		var buf bytes.Buffer
+		c.Warn(slog.New(slog.NewTextHandler(&buf, nil)))
+		if warned := strings.Contains(buf.String(), "level=WARN") && strings.Contains(buf.String(), "--jwt-allow-no-exp"); warned != tc.warn {
+			t.Errorf("%v: warning logged %v, want %v: %q", tc.args, warned, tc.warn, buf.String())
+		}
+	}
+}
+
+func TestHTTPOptions(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := c.HTTPOptions(nil)
+	if def.ReadTimeout != httplimit.DefaultReadTimeout || def.WriteTimeout != httplimit.DefaultWriteTimeout ||
+		def.IdleTimeout != httplimit.DefaultIdleTimeout || def.MaxConns != httplimit.DefaultMaxConns ||
+		def.MaxBodyBytes != httplimit.DefaultMaxBodyBytes {
+		t.Errorf("default HTTP options %+v", def)
+	}
+	t.Setenv("THRONG_HTTP_MAX_CONNS", "7")
+	c, err = parse(t, "--http-read-timeout", "2s", "--http-write-timeout", "3s", "--http-idle-timeout", "4s", "--http-max-body", "1KiB", "--dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.HTTPOptions(nil)
+	if o.ReadTimeout != 2*time.Second || o.WriteTimeout != 3*time.Second || o.IdleTimeout != 4*time.Second ||
+		o.MaxConns != 7 || o.MaxBodyBytes != 1024 {
+		t.Errorf("HTTP options %+v", o)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{{"--http-read-timeout", "0"}, {"--http-idle-timeout", "-1s"}, {"--http-max-conns", "0"}, {"--http-max-body", "0"}} {
+		c, err := parse(t, append(bad, "--dev")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), bad[0]) {
+			t.Errorf("%v: Validate %v", bad, err)
+		}
+	}
+}
+
+// TestDevLoopback: --dev listens on loopback unless an address is given, by
+// flag, environment or config file.
+func TestDevLoopback(t *testing.T) {
+	file := writeFile(t, "dev.toml", "http-addr = \"0.0.0.0:9001\"\n")
+	for _, tc := range []struct {
+		name             string
+		env              []string
+		args             []string
+		wantWS, wantHTTP string
+	}{
+		{"dev", nil, []string{"--dev"}, "127.0.0.1:8080", "127.0.0.1:8081"},
+		{"not dev", nil, nil, ":8080", ":8081"},
+		{"dev with ws flag", nil, []string{"--dev", "--ws-addr", ":9000"}, ":9000", "127.0.0.1:8081"},
+		{"dev with env", []string{"THRONG_HTTP_ADDR=:9001"}, []string{"--dev"}, "127.0.0.1:8080", ":9001"},
+		{"dev from env with file", []string{"THRONG_DEV=true"}, []string{"--config", file}, "127.0.0.1:8080", "0.0.0.0:9001"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			for _, kv := range tc.env {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
+			var c Serve
+			fs := c.FlagSet()
+			fs.SetOutput(new(bytes.Buffer))
+			if err := Parse(fs, tc.args); err != nil {
+				t.Fatal(err)
+			}
+			c.DevLoopback(fs)
+			if c.WSAddr != tc.wantWS || c.HTTPAddr != tc.wantHTTP {
+				t.Errorf("ws %q http %q, want %q and %q", c.WSAddr, c.HTTPAddr, tc.wantWS, tc.wantHTTP)
+			}
+		})
+	}
+}
+
+func TestWebOptions(t *testing.T) {
+	clearEnv(t)
+	c, err := parse(t, "--public-ws-url", "wss://chat.example.com/ws", "--dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if o := c.WebOptions("[::]:8080", nil, "s"); o.WSURL != "wss://chat.example.com/ws" || o.WSAddr != "[::]:8080" || !o.Reasons || string(o.DevSecret) != "s" {
+		t.Errorf("web options %+v", o)
+	}
+	c, _ = parse(t, "--jwt-secret", "s")
+	if o := c.WebOptions(":8080", nil, ""); o.Reasons || o.WSURL != "" {
+		t.Errorf("without --dev: web options %+v", o)
+	}
+	for _, bad := range []string{"chat.example.com", "https://chat.example.com/ws", "wss://"} {
+		c, _ := parse(t, "--public-ws-url", bad, "--dev")
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--public-ws-url") {
+			t.Errorf("--public-ws-url %q: %v", bad, err)
+		}
 	}
 }
 

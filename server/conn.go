@@ -31,7 +31,7 @@ type Conn struct {
 	user  string
 	data  any
 	msg   *bytebufferpool.ByteBuffer // a fragmented message being assembled
-	exp   int64                      // token expiry, unix seconds; 0 if none
+	exp   int64                      // token deadline (exp + leeway), unix seconds; 0 if none
 	ping  int64                      // when the last ping was sent, unix ms
 	// closeAt is the deadline for the peer's close frame once ours is sent, unix ms.
 	closeAt int64
@@ -69,20 +69,28 @@ func (c *Conn) Data() any { return c.data }
 // SetData stores a value for the handler.
 func (c *Conn) SetData(v any) { c.data = v }
 
-// ExpiresAt is when the connection's token expires; zero if it does not.
-func (c *Conn) ExpiresAt() time.Time {
+// TokenDeadline is when the connection's token stops being valid: its exp
+// plus the verifier's leeway (auth.Claims.Deadline), the same instant from
+// which the handshake would refuse it. The loop's sweep closes the connection
+// then (within a second). It is zero if the token does not expire.
+func (c *Conn) TokenDeadline() time.Time {
 	if c.exp == 0 {
 		return time.Time{}
 	}
 	return time.Unix(c.exp, 0)
 }
 
-// SetExpiresAt replaces the token expiry, after a token refresh.
-func (c *Conn) SetExpiresAt(t time.Time) {
-	if t.IsZero() {
+// SetTokenDeadline replaces the token deadline, after a token refresh. It is
+// kept in whole seconds, rounded up, so the connection never ends before the
+// token would be refused.
+func (c *Conn) SetTokenDeadline(t time.Time) {
+	switch {
+	case t.IsZero():
 		c.exp = 0
-	} else {
+	case t.Nanosecond() == 0:
 		c.exp = t.Unix()
+	default:
+		c.exp = t.Unix() + 1
 	}
 }
 
@@ -245,9 +253,9 @@ func closeBody(buf []byte, code ws.StatusCode, text string) []byte {
 }
 
 // newConn creates the Conn for an upgraded socket.
-func (s *Server) newConn(pc *poller.Conn, r *route, user string, exp time.Time) *Conn {
+func (s *Server) newConn(pc *poller.Conn, r *route, user string, deadline time.Time) *Conn {
 	c := &Conn{pc: pc, route: r, user: user}
-	c.SetExpiresAt(exp)
+	c.SetTokenDeadline(deadline)
 	c.ping = s.nowMillis()
 	pc.SetContext(c)
 	pc.SetStamp(c.ping)

@@ -300,7 +300,7 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	_ = hsr
 	s.stats(hs.loop).handshakes[HandshakeOK].Add(1)
 
-	c := s.newConn(pc, hs.req.route, hs.req.user, hs.req.claims.ExpiresAt)
+	c := s.newConn(pc, hs.req.route, hs.req.user, hs.req.claims.Deadline)
 	c.counted = hs.req.counted
 	if hs.req.authErr != nil {
 		// AuthFailClose: the browser can read this reason, unlike a 401.

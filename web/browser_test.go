@@ -130,6 +130,7 @@ func (w *wsServer) stop() {
 // stackConfig says how to build a stack.
 type stackConfig struct {
 	auth      string              // "dev" (as make run), "token" or "none"
+	reasons   bool                // /token/verify says why, as under --dev
 	failClose bool                // refused tokens: upgrade, then close 1008
 	chat      func(*chat.Handler) // adjusts the /ws handler
 	routes    map[string]http.Handler
@@ -147,12 +148,19 @@ func newStack(t *testing.T, cfg stackConfig) *stack {
 	ws := &wsServer{t: t, cfg: cfg}
 	o := Options{}
 	if cfg.auth != "none" {
-		ws.v = verifier(t)
+		// A short leeway, so a token minted to expire does so within the
+		// test: the live connection lasts until exp + leeway.
+		v, err := auth.New(auth.Options{Secret: testSecret, Leeway: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws.v = v
 		o.Auth = ws.v
 	}
 	if cfg.auth == "dev" {
 		o.DevSecret = testSecret
 	}
+	o.Reasons = cfg.reasons || cfg.auth == "dev"
 	ws.start("127.0.0.1:0")
 	t.Cleanup(ws.stop)
 	o.WSAddr = ws.Addr
@@ -431,7 +439,18 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Run("invalid token shows an error", func(t *testing.T) {
-		s := newStack(t, stackConfig{auth: "token"})
+		// Without --dev the server does not say why.
+		quiet := newStack(t, stackConfig{auth: "token"})
+		q := open(t, browser, quiet.URL+"/?room=private")
+		q.wait(`!document.getElementById("token-field").hidden`, "token field")
+		q.run(
+			chromedp.SetValue("#name", "Eve", chromedp.ByQuery),
+			chromedp.SetValue("#token", "not-a-token", chromedp.ByQuery),
+			chromedp.Click("#join", chromedp.ByQuery),
+		)
+		q.waitText("#banner", "Bad token: the server refuses it.")
+
+		s := newStack(t, stackConfig{auth: "token", reasons: true})
 		p := open(t, browser, s.URL+"/?room=private")
 		p.wait(`!document.getElementById("token-field").hidden`, "token field")
 		expired, _ := auth.Mint(testSecret, "", "eve", time.Second, "", time.Now().Add(-time.Hour))

@@ -12,11 +12,16 @@ import (
 	"encoding/json"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/throng-ws/throng/auth"
 )
@@ -28,13 +33,16 @@ var static embed.FS
 // /ws on the host and port it was loaded from, without a token.
 type Options struct {
 	// WSAddr is the WebSocket listener's address as bound, such as [::]:8080.
-	// The page connects to ws://HOST:PORT/ws, where HOST is the host the page
-	// was loaded from when WSAddr's is empty or unspecified (0.0.0.0, ::), so
-	// the page works from another machine. If empty, the page's own host and
-	// port are used.
+	// If its host is an address the page can dial (10.1.2.3:8080), the page
+	// connects to ws://HOST:PORT/ws. If the host is empty or unspecified
+	// (0.0.0.0, ::), the page connects to the host it was loaded from, on
+	// PORT: the browser fills that in from its own location, never the
+	// server from the request's Host header, which the client chooses. If
+	// WSAddr is empty, the page's own host and port are used.
 	WSAddr string
-	// WSURL, if set, is given to the page as the WebSocket URL as is, for a
-	// server behind a proxy that maps paths. It overrides WSAddr and Path.
+	// WSURL, if set, is given to the page as the WebSocket URL as is: the
+	// public URL (--public-ws-url), for a server behind a proxy or with a
+	// public name. It overrides WSAddr and Path.
 	WSURL string
 	// Path is the chat endpoint's path. If empty, "/ws" is used.
 	Path string
@@ -43,6 +51,18 @@ type Options struct {
 	// checks it with POST /token/verify before connecting, because a browser
 	// cannot read why a handshake was refused.
 	Auth *auth.Verifier
+	// Reasons makes POST /token/verify say why a token was refused (expired,
+	// bad_signature, ...). Only --dev sets it: otherwise the endpoint answers
+	// as the WebSocket listener's 401 does, "invalid_token" and nothing more,
+	// so that it is no oracle for someone forging or replaying tokens.
+	Reasons bool
+	// VerifyRate is how many POST /token/verify requests per second one client
+	// address may make, VerifyBurst how many at once; past them it is
+	// answered 429 with Retry-After. Each costs a signature check, which is
+	// expensive with RSA keys. If zero, DefaultVerifyRate and
+	// DefaultVerifyBurst.
+	VerifyRate  float64
+	VerifyBurst int
 	// DevSecret, if set, serves GET /dev/token?sub=ID&name=NAME: an HS256
 	// token signed with it, for any subject. Only --dev sets it: anyone who can
 	// reach the page can then be anyone.
@@ -59,10 +79,28 @@ const DefaultDevTokenTTL = time.Hour
 // maxTokenBody bounds a POST /token/verify body.
 const maxTokenBody = 16 << 10
 
-// Config is what /config.json tells the page.
+// Defaults for the POST /token/verify throttle: a person pasting tokens into
+// the page checks one every few seconds.
+const (
+	DefaultVerifyRate  = 1.0
+	DefaultVerifyBurst = 5
+)
+
+// maxThrottled bounds the table of client addresses the verify throttle
+// tracks; when it is full of addresses still throttled, new addresses are
+// refused too rather than let the table grow.
+const maxThrottled = 4096
+
+// Config is what /config.json tells the page. It never depends on the
+// request, so that a forged Host header cannot point a cached page elsewhere.
 type Config struct {
-	// WSURL is the chat endpoint's URL.
-	WSURL string `json:"wsUrl"`
+	// WSURL is the chat endpoint's URL, when the server knows it. If empty,
+	// the page connects to its own host (location.hostname), on WSPort if
+	// set or its own port if not, at WSPath, with wss: if it was loaded over
+	// https:.
+	WSURL  string `json:"wsUrl,omitempty"`
+	WSPort string `json:"wsPort,omitempty"`
+	WSPath string `json:"wsPath,omitempty"`
 	// Auth is "dev" (get a token from /dev/token), "token" (ask the person for
 	// one) or "none" (anonymous server).
 	Auth string `json:"auth"`
@@ -74,6 +112,9 @@ var subPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 type handler struct {
 	o      Options
 	assets http.Handler
+
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter // by client IP; guarded by mu
 }
 
 // Handler serves the page, its assets and settings:
@@ -81,9 +122,10 @@ type handler struct {
 //	GET  /              the demo chat page
 //	GET  /client.js     the browser client library (an ES module)
 //	GET  /app.js, /style.css   the page's code and style
-//	GET  /config.json   Config for the request's host
+//	GET  /config.json   Config: where the WebSocket listener is, never cached
 //	POST /token/verify  checks a token (the body): 200 {"userId","expiresAt"}
-//	                    or 401 {"error","reason"}; 404 without Options.Auth
+//	                    or 401 {"error"} (and "reason" with Options.Reasons);
+//	                    429 past the per-address throttle; 404 without Options.Auth
 //	GET  /dev/token     mints a token; 404 without Options.DevSecret
 //
 // Other paths are 404, so it can be mounted at "/" beside other routes.
@@ -97,11 +139,17 @@ func Handler(o Options) http.Handler {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.VerifyRate <= 0 {
+		o.VerifyRate = DefaultVerifyRate
+	}
+	if o.VerifyBurst <= 0 {
+		o.VerifyBurst = DefaultVerifyBurst
+	}
 	sub, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
-	h := &handler{o: o, assets: http.FileServerFS(sub)}
+	h := &handler{o: o, assets: http.FileServerFS(sub), limiters: map[string]*rate.Limiter{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", h.serveAsset)
 	for _, name := range []string{"client.js", "app.js", "style.css"} {
@@ -132,43 +180,42 @@ func (h *handler) serveAsset(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) serveConfig(w http.ResponseWriter, r *http.Request) {
-	c := Config{WSURL: h.wsURL(r), Auth: "none"}
+	c := h.wsConfig(r.TLS != nil)
+	c.Auth = "none"
 	switch {
 	case len(h.o.DevSecret) > 0:
 		c.Auth = "dev"
 	case h.o.Auth != nil:
 		c.Auth = "token"
 	}
+	// The answer depends on the server's flags only, but a shared cache must
+	// never keep one across a restart with other flags.
+	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, c)
 }
 
-// wsURL is the chat endpoint as seen from the client that sent r.
-func (h *handler) wsURL(r *http.Request) string {
+// wsConfig is where the page finds the chat endpoint: an absolute URL when
+// the server knows one, else the same-host rule Config describes. tls is
+// whether this listener itself served the page over TLS.
+func (h *handler) wsConfig(tls bool) Config {
 	if h.o.WSURL != "" {
-		return h.o.WSURL
-	}
-	scheme := "ws"
-	if r.TLS != nil {
-		scheme = "wss"
-	}
-	reqHost := r.Host
-	if reqHost == "" {
-		reqHost = "localhost"
+		return Config{WSURL: h.o.WSURL}
 	}
 	if h.o.WSAddr == "" {
-		return scheme + "://" + reqHost + h.o.Path
+		return Config{WSPath: h.o.Path}
 	}
 	host, port, err := net.SplitHostPort(h.o.WSAddr)
 	if err != nil {
-		return scheme + "://" + h.o.WSAddr + h.o.Path
+		return Config{WSPath: h.o.Path}
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = reqHost
-		if hh, _, err := net.SplitHostPort(reqHost); err == nil {
-			host = hh
-		}
+		return Config{WSPort: port, WSPath: h.o.Path}
 	}
-	return scheme + "://" + net.JoinHostPort(host, port) + h.o.Path
+	scheme := "ws"
+	if tls {
+		scheme = "wss"
+	}
+	return Config{WSURL: scheme + "://" + net.JoinHostPort(host, port) + h.o.Path}
 }
 
 type verifyReply struct {
@@ -179,12 +226,18 @@ type verifyReply struct {
 	Reason    string     `json:"reason,omitempty"`
 }
 
-// serveVerify tells the page whether a token would be accepted, and if not
-// why: the browser gets no status or reason from a refused handshake. It
-// reveals nothing the WebSocket listener's 401 does not.
+// serveVerify tells the page whether a token would be accepted: the browser
+// gets no status from a refused handshake. Why it was refused is said only
+// with Options.Reasons (--dev); otherwise the answer is the WebSocket 401's.
+// Each client address is throttled, as each request costs a signature check.
 func (h *handler) serveVerify(w http.ResponseWriter, r *http.Request) {
 	if h.o.Auth == nil {
 		http.NotFound(w, r)
+		return
+	}
+	if wait, ok := h.allow(r); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		writeJSON(w, http.StatusTooManyRequests, verifyReply{Error: "rate_limited"})
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTokenBody))
@@ -196,7 +249,11 @@ func (h *handler) serveVerify(w http.ResponseWriter, r *http.Request) {
 	tok = strings.TrimPrefix(tok, "Bearer ")
 	claims, err := h.o.Auth.Verify(tok)
 	if err != nil {
-		writeJSON(w, http.StatusUnauthorized, verifyReply{Error: "invalid_token", Reason: auth.ReasonOf(err).String()})
+		rep := verifyReply{Error: "invalid_token"}
+		if h.o.Reasons {
+			rep.Reason = auth.ReasonOf(err).String()
+		}
+		writeJSON(w, http.StatusUnauthorized, rep)
 		return
 	}
 	rep := verifyReply{UserID: claims.Subject, Name: claims.Name}
@@ -205,6 +262,45 @@ func (h *handler) serveVerify(w http.ResponseWriter, r *http.Request) {
 		rep.ExpiresAt = &exp
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// allow takes one request from the client address's allowance, or says how
+// long until there is one.
+func (h *handler) allow(r *http.Request) (time.Duration, bool) {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = r.RemoteAddr
+	}
+	now := h.o.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	lim := h.limiters[ip]
+	if lim == nil {
+		if len(h.limiters) >= maxThrottled {
+			h.pruneLocked(now)
+		}
+		if len(h.limiters) >= maxThrottled {
+			return time.Second, false
+		}
+		lim = rate.NewLimiter(rate.Limit(h.o.VerifyRate), h.o.VerifyBurst)
+		h.limiters[ip] = lim
+	}
+	res := lim.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+// pruneLocked forgets addresses whose allowance is full again: they are no
+// different from addresses never seen.
+func (h *handler) pruneLocked(now time.Time) {
+	for ip, lim := range h.limiters {
+		if lim.TokensAt(now) >= float64(h.o.VerifyBurst) {
+			delete(h.limiters, ip)
+		}
+	}
 }
 
 type devToken struct {

@@ -3,11 +3,13 @@ package web
 import (
 	"crypto/tls"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,14 +89,14 @@ func TestConfig(t *testing.T) {
 		tls  bool
 		want Config
 	}{
-		{"zero: same host and port", Options{}, "example.com:8081", false, Config{"ws://example.com:8081/ws", "none"}},
-		{"unspecified host: the page's", Options{WSAddr: "[::]:8080"}, "chat.example.com:8081", false, Config{"ws://chat.example.com:8080/ws", "none"}},
-		{"0.0.0.0 with tls", Options{WSAddr: "0.0.0.0:8080", Auth: v}, "h:443", true, Config{"wss://h:8080/ws", "token"}},
-		{"empty host", Options{WSAddr: ":8080", DevSecret: testSecret, Auth: v}, "127.0.0.1:8081", false, Config{"ws://127.0.0.1:8080/ws", "dev"}},
-		{"ipv6 page host", Options{WSAddr: ":9000"}, "[::1]:8081", false, Config{"ws://[::1]:9000/ws", "none"}},
-		{"host without port", Options{WSAddr: ":9000"}, "localhost", false, Config{"ws://localhost:9000/ws", "none"}},
-		{"bound host kept", Options{WSAddr: "10.1.2.3:8080", Path: "/chat"}, "x:1", false, Config{"ws://10.1.2.3:8080/chat", "none"}},
-		{"explicit URL", Options{WSURL: "wss://edge.example.com/throng/ws", WSAddr: ":1"}, "x", false, Config{"wss://edge.example.com/throng/ws", "none"}},
+		{"zero: same host and port", Options{}, "example.com:8081", false, Config{WSPath: "/ws", Auth: "none"}},
+		{"unspecified host: the page's", Options{WSAddr: "[::]:8080"}, "chat.example.com:8081", false, Config{WSPort: "8080", WSPath: "/ws", Auth: "none"}},
+		{"0.0.0.0", Options{WSAddr: "0.0.0.0:8080", Auth: v}, "h:443", true, Config{WSPort: "8080", WSPath: "/ws", Auth: "token"}},
+		{"empty host", Options{WSAddr: ":8080", DevSecret: testSecret, Auth: v}, "127.0.0.1:8081", false, Config{WSPort: "8080", WSPath: "/ws", Auth: "dev"}},
+		{"forged host header", Options{WSAddr: ":9000"}, "evil.example:1", false, Config{WSPort: "9000", WSPath: "/ws", Auth: "none"}},
+		{"bound host kept", Options{WSAddr: "10.1.2.3:8080", Path: "/chat"}, "x:1", false, Config{WSURL: "ws://10.1.2.3:8080/chat", Auth: "none"}},
+		{"bound host with tls", Options{WSAddr: "127.0.0.1:8080"}, "x:1", true, Config{WSURL: "wss://127.0.0.1:8080/ws", Auth: "none"}},
+		{"explicit URL", Options{WSURL: "wss://edge.example.com/throng/ws", WSAddr: ":1"}, "x", false, Config{WSURL: "wss://edge.example.com/throng/ws", Auth: "none"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -111,20 +113,25 @@ func TestConfig(t *testing.T) {
 			if got != c.want {
 				t.Fatalf("config = %+v, want %+v", got, c.want)
 			}
+			if strings.Contains(w.Body.String(), c.host) && c.host != "x" {
+				t.Errorf("config %s echoes the request's Host %q", w.Body, c.host)
+			}
+			if cc := w.Header().Get("Cache-Control"); cc != "no-store" {
+				t.Errorf("Cache-Control %q, want no-store", cc)
+			}
 		})
 	}
 }
 
 func TestVerify(t *testing.T) {
 	v := verifier(t)
-	h := Handler(Options{Auth: v})
 	good, _ := auth.Mint(testSecret, "", "alice", time.Hour, "Alice", time.Time{})
 	expired, _ := auth.Mint(testSecret, "", "alice", time.Second, "", time.Now().Add(-time.Hour))
 	other, _ := auth.Mint([]byte("another-secret-0123456789abcdef!"), "", "alice", time.Hour, "", time.Time{})
 	cases := []struct {
 		body   string
 		status int
-		reason string
+		reason string // with Options.Reasons; without it, always empty
 	}{
 		{good, 200, ""},
 		{"Bearer " + good + "\n", 200, ""},
@@ -133,19 +140,74 @@ func TestVerify(t *testing.T) {
 		{expired, 401, "expired"},
 		{other, 401, "bad_signature"},
 	}
-	for _, c := range cases {
-		w := get(t, h, "POST", "/token/verify", c.body)
-		var rep verifyReply
-		json.Unmarshal(w.Body.Bytes(), &rep)
-		if w.Code != c.status || rep.Reason != c.reason {
-			t.Errorf("verify %.20q: %d %+v, want %d %q", c.body, w.Code, rep, c.status, c.reason)
+	for _, reasons := range []bool{false, true} {
+		// A burst as large as the cases: this test is not about the throttle.
+		h := Handler(Options{Auth: v, Reasons: reasons, VerifyBurst: len(cases) + 1})
+		for _, c := range cases {
+			w := get(t, h, "POST", "/token/verify", c.body)
+			var rep verifyReply
+			json.Unmarshal(w.Body.Bytes(), &rep)
+			want := c.reason
+			if !reasons {
+				want = ""
+			}
+			if w.Code != c.status || rep.Reason != want {
+				t.Errorf("reasons=%v: verify %.20q: %d %+v, want %d %q", reasons, c.body, w.Code, rep, c.status, want)
+			}
+			if c.status == 401 && rep.Error != "invalid_token" {
+				t.Errorf("verify %.20q: error %q, want invalid_token", c.body, rep.Error)
+			}
+			if c.status == 200 && (rep.UserID != "alice" || rep.ExpiresAt == nil) {
+				t.Errorf("verify good: %+v", rep)
+			}
 		}
-		if c.status == 200 && (rep.UserID != "alice" || rep.ExpiresAt == nil) {
-			t.Errorf("verify good: %+v", rep)
+		if w := get(t, h, "POST", "/token/verify", strings.Repeat("x", maxTokenBody+1)); w.Code != http.StatusRequestEntityTooLarge {
+			t.Errorf("huge body: %d", w.Code)
 		}
 	}
-	if w := get(t, h, "POST", "/token/verify", strings.Repeat("x", maxTokenBody+1)); w.Code != http.StatusRequestEntityTooLarge {
-		t.Errorf("huge body: %d", w.Code)
+}
+
+// TestVerifyThrottle: over a real socket, one client address gets its burst,
+// then 429 with Retry-After until its rate refills; another address is not
+// affected.
+func TestVerifyThrottle(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	h := Handler(Options{Auth: verifier(t), VerifyRate: 0.5, VerifyBurst: 3, Now: clock})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+	post := func() *http.Response {
+		t.Helper()
+		resp, err := srv.Client().Post(srv.URL+"/token/verify", "text/plain", strings.NewReader("garbage"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	for i := range 3 {
+		if resp := post(); resp.StatusCode != 401 {
+			t.Fatalf("request %d within the burst: %d, want 401", i, resp.StatusCode)
+		}
+	}
+	resp := post()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "2" {
+		t.Fatalf("past the burst: %d Retry-After %q, want 429 and 2", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	// Another address has its own allowance.
+	r := httptest.NewRequest("POST", "/token/verify", strings.NewReader("garbage"))
+	r.RemoteAddr = "192.0.2.7:1234"
+	if w := httptest.NewRecorder(); func() int { h.ServeHTTP(w, r); return w.Code }() != 401 {
+		t.Errorf("another address throttled too")
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	if resp := post(); resp.StatusCode != 401 {
+		t.Fatalf("after the Retry-After: %d, want 401", resp.StatusCode)
 	}
 }
 

@@ -358,7 +358,8 @@ func TestThrongBinary(t *testing.T) {
 				}
 			})
 		}
-		for _, args := range [][]string{{"--sub", "u"}, {"--secret", "s"}, {"--secret", "s", "--sub", "u", "--alg", "RS256"}} {
+		for _, args := range [][]string{{"--sub", "u"}, {"--secret", "s"}, {"--secret", "s", "--sub", "u", "--alg", "RS256"},
+			{"--secret", "s", "--sub", "u", "--ttl", "0"}, {"--secret", "s", "--sub", "u", "--ttl", "-1m"}} {
 			t.Run(fmt.Sprint("refuses ", args), func(t *testing.T) {
 				cmd := exec.Command(bin, append([]string{"token"}, args...)...)
 				cmd.Env = cleanEnv()

@@ -5,9 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -25,6 +23,7 @@ import (
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 	"github.com/throng-ws/throng/shootout"
@@ -43,7 +42,10 @@ func serveCommand() *ffcli.Command {
 			"which wins over the file.",
 		FlagSet: fs,
 		Options: config.Options(fs),
-		Exec:    func(ctx context.Context, _ []string) error { return serve(ctx, &c) },
+		Exec: func(ctx context.Context, _ []string) error {
+			c.DevLoopback(fs)
+			return serve(ctx, &c)
+		},
 	}
 }
 
@@ -59,6 +61,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if err != nil {
 		return err
 	}
+	c.Warn(log)
 	verifier, devSecret, err := c.Verifier(rand.Reader)
 	if err != nil {
 		return err
@@ -100,6 +103,11 @@ func serve(ctx context.Context, c *config.Serve) error {
 		srv.Collector(),
 	)
 	mux := srv.HTTPHandler()
+	hs, err := httplimit.New(server.LogRequests(log, mux), c.HTTPOptions(log))
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(hs.Collector())
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
@@ -137,12 +145,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 		return fmt.Errorf("--http-addr: %w", err)
 	}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
-	mux.Handle("/", web.Handler(web.Options{WSAddr: wsAddr.String(), Auth: verifier, DevSecret: []byte(devSecret)}))
-	hs := &http.Server{
-		Handler:           server.LogRequests(log, mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	mux.Handle("/", web.Handler(c.WebOptions(wsAddr.String(), verifier, devSecret)))
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 

@@ -16,7 +16,7 @@ func tokenCommand() *ffcli.Command {
 	fs := flag.NewFlagSet("throng token", flag.ContinueOnError)
 	secret := fs.String("secret", "", "HMAC secret (also THRONG_SECRET)")
 	sub := fs.String("sub", "", "subject: the user id")
-	ttl := fs.Duration("ttl", time.Hour, "lifetime; 0 for a token without exp")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime, more than 0: every token carries exp")
 	name := fs.String("name", "", "optional display name claim")
 	alg := fs.String("alg", "HS256", "HS256, HS384 or HS512")
 	return &ffcli.Command{
@@ -28,6 +28,11 @@ func tokenCommand() *ffcli.Command {
 		Exec: func(ctx context.Context, _ []string) error {
 			if *secret == "" || *sub == "" {
 				return errors.New("token: --secret and --sub are required")
+			}
+			if *ttl <= 0 {
+				// A token without exp never expires; the server refuses it
+				// unless --jwt-allow-no-exp.
+				return fmt.Errorf("token: --ttl must be more than 0, not %v", *ttl)
 			}
 			tok, err := auth.Mint([]byte(*secret), *alg, *sub, *ttl, *name, time.Now())
 			if err != nil {

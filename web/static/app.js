@@ -5,7 +5,7 @@ import { WebSocketClient, State } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
 
-let config = { wsUrl: "", auth: "none" };
+let config = { wsUrl: "", wsPort: "", wsPath: "/ws", auth: "none" };
 let client = null;
 let session = null; // { room, name, joined, leaving }
 
@@ -107,6 +107,16 @@ function showChat() {
   $("message").focus();
 }
 
+// wsUrl is the chat endpoint: the server's URL if it gave one, else this
+// page's own host (never a name the server read from a request header), on
+// the port and path it gave.
+function wsUrl(c) {
+  if (c.wsUrl) return c.wsUrl;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const port = c.wsPort || location.port;
+  return `${scheme}//${location.hostname}${port ? ":" + port : ""}${c.wsPath || "/ws"}`;
+}
+
 async function getToken(name) {
   if (config.auth === "none") return "";
   if (config.auth === "dev") {
@@ -124,8 +134,14 @@ async function getToken(name) {
   // A browser cannot see why a handshake was refused, so ask first.
   const r = await fetch("/token/verify", { method: "POST", body: token });
   if (r.status === 401) {
+    // The reason comes only from a --dev server; others say no more than
+    // the WebSocket listener's 401 does.
     const j = await r.json().catch(() => ({}));
     throw new UserError(`Bad token: ${tokenReasons[j.reason] || "the server refuses it"}.`);
+  }
+  if (r.status === 429) {
+    const wait = r.headers.get("Retry-After") || "a few";
+    throw new UserError(`Too many token checks from here: try again in ${wait} s.`);
   }
   if (!r.ok) throw new UserError(`Could not check the token (HTTP ${r.status}).`);
   return token;
@@ -153,7 +169,7 @@ async function join(event) {
   $("me").textContent = name;
   members(0);
   session = { room, name, joined: false, joinSent: false, leaving: false, lostBecause: null };
-  const c = new WebSocketClient(config.wsUrl, token, {
+  const c = new WebSocketClient(wsUrl(config), token, {
     refreshToken: config.auth === "dev" ? () => getToken(name) : undefined,
   });
   client = c;
