@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -57,13 +58,31 @@ type Handler struct {
 	// RateLimit bounds the inbound messages of each connection; a connection
 	// over it gets one rate_limited error and is banned.
 	server.RateLimit
+	// UserRate bounds the messages per second of one user across all its
+	// connections, so opening more connections does not multiply what a user
+	// may send. Past it, the connection that sent is banned as if it had
+	// broken its own rate. If zero, DefaultUserRate is used; if negative,
+	// users are not limited beyond their connections.
+	UserRate float64
+	// UserBurst is how many messages a user may send at once across its
+	// connections. If zero, DefaultUserBurst is used.
+	UserBurst int
 
-	parsers fastjson.ParserPool
-	counts  chatCounters
+	parsers   fastjson.ParserPool
+	counts    chatCounters
+	usersOnce sync.Once
+	users     *server.KeyedLimit[string] // nil when UserRate < 0
+	lastPrune atomic.Int64               // unix ms users was last pruned
 }
 
 // Defaults for Handler.
-const DefaultMaxRoomsPerConn = 100
+const (
+	DefaultMaxRoomsPerConn = 100
+	// DefaultUserRate and DefaultUserBurst allow a user two connections'
+	// worth of the default per-connection rate.
+	DefaultUserRate  = 2 * server.DefaultRate
+	DefaultUserBurst = 2 * server.DefaultBurst
+)
 
 // chatCounters count the endpoint's events for metrics.
 type chatCounters struct {
@@ -171,7 +190,15 @@ func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
 // and is banned; what it sends during the ban is dropped, and if it keeps
 // sending it is closed.
 func (h *Handler) allow(cc *chatConn) bool {
-	switch h.RateLimit.Allow(&cc.rate, cc.c.Now().UnixMilli()) {
+	now := cc.c.Now().UnixMilli()
+	v := h.RateLimit.Allow(&cc.rate, now)
+	if v == server.Allowed && !h.userAllows(cc.c.UserID(), now) {
+		// The user is over its rate across its connections: this
+		// connection serves a ban as if it had broken its own.
+		h.RateLimit.StartBan(&cc.rate, now)
+		v = server.BanStarted
+	}
+	switch v {
 	case server.Allowed:
 		return true
 	case server.BanStarted:
@@ -182,6 +209,25 @@ func (h *Handler) allow(cc *chatConn) bool {
 	}
 	h.counts.rateLimited.Add(1)
 	return false
+}
+
+// userAllows takes one message from user's bucket, shared by its connections.
+func (h *Handler) userAllows(user string, now int64) bool {
+	h.usersOnce.Do(func() {
+		if h.UserRate >= 0 && h.RateLimit.Rate >= 0 {
+			h.users = server.NewKeyedLimit[string](cmp.Or(h.UserRate, DefaultUserRate), cmp.Or(h.UserBurst, DefaultUserBurst))
+		}
+	})
+	if h.users == nil {
+		return true
+	}
+	// Users whose buckets refilled are forgotten, so the table holds only
+	// those who spoke in the last half minute or so.
+	if last := h.lastPrune.Load(); now-last >= 30_000 && h.lastPrune.CompareAndSwap(last, now) {
+		h.users.Prune(now)
+	}
+	ok, _ := h.users.Allow(user, now)
+	return ok
 }
 
 // stringField returns v's field as a string, or reports it as the bad field.

@@ -151,3 +151,46 @@ func TestRateLimitDisabled(t *testing.T) {
 		t.Fatalf("stats %+v, want nothing limited", st)
 	}
 }
+
+// TestRateLimitPerUser: one user's connections share one budget, so opening
+// more connections does not multiply what the user may send. Each of five
+// connections stays within its own burst; the user's burst (40) is spent by
+// the first four, and the fifth is banned as if it had broken its own rate.
+// Another user is untouched.
+func TestRateLimitPerUser(t *testing.T) {
+	ts := startAuthServer(t, server.Options{PingInterval: time.Hour, IdleTimeout: 2 * time.Hour}, nil)
+	var conns []*websocket.Conn
+	for range 5 {
+		conns = append(conns, dialToken(t, ts, "mallory", time.Hour))
+	}
+	for i, c := range conns[:4] {
+		for j := range DefaultUserBurst / 4 {
+			sendAuthJSON(t, c, map[string]string{"type": "ping"})
+			if m := readAuthMsg(t, c); m.Type != "pong" {
+				t.Fatalf("connection %d, ping %d: %+v, want pong", i, j, m)
+			}
+		}
+	}
+	last := conns[4]
+	sendAuthJSON(t, last, map[string]string{"type": "ping"})
+	if m := readAuthMsg(t, last); m.Type != "error" || m.Code != protocol.CodeRateLimited {
+		t.Fatalf("the user's 41st message: %+v, want rate_limited", m)
+	}
+	if st := ts.Chat.Stats(); st.Bans != 1 || st.RateLimited != 1 {
+		t.Fatalf("stats %+v, want one ban and one message limited", st)
+	}
+	expectPong(t, dialToken(t, ts, "bob", time.Hour))
+
+	// Without the per-user limit the same five connections are each bound
+	// only by their own rate.
+	free := startAuthServer(t, server.Options{PingInterval: time.Hour, IdleTimeout: 2 * time.Hour}, func(h *Handler) { h.UserRate = -1 })
+	for i := range 5 {
+		c := dialToken(t, free, "mallory", time.Hour)
+		for j := range DefaultUserBurst / 4 {
+			sendAuthJSON(t, c, map[string]string{"type": "ping"})
+			if m := readAuthMsg(t, c); m.Type != "pong" {
+				t.Fatalf("no user limit: connection %d, ping %d: %+v, want pong", i, j, m)
+			}
+		}
+	}
+}

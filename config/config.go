@@ -38,6 +38,10 @@ import (
 	"github.com/throng-ws/throng/web"
 )
 
+// DefaultMaxConnsPerUser bounds one user's open connections: far above a
+// person's tabs and devices, far below what would let one token hold a node.
+const DefaultMaxConnsPerUser = 16
+
 // EnvPrefix prefixes the environment variable of every flag: --ws-addr is
 // THRONG_WS_ADDR.
 const EnvPrefix = "THRONG"
@@ -88,6 +92,8 @@ type Serve struct {
 	Burst           int           // --burst
 	Ban             time.Duration // --ban
 	BanCloseAfter   int           // --ban-close-after
+	UserRate        float64       // --user-rate
+	UserBurst       int           // --user-burst
 
 	Auth          string        // --auth: on or off
 	AuthFailure   string        // --auth-failure: reject or close
@@ -162,7 +168,7 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.Origins, "origin", "", "comma-separated allowed Origin patterns, such as https://*.example.com (empty: any)")
 
 	fs.IntVar(&c.MaxConns, "max-conns", 0, "open connections at most; past it upgrades are answered 503 with Retry-After (0: no cap)")
-	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 0, "open connections per user id, answered 429 past it (0: unlimited)")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", DefaultMaxConnsPerUser, "open connections per user id, answered 429 past it (0: unlimited)")
 	fs.Float64Var(&c.HandshakeRate, "handshake-rate", 0, "upgrades per second per client IP, answered 429 past it (0: unlimited)")
 	fs.Var(&c.MemoryLimit, "memory-limit", "memory budget, such as 2GiB: sets GOMEMLIMIT, and past --memory-high-water of it (as RSS) upgrades are answered 503 (0: none)")
 	fs.Float64Var(&c.MemoryHighWater, "memory-high-water", DefaultMemoryHighWater, "percent of --memory-limit at which new connections are refused")
@@ -175,6 +181,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.Float64Var(&c.Rate, "rate", server.DefaultRate, "inbound messages per second per connection, on every endpoint (negative: unlimited)")
 	fs.IntVar(&c.Burst, "burst", server.DefaultBurst, "inbound messages a connection may send at once")
 	fs.DurationVar(&c.Ban, "ban", server.DefaultBan, "how long a connection over the rate is ignored")
+	fs.Float64Var(&c.UserRate, "user-rate", chat.DefaultUserRate, "chat messages per second per user across all its connections; past it the sending connection is banned (negative: no per-user limit)")
+	fs.IntVar(&c.UserBurst, "user-burst", chat.DefaultUserBurst, "chat messages a user may send at once across its connections")
 	fs.IntVar(&c.BanCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
 
 	fs.StringVar(&c.Auth, "auth", "on", "on: a JWT is required; off: anonymous connections with random user ids")
@@ -294,12 +302,16 @@ func (c *Serve) Validate() error {
 		{"--max-content", c.MaxContent, 1},
 		{"--burst", c.Burst, 1},
 		{"--ban-close-after", c.BanCloseAfter, 0},
+		{"--user-burst", c.UserBurst, 1},
 		{"--http-max-conns", c.HTTPMaxConns, 1},
 		{"--http-max-body", int(min(c.HTTPMaxBody, 1<<40)), 1},
 	} {
 		if n.v < n.min {
 			bad("%s must be at least %d, not %d", n.flag, n.min, n.v)
 		}
+	}
+	if c.UserRate == 0 {
+		bad("--user-rate must be more than 0, or negative for no per-user limit")
 	}
 	if c.HandshakeRate < 0 {
 		bad("--handshake-rate must be at least 0, not %v", c.HandshakeRate)
@@ -616,6 +628,8 @@ func (c *Serve) Chat(rooms *room.Table, v *auth.Verifier, log *slog.Logger) *cha
 		MaxRoomsPerConn: c.MaxRoomsPerConn,
 		MaxContent:      c.MaxContent,
 		RateLimit:       c.RateLimit(),
+		UserRate:        c.UserRate,
+		UserBurst:       c.UserBurst,
 	}
 }
 

@@ -108,7 +108,7 @@ func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 	sec := ms / 1000
 	if s.ipLimit != nil && l.Index() == 0 && ms-s.lastPrune >= 30_000 {
 		s.lastPrune = ms // owned by loop 0
-		s.ipLimit.prune(ms)
+		s.ipLimit.Prune(ms)
 	}
 	idle := s.opts.IdleTimeout.Milliseconds()
 	ping := s.opts.PingInterval.Milliseconds()

@@ -237,7 +237,7 @@ func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		hs.req.reserved = true
 	}
 	if s.ipLimit != nil {
-		if ok, wait := s.ipLimit.allow(hs.req.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
+		if ok, wait := s.ipLimit.Allow(hs.req.pc.RemoteAddr().Addr(), s.nowMillis()); !ok {
 			hs.req.retryAfter = wait
 			return nil, errRateLimited
 		}

@@ -3,7 +3,6 @@ package server
 import (
 	"cmp"
 	"hash/maphash"
-	"net/netip"
 	"sync"
 	"time"
 )
@@ -118,6 +117,14 @@ func (l *RateLimit) Allow(st *RateState, now int64) Verdict {
 	return BanStarted
 }
 
+// StartBan starts a ban on st at now, as if its connection had broken the
+// rate: for a limit that spans connections (a user's), which the one
+// connection then serves like its own.
+func (l *RateLimit) StartBan(st *RateState, now int64) {
+	st.banUntil = now + cmp.Or(l.Ban, DefaultBan).Milliseconds()
+	st.banned = 0
+}
+
 // Admit applies l to one message of c, for an endpoint that has no message of
 // its own to refuse it in: the first message over the limit closes c with
 // 1008 (CloseRateLimited), as a silent drop would look like loss.
@@ -131,51 +138,67 @@ func (l *RateLimit) Admit(c *Conn, st *RateState) bool {
 
 const limitShards = 16
 
-// ipLimiter limits handshakes per client IP.
-type ipLimiter struct {
+// KeyedLimit is a token bucket per key (a client IP, a user id), in shards so
+// that loops seldom wait on each other. A key whose bucket has refilled is
+// the same as a new one, so Prune forgets it: the table holds only the keys
+// that sent recently.
+type KeyedLimit[K comparable] struct {
 	rate   float64
 	burst  int
 	seed   maphash.Seed
 	shards [limitShards]struct {
 		mu sync.Mutex
-		m  map[netip.Addr]*bucket // guarded by mu
+		m  map[K]*bucket // guarded by mu
 	}
 }
 
-func newIPLimiter(rate float64, burst int) *ipLimiter {
-	l := &ipLimiter{rate: rate, burst: burst, seed: maphash.MakeSeed()}
+// NewKeyedLimit returns a limit of rate per second with burst, per key.
+func NewKeyedLimit[K comparable](rate float64, burst int) *KeyedLimit[K] {
+	l := &KeyedLimit[K]{rate: rate, burst: burst, seed: maphash.MakeSeed()}
 	for i := range l.shards {
-		l.shards[i].m = make(map[netip.Addr]*bucket)
+		l.shards[i].m = make(map[K]*bucket)
 	}
 	return l
 }
 
-// allow takes a handshake token for ip, or says how long to wait for one.
-func (l *ipLimiter) allow(ip netip.Addr, now int64) (bool, time.Duration) {
-	b16 := ip.As16()
-	sh := &l.shards[maphash.Bytes(l.seed, b16[:])%limitShards]
+// Allow takes a token for key at now (unix ms), or says how long to wait for
+// one.
+func (l *KeyedLimit[K]) Allow(key K, now int64) (bool, time.Duration) {
+	sh := &l.shards[maphash.Comparable(l.seed, key)%limitShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	b := sh.m[ip]
+	b := sh.m[key]
 	if b == nil {
 		b = new(bucket)
-		sh.m[ip] = b
+		sh.m[key] = b
 	}
 	return b.take(now, l.rate, l.burst)
 }
 
-// prune forgets IPs whose buckets have refilled: they are the same as new ones.
-func (l *ipLimiter) prune(now int64) {
+// Prune forgets the keys whose buckets have refilled by now.
+func (l *KeyedLimit[K]) Prune(now int64) {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		for ip, b := range sh.m {
+		for k, b := range sh.m {
 			if b.full(now, l.rate, l.burst) {
-				delete(sh.m, ip)
+				delete(sh.m, k)
 			}
 		}
 		sh.mu.Unlock()
 	}
+}
+
+// Len is the number of keys held.
+func (l *KeyedLimit[K]) Len() int {
+	n := 0
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
 }
 
 // UserConns counts open connections per user id against

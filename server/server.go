@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path"
 	"strings"
 	"sync"
@@ -220,10 +221,10 @@ type Server struct {
 	closed   atomic.Bool
 	closeMu  sync.Mutex
 
-	ipLimit  *ipLimiter   // nil without Options.HandshakeRate
-	perUser  UserConns    // nil without Options.MaxConnsPerUser
-	admitted atomic.Int64 // connections holding one of Options.MaxConns
-	mem      *memMonitor  // nil without Options.MemoryLimit
+	ipLimit  *KeyedLimit[netip.Addr] // nil without Options.HandshakeRate
+	perUser  UserConns               // nil without Options.MaxConnsPerUser
+	admitted atomic.Int64            // connections holding one of Options.MaxConns
+	mem      *memMonitor             // nil without Options.MemoryLimit
 	listened atomic.Bool
 	started  time.Time
 	// baseline is the RSS the last time the server had no socket open (first
@@ -290,7 +291,7 @@ func New(o Options) (*Server, error) {
 		if o.HandshakeBurst == 0 {
 			o.HandshakeBurst = max(1, int(2*o.HandshakeRate))
 		}
-		s.ipLimit = newIPLimiter(o.HandshakeRate, o.HandshakeBurst)
+		s.ipLimit = NewKeyedLimit[netip.Addr](o.HandshakeRate, o.HandshakeBurst)
 	}
 	if o.MaxConnsPerUser > 0 {
 		s.perUser = o.UserConns

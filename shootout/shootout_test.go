@@ -22,6 +22,12 @@ import (
 // startShootout starts a server with only /shootout, on its own room table.
 func startShootout(t *testing.T, o server.Options) (*testServer, *Handler) {
 	t.Helper()
+	return startShootoutLimited(t, o, server.RateLimit{Rate: -1})
+}
+
+// startShootoutLimited is startShootout with an inbound rate limit.
+func startShootoutLimited(t *testing.T, o server.Options, rl server.RateLimit) (*testServer, *Handler) {
+	t.Helper()
 	if o.Loops == 0 {
 		o.Loops = 2
 	}
@@ -36,7 +42,7 @@ func startShootout(t *testing.T, o server.Options) (*testServer, *Handler) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	h := &Handler{Rooms: room.New(s.Loops(), room.Options{Shards: 1}), RateLimit: server.RateLimit{Rate: -1}}
+	h := &Handler{Rooms: room.New(s.Loops(), room.Options{Shards: 1}), RateLimit: rl}
 	if err := s.Handle("/shootout", h); err != nil {
 		t.Fatal(err)
 	}
@@ -355,5 +361,39 @@ func TestShootoutListenerCount(t *testing.T) {
 	readOp(t, cs[1])
 	if _, b := readOp(t, cs[0]); !jsonEqual(t, b, []byte(`{"type":"broadcastResult","payload":1,"listenerCount":2}`)) {
 		t.Fatalf("got %s", b)
+	}
+}
+
+// TestShootoutRateLimit: /shootout applies the inbound rate limit, so one
+// connection cannot make the server broadcast at will: past its burst it is
+// closed with 1008 "rate limited", and the others get only the broadcasts
+// within the burst.
+func TestShootoutRateLimit(t *testing.T) {
+	ts, _ := startShootoutLimited(t, server.Options{}, server.RateLimit{Rate: 0.001, Burst: 3})
+	cs := dialShootout(t, ts, 2)
+	sender, other := cs[0], cs[1]
+	for range 50 {
+		sender.WriteMessage(websocket.TextMessage, []byte(`{"type":"broadcast","payload":"x"}`))
+	}
+	for {
+		_, _, err := sender.ReadMessage()
+		if err == nil {
+			continue
+		}
+		if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.ClosePolicyViolation || ce.Text != "rate limited" {
+			t.Fatalf("sender: %v, want close 1008 rate limited", err)
+		}
+		break
+	}
+	// The other connection got the three broadcasts within the burst, then
+	// nothing more: an echo of its own comes next.
+	for i := range 3 {
+		if _, p, err := other.ReadMessage(); err != nil || !bytes.Contains(p, []byte(`"broadcast"`)) {
+			t.Fatalf("broadcast %d: %s %v", i, p, err)
+		}
+	}
+	other.WriteMessage(websocket.TextMessage, []byte(`{"type":"echo","payload":"mine"}`))
+	if _, p, err := other.ReadMessage(); err != nil || !bytes.Contains(p, []byte("mine")) {
+		t.Fatalf("after the limited sender: %s %v, want my echo", p, err)
 	}
 }
