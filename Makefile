@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin/throng
 
-.PHONY: build run run-cluster test bench fuzz clean
+.PHONY: build run run-cluster test autobahn bench fuzz clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/throng
@@ -41,6 +41,13 @@ test:
 	GOOS=darwin $(GO) build ./...
 	GOOS=freebsd $(GO) build ./...
 	$(GO) test -race -shuffle=on -count=1 ./...
+	$(MAKE) autobahn
+
+# Autobahn|Testsuite's cases 1-10 against /echo on both backends; 0 FAILED or
+# it fails (scripts/autobahn.sh says what it needs, and skips without it
+# unless AUTOBAHN_REQUIRED=1, as in CI).
+autobahn:
+	scripts/autobahn.sh
 
 # A short side-by-side of throng (epoll and netpoll) and the gorilla and nbio
 # peers, under 5 minutes; results in bench-out/ (not committed). The full runs
