@@ -41,31 +41,41 @@ import (
 // netpoll sizes each connection's input buffer from process-wide settings, so
 // the first netpoll poller's Options.NetpollBufferSize applies to all of them.
 
-// npPoller is the netpoll backend's state.
-type npPoller struct {
-	ln     net.Listener
+// npBackend is the netpoll backend's Poller half.
+type npBackend struct {
+	p     *Poller
+	loops []*npLoop
+	// conns finds a connection's npConn from its Conn, which has no room for
+	// it; an entry is checked against its Conn, as a closed Conn's descriptor
+	// number may belong to another connection by now.
+	conns fdTable[npConn]
+
+	ln     net.Listener   // guarded by p.lnMu
 	acc    sync.WaitGroup // the accept goroutine
 	loopWG sync.WaitGroup // the loops' goroutines
-	flush  sync.WaitGroup // flushers started for bursts
+	flush  sync.WaitGroup // flushers started for bursts, and dials
 }
 
 // npLoop is one netpoll loop: a lock standing in for the loop goroutine.
 type npLoop struct {
+	l      *Loop
+	be     *npBackend
 	exec   sync.Mutex
 	wakeCh chan struct{}
 	stopCh chan struct{}
 }
 
-func (n *npLoop) wake() {
+func (nl *npLoop) wake() {
 	select {
-	case n.wakeCh <- struct{}{}:
+	case nl.wakeCh <- struct{}{}:
 	default:
 	}
 }
 
-// npConn is a netpoll connection's writing state. It lives in the Conn's out
-// field for the connection's whole life.
+// npConn is a netpoll connection's state beside its Conn, for the
+// connection's whole life: its netpoll.Connection and its writing state.
 type npConn struct {
+	c    *Conn
 	conn netpoll.Connection
 
 	mu       sync.Mutex
@@ -95,7 +105,8 @@ const DefaultNetpollBufferSize = 1024
 
 var netpollConfig sync.Once
 
-func newNetpoll(h Handler, o Options) (*Poller, error) {
+func newNetpoll(p *Poller) error {
+	o := p.opts
 	netpollConfig.Do(func() {
 		size := o.NetpollBufferSize
 		if size <= 0 {
@@ -106,64 +117,70 @@ func newNetpoll(h Handler, o Options) (*Poller, error) {
 		// so BufferSize alone cannot make the input buffer smaller.
 		netpoll.LinkBufferCap = size
 	})
-	p := &Poller{h: h, opts: o, lnFD: -1, np: &npPoller{}}
-	p.fds.init()
+	be := &npBackend{p: p}
+	be.conns.init()
 	for i := 0; i < o.Loops; i++ {
-		l := &Loop{p: p, idx: i, lnfd: -1, np: &npLoop{wakeCh: make(chan struct{}, 1), stopCh: make(chan struct{})}}
-		p.loops = append(p.loops, l)
+		nl := &npLoop{be: be, wakeCh: make(chan struct{}, 1), stopCh: make(chan struct{})}
+		nl.l = &Loop{p: p, idx: i, be: nl}
+		be.loops = append(be.loops, nl)
+		p.loops = append(p.loops, nl.l)
 	}
-	for _, l := range p.loops {
-		p.np.loopWG.Add(1)
-		go l.runNetpoll()
+	p.be = be
+	for _, nl := range be.loops {
+		be.loopWG.Add(1)
+		go nl.run()
 	}
-	return p, nil
+	return nil
 }
 
-func (l *Loop) runNetpoll() {
-	defer l.p.np.loopWG.Done()
+func (nl *npLoop) run() {
+	l := nl.l
+	defer nl.be.loopWG.Done()
 	t := time.NewTicker(l.p.opts.TickInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-l.np.wakeCh:
-			l.np.exec.Lock()
+		case <-nl.wakeCh:
+			nl.exec.Lock()
 			l.runJobs()
-			l.np.exec.Unlock()
+			nl.exec.Unlock()
 		case now := <-t.C:
-			l.np.exec.Lock()
+			nl.exec.Lock()
 			l.p.h.OnTick(l, now)
-			l.np.exec.Unlock()
-		case <-l.np.stopCh:
-			l.np.exec.Lock()
+			nl.exec.Unlock()
+		case <-nl.stopCh:
+			nl.exec.Lock()
 			l.finish()
-			l.np.exec.Unlock()
+			nl.exec.Unlock()
 			return
 		}
 	}
 }
 
-func (p *Poller) listenNetpoll(addr string) (net.Addr, error) {
+func (be *npBackend) listen(addr string) (net.Addr, error) {
+	p := be.p
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	p.lnMu.Lock()
 	defer p.lnMu.Unlock()
-	if p.np.ln != nil {
+	if be.ln != nil {
 		ln.Close()
 		return nil, errors.New("poller: already listening")
 	}
-	p.np.ln, p.lnAddr = ln, ln.Addr()
-	p.np.acc.Add(1)
-	go p.acceptNetpoll(ln)
+	be.ln, p.lnAddr = ln, ln.Addr()
+	be.acc.Add(1)
+	go be.accept(ln)
 	return ln.Addr(), nil
 }
 
-// acceptNetpoll accepts with the standard library and gives each socket to
+// accept accepts with the standard library and gives each socket to
 // netpoll: netpoll's own server closes every idle connection when it stops
 // listening, and a draining server must keep them.
-func (p *Poller) acceptNetpoll(ln net.Listener) {
-	defer p.np.acc.Done()
+func (be *npBackend) accept(ln net.Listener) {
+	p := be.p
+	defer be.acc.Done()
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -180,7 +197,7 @@ func (p *Poller) acceptNetpoll(ln net.Listener) {
 			continue
 		}
 		p.accepted.Add(1)
-		p.adoptNetpoll(fd, nil)
+		be.adopt(fd, nil)
 	}
 }
 
@@ -208,22 +225,25 @@ func detachFD(nc net.Conn) (int, error) {
 	return fd, nil
 }
 
-// adoptNetpoll makes a Conn for a connected socket on the next loop and
-// registers it with netpoll.
-func (p *Poller) adoptNetpoll(fd int, ctx any) {
+// adopt makes a Conn for a connected socket on the next loop and registers
+// it with netpoll.
+func (be *npBackend) adopt(fd int, ctx any) {
+	p := be.p
 	if p.opts.NoDelay {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	fd = freshFD(fd)
-	l := p.loops[int(p.nextDial.Add(1))%len(p.loops)]
-	np := &npConn{}
-	c := &Conn{loop: l, ctx: ctx, fd: int32(fd), out: &outQueue{np: np}}
+	nl := be.loops[int(p.nextDial.Add(1))%len(be.loops)]
+	l := nl.l
+	c := &Conn{loop: l, ctx: ctx, fd: int32(fd)}
+	np := &npConn{c: c}
 	// Registered under exec, so OnRequest cannot run before OnOpen has.
-	l.np.exec.Lock()
-	defer l.np.exec.Unlock()
+	nl.exec.Lock()
+	defer nl.exec.Unlock()
 	conn, err := netpoll.NewFDConnection(fd)
 	if err != nil {
 		unix.Close(fd)
+		c.flags |= flagClosed
 		p.h.OnClose(c, err)
 		return
 	}
@@ -232,6 +252,7 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 		conn.SetWriteTimeout(p.opts.WriteTimeout)
 	}
 	l.add(c)
+	be.conns.set(fd, np)
 	// Close callbacks run newest first, so this one runs before netpoll's own,
 	// which closes the descriptor.
 	conn.AddCloseCallback(func(netpoll.Connection) error {
@@ -239,35 +260,46 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 		if !np.closing.Load() {
 			// netpoll has already read the socket's error, if any: a reset and
 			// an orderly close look the same from here.
-			l.np.exec.Lock()
-			l.closeConnNetpoll(c, ErrPeerClosed)
-			l.np.exec.Unlock()
+			nl.exec.Lock()
+			nl.closeConn(c, ErrPeerClosed)
+			nl.exec.Unlock()
 		}
 		return nil
 	})
 	p.h.OnOpen(c)
 	conn.SetOnRequest(func(context.Context, netpoll.Connection) error {
-		l.requestNetpoll(c)
+		nl.request(np)
 		return nil
 	})
 }
 
-// requestNetpoll reads everything netpoll has buffered for c.
-func (l *Loop) requestNetpoll(c *Conn) {
-	np := c.out.np
+// state is c's npConn, or nil once c is closed.
+func (nl *npLoop) state(c *Conn) *npConn {
+	if c.fd < 0 {
+		return nil // a dial that never connected
+	}
+	if np := nl.be.conns.get(int(c.fd)); np != nil && np.c == c {
+		return np
+	}
+	return nil
+}
+
+// request reads everything netpoll has buffered for the connection.
+func (nl *npLoop) request(np *npConn) {
+	c := np.c
 	np.inRequest.Store(true)
-	l.np.exec.Lock()
+	nl.exec.Lock()
 	if c.flags&flagClosed == 0 {
 		r := np.conn.Reader()
 		if n := r.Len(); n > 0 {
 			data, err := r.Next(n)
 			if err == nil {
-				l.deliver(c, data)
+				nl.l.deliver(c, data)
 			}
 		}
 		r.Release()
 	}
-	l.np.exec.Unlock()
+	nl.exec.Unlock()
 	np.inRequest.Store(false)
 	// Replies written while handling this input are flushed here, on the
 	// connection's own goroutine, where blocking stalls nobody else.
@@ -275,35 +307,37 @@ func (l *Loop) requestNetpoll(c *Conn) {
 	mine := np.flushing && np.byRequest
 	np.mu.Unlock()
 	if mine {
-		c.flushNetpoll()
+		nl.flush(np)
 	}
 }
 
-func (p *Poller) stopAcceptingNetpoll() {
+func (be *npBackend) stopAccepting() {
+	p := be.p
 	p.lnMu.Lock()
-	ln := p.np.ln
-	p.np.ln = nil
+	ln := be.ln
+	be.ln = nil
 	p.lnMu.Unlock()
 	if ln != nil {
 		ln.Close()
-		p.np.acc.Wait()
+		be.acc.Wait()
 	}
 }
 
-func (p *Poller) dialNetpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
+func (be *npBackend) dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
+	p := be.p
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if laddr.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(laddr, 0))
 	}
-	p.np.flush.Add(1)
+	be.flush.Add(1)
 	go func() {
-		defer p.np.flush.Done()
+		defer be.flush.Done()
 		nc, err := d.Dial("tcp", raddr.String())
 		if err == nil {
 			var fd int
 			if fd, err = detachFD(nc); err == nil {
 				p.dialed.Add(1)
-				p.adoptNetpoll(fd, ctx)
+				be.adopt(fd, ctx)
 				return
 			}
 		}
@@ -313,47 +347,45 @@ func (p *Poller) dialNetpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) er
 	return nil
 }
 
-func (p *Poller) closeNetpoll() error {
-	p.stopAcceptingNetpoll()
-	for _, l := range p.loops {
-		close(l.np.stopCh)
+func (be *npBackend) stop() {
+	be.stopAccepting()
+	for _, nl := range be.loops {
+		close(nl.stopCh)
 	}
-	p.np.loopWG.Wait()
-	p.np.flush.Wait()
-	return nil
+	be.loopWG.Wait()
+	be.flush.Wait()
 }
 
-func (c *Conn) write2Netpoll(a, b []byte) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) write2(c *Conn, a, b []byte) error {
+	np := nl.state(c)
+	if np == nil {
 		return ErrClosed
-	}
-	if len(a)+len(b) == 0 {
-		return nil
 	}
 	buf := inPool.Get()
 	buf.Write(a)
 	buf.Write(b)
-	queued, err := c.writeNetpoll(segment{buf: buf})
+	queued, err := nl.write(np, segment{buf: buf})
 	if !queued {
 		inPool.Put(buf)
 	}
 	return err
 }
 
-func (c *Conn) writeFrameNetpoll(f *Frame) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) writeFrame(c *Conn, f *Frame) error {
+	np := nl.state(c)
+	if np == nil {
 		return ErrClosed
 	}
-	_, err := c.writeNetpoll(segment{frame: f})
+	_, err := nl.write(np, segment{frame: f})
 	return err
 }
 
-// writeNetpoll writes s straight to the socket if it can (see
-// writeDirect) and queues what the socket does not take, reporting
-// whether the queue kept s. A queued frame gets the queue's own reference; a
-// buffer the queue did not keep is the caller's.
-func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
-	np := c.out.np
+// write writes s straight to the socket if it can (see writeDirect) and
+// queues what the socket does not take, reporting whether the queue kept s.
+// A queued frame gets the queue's own reference; a buffer the queue did not
+// keep is the caller's.
+func (nl *npLoop) write(np *npConn, s segment) (queued bool, err error) {
+	c := np.c
 	b := s.bytes()
 	// Nothing queued or in netpoll's writer, and no OnRequest gathering
 	// replies: write from the loop. Only the loop adds to the queue, and the
@@ -363,13 +395,13 @@ func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 	direct := !np.flushing && !np.inRequest.Load()
 	np.mu.Unlock()
 	if direct {
-		if s.off, err = c.writeDirect(b); err != nil || s.off == len(b) {
+		if s.off, err = writeDirect(c, b); err != nil || s.off == len(b) {
 			return false, err
 		}
 	}
 	np.mu.Lock()
 	// What was partly written must be finished, whatever the limit.
-	if err := c.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
+	if err := nl.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
 		np.mu.Unlock()
 		return false, err
 	}
@@ -378,10 +410,10 @@ func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 	}
 	np.queue = append(np.queue, s)
 	np.pending += len(b) - s.off
-	start := c.claimFlushLocked(np)
+	start := np.claimFlushLocked()
 	np.mu.Unlock()
 	if start {
-		c.startFlusher()
+		nl.startFlusher(np)
 	}
 	return true, nil
 }
@@ -392,7 +424,7 @@ func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 // carries only what the socket does not take at once. The descriptor is safe
 // to use: netpoll closes it only after the close callback, which needs the
 // loop's lock that the caller holds.
-func (c *Conn) writeDirect(b []byte) (int, error) {
+func writeDirect(c *Conn, b []byte) (int, error) {
 	n, err := unix.Write(int(c.fd), b)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
@@ -403,8 +435,8 @@ func (c *Conn) writeDirect(b []byte) (int, error) {
 	return n, nil
 }
 
-func (c *Conn) checkPendingLocked(np *npConn, add int) error {
-	if limit := c.loop.p.opts.MaxPending; limit > 0 && np.pending+add > limit {
+func (nl *npLoop) checkPendingLocked(np *npConn, add int) error {
+	if limit := nl.l.p.opts.MaxPending; limit > 0 && np.pending+add > limit {
 		np.refused = true
 		return ErrPendingLimit
 	}
@@ -414,7 +446,7 @@ func (c *Conn) checkPendingLocked(np *npConn, add int) error {
 // claimFlushLocked makes sure someone will flush what was just queued: the
 // connection's OnRequest if it is running (it flushes on return), otherwise a
 // goroutine, which the caller must start when this reports true.
-func (c *Conn) claimFlushLocked(np *npConn) bool {
+func (np *npConn) claimFlushLocked() bool {
 	if np.flushing {
 		return false
 	}
@@ -423,19 +455,18 @@ func (c *Conn) claimFlushLocked(np *npConn) bool {
 	return !np.byRequest
 }
 
-func (c *Conn) startFlusher() {
-	p := c.loop.p
-	p.np.flush.Add(1)
+func (nl *npLoop) startFlusher(np *npConn) {
+	nl.be.flush.Add(1)
 	go func() {
-		defer p.np.flush.Done()
-		c.flushNetpoll()
+		defer nl.be.flush.Done()
+		nl.flush(np)
 	}()
 }
 
-// flushNetpoll hands queued segments to netpoll until the queue is empty. Only
-// the owner of the flush (see claimFlushLocked) calls it.
-func (c *Conn) flushNetpoll() {
-	np := c.out.np
+// flush hands queued segments to netpoll until the queue is empty. Only the
+// owner of the flush (see claimFlushLocked) calls it, on its own goroutine.
+func (nl *npLoop) flush(np *npConn) {
+	c := np.c
 	np.mu.Lock()
 	np.byRequest = false
 	for {
@@ -453,10 +484,10 @@ func (c *Conn) flushNetpoll() {
 			if shut {
 				// On the loop, where a closed connection is known to be closed:
 				// from here the descriptor may already belong to another socket.
-				c.loop.Post(shutdownJob{c})
+				nl.l.Post(shutdownJob{c})
 			}
 			if refused {
-				c.loop.Post(writableJob{c})
+				nl.l.Post(writableJob{c})
 			}
 			return
 		}
@@ -488,7 +519,7 @@ func (c *Conn) flushNetpoll() {
 				np.conn.Close()
 				return
 			}
-			c.loop.Post(closeJob{c, err})
+			nl.l.Post(closeJob{c, err})
 			return
 		}
 		for i := range segs {
@@ -523,12 +554,12 @@ type closeJob struct {
 
 func (j closeJob) Run(l *Loop) { l.closeConn(j.c, j.err) }
 
-func (c *Conn) closeWriteNetpoll() {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) closeWrite(c *Conn) {
+	np := nl.state(c)
+	if np == nil {
 		return
 	}
 	c.flags |= flagShutdown
-	np := c.out.np
 	np.mu.Lock()
 	if np.flushing || len(np.queue) > 0 {
 		np.shutdown = true
@@ -539,18 +570,19 @@ func (c *Conn) closeWriteNetpoll() {
 	unix.Shutdown(int(c.fd), unix.SHUT_WR)
 }
 
-func (l *Loop) closeConnNetpoll(c *Conn, cause error) {
+func (nl *npLoop) closeConn(c *Conn, cause error) {
 	if c.flags&flagClosed != 0 {
 		return
 	}
+	np := nl.state(c)
 	c.flags |= flagClosed
-	if c.fd < 0 || c.out == nil || c.out.np == nil {
-		l.p.h.OnClose(c, cause) // a dial that never connected
+	if np == nil {
+		nl.l.p.h.OnClose(c, cause) // a dial that never connected
 		return
 	}
-	np := c.out.np
 	np.closing.Store(true)
-	l.p.fds.set(int(c.fd), nil)
+	// Clear the table before the descriptor number can be reused.
+	nl.be.conns.set(int(c.fd), nil)
 	np.mu.Lock()
 	for i := range np.queue {
 		np.queue[i].release()
@@ -568,18 +600,24 @@ func (l *Loop) closeConnNetpoll(c *Conn, cause error) {
 	case np.conn != nil:
 		np.conn.Close()
 	}
-	l.forget(c, cause)
+	nl.l.forget(c, cause)
 }
 
-func (c *Conn) pendingNetpoll() int {
-	np := c.out.np
+func (nl *npLoop) queued(c *Conn) int {
+	np := nl.state(c)
+	if np == nil {
+		return 0
+	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
 	return np.pending
 }
 
-func (c *Conn) dropQueuedNetpoll() {
-	np := c.out.np
+func (nl *npLoop) dropQueued(c *Conn) {
+	np := nl.state(c)
+	if np == nil {
+		return
+	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
 	for i := range np.queue {

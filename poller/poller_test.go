@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 )
@@ -520,5 +521,13 @@ func TestPendingLimitNeverCutsAFrame(t *testing.T) {
 	}
 	if n := readNumbered(t, c, size); n != want {
 		t.Fatalf("read %d frames, want the %d accepted", n, want)
+	}
+}
+
+// TestConnSize keeps a connection in the 64-byte size class: a server holds
+// hundreds of thousands of them.
+func TestConnSize(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > 64 {
+		t.Fatalf("Conn is %d bytes, want at most 64", n)
 	}
 }
