@@ -430,7 +430,12 @@ func (el *epollLoop) handle(c *Conn, events uint32) {
 	}
 	// Errors and hang-ups are not trusted from the event mask alone: the read
 	// reports them, and a stale event for a reused descriptor reads EAGAIN.
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	// A paused connection reads only to learn of an error or hang-up.
+	mask := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR)
+	if c.flags&flagReadPaused != 0 {
+		mask = unix.EPOLLHUP | unix.EPOLLERR
+	}
+	if events&mask != 0 {
 		el.read(c)
 	}
 }
@@ -472,6 +477,27 @@ func (el *epollLoop) read(c *Conn) {
 	if len(el.cork) > 0 {
 		el.uncork(c)
 	}
+	if c.flags&(flagClosed|flagReadPaused) == 0 && c.out != nil && overLimit(el.l.p, c.out.pending) {
+		// Its own replies are more than MaxPending behind: leave its input
+		// in the kernel until they drain (see flush), so a client that does
+		// not read cannot make us buffer without end.
+		c.flags |= flagReadPaused
+		if err := el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c)); err != nil {
+			el.closeConn(c, err)
+		}
+	}
+}
+
+// events is c's epoll event mask for its flags.
+func (el *epollLoop) events(c *Conn) uint32 {
+	var ev uint32
+	if c.flags&flagReadPaused == 0 {
+		ev |= epollIn
+	}
+	if c.flags&flagWriteArmed != 0 {
+		ev |= epollOut
+	}
+	return ev
 }
 
 // maxCork bounds the replies a loop gathers for the connection whose input it
@@ -492,7 +518,10 @@ func (el *epollLoop) write2(c *Conn, a, b []byte) error {
 			return ErrClosed
 		}
 	}
-	return el.writeNow(c, a, b, true)
+	// A reply to the connection's own input is its own traffic: never
+	// refused, it pauses reading instead (see read). MaxPending refuses
+	// the rest: broadcasts, and anything else written from a job.
+	return el.writeNow(c, a, b, el.l.inData != c)
 }
 
 // queued counts the replies corked for c as queued, as they will be sent
@@ -550,8 +579,9 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 		}
 	}
 	b := f.buf.B
+	limit := el.l.inData != c // as in write2
 	if c.out != nil {
-		if err := c.checkPending(len(b)); err != nil {
+		if err := c.checkPendingIf(limit, len(b)); err != nil {
 			return err
 		}
 		f.Retain()
@@ -567,7 +597,7 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 	}
 	// A frame partly written must be finished, whatever the limit: dropping
 	// its tail would break the stream.
-	if err := c.checkPending(len(b) - n); err != nil && n == 0 {
+	if err := c.checkPendingIf(limit, len(b)-n); err != nil && n == 0 {
 		return err
 	}
 	f.Retain()
@@ -618,7 +648,7 @@ func (el *epollLoop) armWrite(c *Conn) error {
 		return nil
 	}
 	c.flags |= flagWriteArmed
-	return el.ctl(unix.EPOLL_CTL_MOD, c, epollIn|epollOut)
+	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
 func (el *epollLoop) disarmWrite(c *Conn) error {
@@ -626,7 +656,7 @@ func (el *epollLoop) disarmWrite(c *Conn) error {
 		return nil
 	}
 	c.flags &^= flagWriteArmed
-	return el.ctl(unix.EPOLL_CTL_MOD, c, epollIn)
+	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
 // flush writes as much of the queue as the socket takes.
@@ -679,6 +709,7 @@ func (el *epollLoop) flush(c *Conn) error {
 	q.segs = q.segs[:0]
 	q.pending = 0
 	queuePool.Put(q)
+	c.flags &^= flagReadPaused // drained: read again, in the same epoll_ctl
 	if err := el.disarmWrite(c); err != nil {
 		return err
 	}

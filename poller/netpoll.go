@@ -78,24 +78,28 @@ type npConn struct {
 	c    *Conn
 	conn netpoll.Connection
 
-	mu       sync.Mutex
-	queue    []segment // guarded by mu: written, not yet handed to netpoll
-	spare    []segment // owned by the flusher
-	pending  int       // guarded by mu: queued plus in flight
-	flushing bool      // guarded by mu: someone owns flushing the queue
-	// byRequest, with flushing, says the owner is the connection's running
-	// OnRequest, which flushes when its handler returns; otherwise the owner is
-	// a goroutine started for the burst. There is never more than one.
-	byRequest bool // guarded by mu
-	refused   bool // guarded by mu: a write was refused for MaxPending
-	shutdown  bool // guarded by mu: shut the write side once drained
+	mu      sync.Mutex
+	queue   []segment // guarded by mu: written, not yet handed to netpoll
+	spare   []segment // owned by the flusher
+	pending int       // guarded by mu: queued plus in flight
+	// flushing says a flusher goroutine owns handing the queue to netpoll;
+	// there is never more than one.
+	flushing bool // guarded by mu
+	refused  bool // guarded by mu: a write was refused for MaxPending
+	shutdown bool // guarded by mu: shut the write side once drained
+	// paused says its own replies passed MaxPending: its input is taken off
+	// netpoll's buffer but held, not handed to OnData, until the flusher
+	// drains the queue (see request).
+	paused bool // guarded by mu
 	// closeAfter asks the flushing goroutine to close the connection when its
 	// Flush returns: netpoll's Close racing a Flush on another goroutine can
 	// touch the descriptor after it is closed and reused.
 	closeAfter bool // guarded by mu
 
-	inRequest atomic.Bool // its OnRequest is running and will flush on return
-	closing   atomic.Bool // the poller is closing it
+	held    int  // owned by the loop: input held while paused
+	limited bool // owned by the loop: OnData is handed held input past the bound; its replies are limited
+
+	closing atomic.Bool // the poller is closing it
 }
 
 // DefaultNetpollBufferSize is netpoll's first input buffer per connection as
@@ -284,30 +288,138 @@ func (nl *npLoop) state(c *Conn) *npConn {
 	return nil
 }
 
-// request reads everything netpoll has buffered for the connection.
+// request takes everything netpoll has buffered for the connection and hands
+// it to OnData, or holds it while the connection is paused. It never blocks
+// but for the loop's lock: netpoll reads the socket whatever we do, so a
+// request that waited (as in a Flush) would let netpoll buffer a client's
+// input without bound while its replies back up.
+//
+// Pausing is how a client's own traffic is bounded on netpoll, as leaving
+// input in the kernel bounds it on epoll. When the replies to a client's
+// input pass MaxPending, its further input is held in the connection's input
+// buffer until the flusher drains the queue (resume). If the held input
+// itself passes MaxPending (a client that writes and never reads), it is
+// handed to OnData with its replies limited like broadcasts, so the handler
+// sees ErrPendingLimit and treats the client as a slow consumer.
 func (nl *npLoop) request(np *npConn) {
 	c := np.c
-	np.inRequest.Store(true)
 	nl.exec.Lock()
-	if c.flags&flagClosed == 0 {
-		r := np.conn.Reader()
-		if n := r.Len(); n > 0 {
-			data, err := r.Next(n)
-			if err == nil {
-				nl.l.deliver(c, data)
-			}
-		}
-		r.Release()
+	defer nl.exec.Unlock()
+	if c.flags&flagClosed != 0 {
+		return
 	}
-	nl.exec.Unlock()
-	np.inRequest.Store(false)
-	// Replies written while handling this input are flushed here, on the
-	// connection's own goroutine, where blocking stalls nobody else.
+	r := np.conn.Reader()
+	defer r.Release()
+	n := r.Len()
+	if n == 0 {
+		return
+	}
+	data, err := r.Next(n)
+	if err != nil {
+		return
+	}
+	// netpoll reads as much as the socket has, megabytes at a time; OnData
+	// gets at most a read buffer's worth at once, as on epoll, so that the
+	// replies to one call are bounded and pausing can step in between.
+	chunk := nl.l.p.opts.ReadBufferSize
+	for len(data) > 0 && c.flags&flagClosed == 0 {
+		np.mu.Lock()
+		paused := np.paused
+		np.mu.Unlock()
+		if paused {
+			break
+		}
+		k := min(len(data), chunk)
+		nl.deliver(np, data[:k])
+		data = data[k:]
+	}
+	if len(data) == 0 || c.flags&flagClosed != 0 {
+		return
+	}
+	if c.in == nil {
+		c.in = inPool.Get()
+	}
+	c.in.Write(data)
+	np.held += len(data)
+	if overLimit(nl.l.p, np.held) {
+		np.limited = true
+		nl.deliver(np, nil)
+		np.limited = false
+	}
+}
+
+// deliver hands data, after any input kept or held, to OnData, then writes the
+// replies and pauses the connection if they are more than MaxPending behind.
+func (nl *npLoop) deliver(np *npConn, data []byte) {
+	c := np.c
+	np.held = 0
+	nl.l.deliver(c, data)
+	if c.flags&flagClosed != 0 {
+		return
+	}
 	np.mu.Lock()
-	mine := np.flushing && np.byRequest
+	if np.flushing || len(np.queue) == 0 {
+		np.paused = overLimit(nl.l.p, np.pending)
+		np.mu.Unlock()
+		return
+	}
+	// The replies, gathered while OnData ran, go out in one write from here
+	// when the socket takes them, as on epoll; a flusher takes the rest.
+	segs := np.queue
 	np.mu.Unlock()
-	if mine {
-		nl.flush(np)
+	sent, err := writevDirect(c, segs)
+	if err != nil {
+		nl.closeConn(c, err)
+		return
+	}
+	np.mu.Lock()
+	np.pending -= sent
+	i := 0
+	for ; i < len(segs) && sent > 0; i++ {
+		left := len(segs[i].bytes())
+		if sent < left {
+			segs[i].off += sent
+			break
+		}
+		sent -= left
+		segs[i].release()
+	}
+	k := copy(segs, segs[i:])
+	clear(segs[k:])
+	np.queue = segs[:k]
+	start := len(np.queue) > 0 && np.claimFlushLocked()
+	shut := len(np.queue) == 0 && np.shutdown
+	np.paused = overLimit(nl.l.p, np.pending)
+	np.mu.Unlock()
+	switch {
+	case start:
+		nl.startFlusher(np)
+	case shut: // CloseWrite ran in OnData, behind the replies just sent
+		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	}
+}
+
+// resumeJob hands a paused connection its held input once its queue has
+// drained.
+type resumeJob struct {
+	nl *npLoop
+	np *npConn
+}
+
+func (j resumeJob) Run(*Loop) {
+	np, c := j.np, j.np.c
+	if c.flags&flagClosed != 0 {
+		return
+	}
+	np.mu.Lock()
+	if !np.paused || np.flushing {
+		np.mu.Unlock()
+		return
+	}
+	np.paused = false
+	np.mu.Unlock()
+	if c.in != nil {
+		j.nl.deliver(np, nil)
 	}
 }
 
@@ -384,15 +496,19 @@ func (nl *npLoop) writeFrame(c *Conn, f *Frame) error {
 // queues what the socket does not take, reporting whether the queue kept s.
 // A queued frame gets the queue's own reference; a buffer the queue did not
 // keep is the caller's.
+//
+// A reply to the connection's own input (written while its OnData runs) is
+// queued, to go out in one write when OnData returns (see deliver), and is
+// never refused for MaxPending: it pauses the connection instead.
 func (nl *npLoop) write(np *npConn, s segment) (queued bool, err error) {
 	c := np.c
 	b := s.bytes()
-	// Nothing queued or in netpoll's writer, and no OnRequest gathering
-	// replies: write from the loop. Only the loop adds to the queue, and the
-	// caller is the loop, so the state read here holds through the write
-	// without the lock.
+	reply := nl.l.inData == c && !np.limited
+	// Nothing queued or in netpoll's writer: write from the loop. Only the
+	// loop adds to the queue, and the caller is the loop, so the state read
+	// here holds through the write without the lock.
 	np.mu.Lock()
-	direct := !np.flushing && !np.inRequest.Load()
+	direct := !np.flushing && len(np.queue) == 0 && nl.l.inData != c
 	np.mu.Unlock()
 	if direct {
 		if s.off, err = writeDirect(c, b); err != nil || s.off == len(b) {
@@ -401,21 +517,43 @@ func (nl *npLoop) write(np *npConn, s segment) (queued bool, err error) {
 	}
 	np.mu.Lock()
 	// What was partly written must be finished, whatever the limit.
-	if err := nl.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
-		np.mu.Unlock()
-		return false, err
+	if !reply {
+		if err := nl.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
+			np.mu.Unlock()
+			return false, err
+		}
 	}
 	if s.frame != nil {
 		s.frame.Retain()
 	}
 	np.queue = append(np.queue, s)
 	np.pending += len(b) - s.off
-	start := np.claimFlushLocked()
+	start := nl.l.inData != c && np.claimFlushLocked()
 	np.mu.Unlock()
 	if start {
 		nl.startFlusher(np)
 	}
 	return true, nil
+}
+
+// writevDirect writes the segments' bytes to the socket from the loop, as
+// writeDirect does, until one is not taken whole, and reports how many bytes
+// the socket took. (A write per segment: x/sys/unix has writev only on Linux,
+// and a read mostly earns one reply.)
+func writevDirect(c *Conn, segs []segment) (int, error) {
+	sent := 0
+	for i := range segs {
+		b := segs[i].bytes()
+		n, err := writeDirect(c, b)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+		if n < len(b) {
+			break
+		}
+	}
+	return sent, nil
 }
 
 // writeDirect writes b to the socket from the loop and reports how much the
@@ -443,16 +581,14 @@ func (nl *npLoop) checkPendingLocked(np *npConn, add int) error {
 	return nil
 }
 
-// claimFlushLocked makes sure someone will flush what was just queued: the
-// connection's OnRequest if it is running (it flushes on return), otherwise a
-// goroutine, which the caller must start when this reports true.
+// claimFlushLocked makes sure a flusher will hand what was just queued to
+// netpoll: it reports true if the caller must start one.
 func (np *npConn) claimFlushLocked() bool {
 	if np.flushing {
 		return false
 	}
 	np.flushing = true
-	np.byRequest = np.inRequest.Load()
-	return !np.byRequest
+	return true
 }
 
 func (nl *npLoop) startFlusher(np *npConn) {
@@ -468,12 +604,11 @@ func (nl *npLoop) startFlusher(np *npConn) {
 func (nl *npLoop) flush(np *npConn) {
 	c := np.c
 	np.mu.Lock()
-	np.byRequest = false
 	for {
 		segs := np.queue
 		if len(segs) == 0 || np.closeAfter {
 			np.flushing = false
-			shut, refused, closeNow := np.shutdown, np.refused, np.closeAfter
+			shut, refused, closeNow, paused := np.shutdown, np.refused, np.closeAfter, np.paused
 			np.refused = false
 			np.mu.Unlock()
 			if closeNow {
@@ -488,6 +623,9 @@ func (nl *npLoop) flush(np *npConn) {
 			}
 			if refused {
 				nl.l.Post(writableJob{c})
+			}
+			if paused {
+				nl.l.Post(resumeJob{nl, np})
 			}
 			return
 		}
@@ -588,7 +726,7 @@ func (nl *npLoop) closeConn(c *Conn, cause error) {
 		np.queue[i].release()
 	}
 	np.queue = nil
-	deferClose := np.flushing && !np.byRequest
+	deferClose := np.flushing
 	np.closeAfter = deferClose
 	np.mu.Unlock()
 	switch {
@@ -620,9 +758,16 @@ func (nl *npLoop) dropQueued(c *Conn) {
 	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
-	for i := range np.queue {
+	// A segment the socket took part of must be finished, so the stream
+	// stays framed.
+	keep := 0
+	if len(np.queue) > 0 && np.queue[0].off > 0 {
+		keep = 1
+	}
+	for i := keep; i < len(np.queue); i++ {
 		np.pending -= len(np.queue[i].bytes())
 		np.queue[i].release()
 	}
-	np.queue = np.queue[:0]
+	clear(np.queue[keep:])
+	np.queue = np.queue[:keep]
 }

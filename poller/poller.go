@@ -301,6 +301,7 @@ const (
 	flagShutdownOnFlush           // epoll: shut the write side once the queue drains
 	flagShutdown                  // the write side is shut (or will be, once flushed)
 	flagRefused                   // a write was refused for MaxPending since OnWritable last ran
+	flagReadPaused                // epoll: its own replies passed MaxPending; input waits in the kernel
 )
 
 // outQueue is the epoll backend's queue of a connection's unsent output.
@@ -361,6 +362,11 @@ func (p *Poller) Stats() Stats {
 		s.Conns[i] = l.nconns.Load()
 	}
 	return s
+}
+
+// overLimit reports whether n bytes pass Options.MaxPending.
+func overLimit(p *Poller, n int) bool {
+	return p.opts.MaxPending > 0 && n > p.opts.MaxPending
 }
 
 // Index is the loop's position in Poller.Loops.
