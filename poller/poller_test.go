@@ -570,8 +570,14 @@ func TestNonReaderIsBounded(t *testing.T) {
 		return i + 1
 	}
 	// A small send buffer backs the replies up at once, so the first ones
-	// (under MaxPending) already wait for the socket.
-	h.onOpen = func(c *Conn) { syscall.SetsockoptInt(c.Fd(), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<10) }
+	// (under MaxPending) already wait for the socket. The receive buffer
+	// bounds what netpoll, which reads whether we pause or not, takes from the
+	// socket at once.
+	const rcvbuf = 64 << 10
+	h.onOpen = func(c *Conn) {
+		syscall.SetsockoptInt(c.Fd(), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<10)
+		syscall.SetsockoptInt(c.Fd(), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+	}
 	p, addr := startPoller(t, h, Options{Loops: 1, MaxPending: maxPending})
 	c := dialRcvBuf(t, addr, 4<<10)
 	line := append(bytes.Repeat([]byte("p"), 99), '\n')
@@ -599,8 +605,9 @@ func TestNonReaderIsBounded(t *testing.T) {
 	}()
 	defer close(stop)
 	// Bounded: MaxPending of replies plus one read's worth, the same again of
-	// held input, and netpoll's read chunks.
-	const bound = 4*maxPending + 2*DefaultReadBufferSize
+	// held input, and on netpoll one read of the socket (the kernel doubles
+	// SO_RCVBUF).
+	const bound = 4*maxPending + 2*DefaultReadBufferSize + 2*rcvbuf
 	peak := 0
 	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
 		onLoops(p, func(l *Loop) {
