@@ -334,13 +334,27 @@ func (el *epollLoop) accept(lnfd int) {
 			switch err {
 			case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
 			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-				// Out of descriptors or memory: the listener stays readable, so
+				r := shedNoSpare
+				if isOutOfFDs(err) {
+					r = p.shedOne(func() (int, bool) {
+						fd, _, err := unix.Accept4(lnfd, unix.SOCK_CLOEXEC)
+						return fd, err == nil
+					})
+				}
+				switch r {
+				case shedNone: // nothing waiting: the listener is not readable
+					return
+				case shedDone:
+					p.acceptFailed(err)
+					continue
+				}
+				// No spare, or out of memory: the listener stays readable, so
 				// stop watching it until the next tick instead of spinning.
-				p.acceptErrors.Add(1)
+				p.acceptFailed(err)
 				el.acceptOff = true
 				unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lnfd, nil)
 			default:
-				p.acceptErrors.Add(1)
+				p.acceptFailed(err)
 			}
 			return
 		}

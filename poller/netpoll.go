@@ -191,18 +191,62 @@ func (be *npBackend) accept(ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			p.acceptErrors.Add(1)
-			time.Sleep(10 * time.Millisecond) // out of descriptors: let some close
+			r := shedNoSpare
+			if isOutOfFDs(err) {
+				r = p.shedOne(func() (int, bool) { return acceptRaw(ln) })
+			}
+			switch r {
+			case shedNone:
+				// accept fails for lack of descriptors even with nobody
+				// waiting: wait for someone instead of calling it again.
+				waitReadable(ln)
+			case shedDone:
+				p.acceptFailed(err)
+			default:
+				p.acceptFailed(err)
+				time.Sleep(100 * time.Millisecond) // let some descriptors close
+			}
 			continue
 		}
 		fd, err := detachFD(nc)
 		if err != nil {
-			p.acceptErrors.Add(1)
+			// Out of descriptors for the duplicate: nc is closed, so its
+			// client sees the connection closed.
+			p.acceptFailed(err)
+			if isOutOfFDs(err) {
+				p.shed.Add(1)
+			}
 			continue
 		}
 		p.accepted.Add(1)
 		be.adopt(fd, nil)
 	}
+}
+
+// acceptRaw accepts one connection from ln's descriptor without the runtime's
+// poller, for shed: it does not wait, and the caller closes what it returns.
+func acceptRaw(ln net.Listener) (int, bool) {
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd, _, err = unix.Accept(int(s)) })
+	return fd, err == nil && fd >= 0
+}
+
+// waitReadable waits until ln has a connection waiting or is closed.
+func waitReadable(ln net.Listener) {
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		return
+	}
+	waited := false
+	rc.Read(func(uintptr) bool {
+		done := waited
+		waited = true
+		return done
+	})
 }
 
 // detachFD takes a duplicate of a net.Conn's descriptor and closes the

@@ -240,6 +240,12 @@ type Poller struct {
 	acceptErrors  atomic.Uint64
 	shed          atomic.Uint64
 	lastAcceptLog atomic.Int64 // unix nanoseconds of the last accept warning
+
+	// spare is a descriptor (/dev/null) held in reserve while listening, or
+	// -1: when accept fails for lack of descriptors it is closed to accept
+	// and close the waiting connection, then reopened (see shedOne).
+	spareMu sync.Mutex
+	spare   int // guarded by spareMu
 }
 
 // Loop is one event loop: the goroutine (or, on netpoll, the lock) that runs
@@ -560,7 +566,7 @@ func New(h Handler, o Options) (*Poller, error) {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
-	p := &Poller{h: h, opts: o, log: o.Logger}
+	p := &Poller{h: h, opts: o, log: o.Logger, spare: -1}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -588,6 +594,7 @@ func (p *Poller) Listen(addr string) (net.Addr, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
+	p.openSpare()
 	return p.be.listen(addr)
 }
 
@@ -613,7 +620,77 @@ func (p *Poller) Close() error {
 		return ErrClosed
 	}
 	p.be.stop()
+	p.spareMu.Lock()
+	if p.spare >= 0 {
+		unix.Close(p.spare)
+		p.spare = -1
+	}
+	p.spareMu.Unlock()
 	return nil
+}
+
+func (p *Poller) openSpare() {
+	p.spareMu.Lock()
+	defer p.spareMu.Unlock()
+	if p.spare < 0 {
+		p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+}
+
+// isOutOfFDs reports whether an accept error means the process or the system
+// has no descriptor left.
+func isOutOfFDs(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
+}
+
+// acceptFailed counts a failed accept and warns, at most once a second, so a
+// storm of them shows in the log without flooding it.
+func (p *Poller) acceptFailed(err error) {
+	n := p.acceptErrors.Add(1)
+	now := time.Now().UnixNano()
+	last := p.lastAcceptLog.Load()
+	if now-last < int64(time.Second) || !p.lastAcceptLog.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn("poller: accept failed; shedding connections", "err", err,
+		"accept_errors", n, "shed", p.shed.Load())
+}
+
+// shedResult is what shedOne did.
+type shedResult uint8
+
+const (
+	shedDone    shedResult = iota // a waiting connection was accepted and closed
+	shedNone                      // nothing was waiting: accept fails for lack of descriptors even then
+	shedNoSpare                   // no spare descriptor to give up
+)
+
+// shedOne turns away one connection waiting in the listen queue when the
+// process is out of descriptors: it gives up the spare descriptor, accepts
+// the connection with accept (which returns the new descriptor, or false),
+// closes it at once, and takes the spare back. The client sees its
+// connection closed rather than waiting for an accept that will not come,
+// and the listener stops being readable for it, so the loop does not spin.
+func (p *Poller) shedOne(accept func() (int, bool)) shedResult {
+	p.spareMu.Lock()
+	defer p.spareMu.Unlock()
+	if p.spare < 0 {
+		// Lost to another thread last time: try again now.
+		if p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); p.spare < 0 {
+			return shedNoSpare
+		}
+	}
+	unix.Close(p.spare)
+	fd, ok := accept()
+	if ok {
+		unix.Close(fd)
+		p.shed.Add(1)
+	}
+	p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if !ok {
+		return shedNone
+	}
+	return shedDone
 }
 
 func (l *Loop) wake() { l.be.wake() }
