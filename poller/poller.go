@@ -91,9 +91,16 @@ type Options struct {
 	// ReadBufferSize is the size of each loop's shared read buffer. If zero,
 	// DefaultReadBufferSize is used.
 	ReadBufferSize int
-	// MaxPending bounds a connection's queued, unsent bytes. A write that would pass
-	// it fails with ErrPendingLimit and leaves the queue as it was. If zero, there
-	// is no bound.
+	// MaxPending bounds a connection's queued, unsent bytes, by one of two
+	// rules. A write from a job or a tick (a broadcast, another connection's
+	// traffic) that would pass it fails with ErrPendingLimit and leaves the
+	// queue as it was: the slow-consumer policy is the caller's. A reply,
+	// written while the connection's own OnData runs, is never refused:
+	// once the replies pass MaxPending the poller stops reading the
+	// connection until they drain, so a client that does not read its
+	// replies stops being read (on netpoll, which reads the socket anyway,
+	// input held past MaxPending more is handed to OnData with its replies
+	// refused like broadcasts). If zero, there is no bound.
 	MaxPending int
 	// TickInterval is how often Handler.OnTick runs on each loop. If zero,
 	// DefaultTickInterval is used.
