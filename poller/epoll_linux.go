@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -23,27 +24,65 @@ const (
 	acceptBatch = 32
 )
 
-func newEpoll(h Handler, o Options) (*Poller, error) {
-	p := &Poller{h: h, opts: o, lnFD: -1}
-	p.fds.init()
-	for i := 0; i < o.Loops; i++ {
-		l, err := newLoop(p, i)
-		if err != nil {
-			for _, l := range p.loops {
-				l.closeFDs()
-			}
-			return nil, err
-		}
-		p.loops = append(p.loops, l)
-	}
-	for _, l := range p.loops {
-		p.wg.Add(1)
-		go l.run()
-	}
-	return p, nil
+// The epoll backend: each loop is a goroutine waiting in epoll_wait on its own
+// epoll instance, woken for posted jobs through an eventfd. The listening
+// socket is in every loop's set (EPOLLEXCLUSIVE); a loop that accepts hands the
+// connection to the least loaded loop. A connection's output goes straight to
+// the socket; what the socket does not take is queued in Conn.out and EPOLLOUT
+// is armed until it drains.
+
+// epollBackend is the epoll backend's Poller half.
+type epollBackend struct {
+	p     *Poller
+	loops []*epollLoop
+	fds   fdTable[Conn] // descriptor → connection, for events
+	wg    sync.WaitGroup
+
+	lnFD int // the listener, or -1; guarded by p.lnMu
 }
 
-func newLoop(p *Poller, idx int) (*Loop, error) {
+// epollLoop is one epoll loop. Every field not marked otherwise is owned by
+// its goroutine (run).
+type epollLoop struct {
+	l    *Loop
+	be   *epollBackend
+	epfd int
+	evfd int
+
+	buf       []byte // the shared read buffer
+	iov       []unix.Iovec
+	lnfd      int    // the listener while it is in this loop's epoll set, else -1
+	acceptOff bool   // accepting paused after EMFILE until the next tick
+	cork      []byte // replies to l.inData's input, sent when OnData returns
+
+	incoming atomic.Int64 // accepted connections posted to this loop, not yet adopted
+	wakeups  atomic.Bool  // the eventfd has been written since the loop last drained jobs
+	stop     atomic.Bool
+}
+
+func newEpoll(p *Poller) error {
+	be := &epollBackend{p: p, lnFD: -1}
+	be.fds.init()
+	for i := 0; i < p.opts.Loops; i++ {
+		el, err := be.newLoop(i)
+		if err != nil {
+			for _, el := range be.loops {
+				el.closeFDs()
+			}
+			return err
+		}
+		be.loops = append(be.loops, el)
+		p.loops = append(p.loops, el.l)
+	}
+	p.be = be
+	for _, el := range be.loops {
+		be.wg.Add(1)
+		go el.run()
+	}
+	return nil
+}
+
+func (be *epollBackend) newLoop(idx int) (*epollLoop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("poller: epoll_create1: %w", err)
@@ -53,25 +92,24 @@ func newLoop(p *Poller, idx int) (*Loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("poller: eventfd: %w", err)
 	}
-	l := &Loop{p: p, idx: idx, epfd: epfd, evfd: evfd, lnfd: -1,
-		buf: make([]byte, p.opts.ReadBufferSize), iov: make([]unix.Iovec, 0, maxIov)}
+	el := &epollLoop{be: be, epfd: epfd, evfd: evfd, lnfd: -1,
+		buf: make([]byte, be.p.opts.ReadBufferSize), iov: make([]unix.Iovec, 0, maxIov)}
+	el.l = &Loop{p: be.p, idx: idx, be: el}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		l.closeFDs()
+		el.closeFDs()
 		return nil, fmt.Errorf("poller: epoll_ctl eventfd: %w", err)
 	}
-	return l, nil
+	return el, nil
 }
 
-func (l *Loop) closeFDs() {
-	unix.Close(l.evfd)
-	unix.Close(l.epfd)
+func (el *epollLoop) closeFDs() {
+	unix.Close(el.evfd)
+	unix.Close(el.epfd)
 }
 
-func (p *Poller) listenEpoll(addr string) (net.Addr, error) {
-	if p.closed.Load() {
-		return nil, ErrClosed
-	}
+func (be *epollBackend) listen(addr string) (net.Addr, error) {
+	p := be.p
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -96,28 +134,33 @@ func (p *Poller) listenEpoll(addr string) (net.Addr, error) {
 	}
 	p.lnMu.Lock()
 	defer p.lnMu.Unlock()
-	if p.lnFD >= 0 {
+	if be.lnFD >= 0 {
 		unix.Close(fd)
 		return nil, errors.New("poller: already listening")
 	}
-	p.lnFD, p.lnAddr = fd, laddr
-	for _, l := range p.loops {
+	for i, el := range be.loops {
 		// EPOLLEXCLUSIVE wakes one loop per incoming connection, not all of them.
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		if err := unix.EpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			for _, el := range be.loops[:i] {
+				unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			}
+			unix.Close(fd)
 			return nil, fmt.Errorf("poller: epoll_ctl listener: %w", err)
 		}
 	}
-	for _, l := range p.loops {
-		l.Post(FuncJob(func() { l.lnfd = fd }))
+	be.lnFD, p.lnAddr = fd, laddr
+	for _, el := range be.loops {
+		el.l.Post(FuncJob(func() { el.lnfd = fd }))
 	}
 	return laddr, nil
 }
 
-func (p *Poller) stopAcceptingEpoll() {
+func (be *epollBackend) stopAccepting() {
+	p := be.p
 	p.lnMu.Lock()
-	fd := p.lnFD
-	p.lnFD = -1
+	fd := be.lnFD
+	be.lnFD = -1
 	p.lnMu.Unlock()
 	if fd < 0 {
 		return
@@ -125,12 +168,13 @@ func (p *Poller) stopAcceptingEpoll() {
 	// Each loop takes the listener out of its own epoll set, so no loop can be in
 	// accept4 on a descriptor number that has been closed and reused.
 	var wg sync.WaitGroup
-	for _, l := range p.loops {
+	for _, el := range be.loops {
 		wg.Add(1)
-		if !l.Post(FuncJob(func() {
+		if !el.l.Post(FuncJob(func() {
 			defer wg.Done()
-			l.lnfd = -1
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			el.lnfd = -1
+			// ENOENT when accepting was paused (see accept): nothing to undo.
+			unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		})) {
 			wg.Done()
 		}
@@ -139,7 +183,7 @@ func (p *Poller) stopAcceptingEpoll() {
 	unix.Close(fd)
 }
 
-func (p *Poller) dialEpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
+func (be *epollBackend) dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
 	domain := unix.AF_INET
 	if raddr.Addr().Is6() && !raddr.Addr().Is4In6() {
 		domain = unix.AF_INET6
@@ -161,23 +205,25 @@ func (p *Poller) dialEpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) erro
 		unix.Close(fd)
 		return fmt.Errorf("poller: connect %v: %w", raddr, err)
 	}
-	l := p.loops[int(p.nextDial.Add(1))%len(p.loops)]
-	c := &Conn{loop: l, ctx: ctx, fd: int32(fd), flags: flagConnecting}
-	if !l.Post(dialJob{c}) {
+	el := be.loops[int(be.p.nextDial.Add(1))%len(be.loops)]
+	c := &Conn{loop: el.l, ctx: ctx, fd: int32(fd), flags: flagConnecting}
+	if !el.l.Post(dialJob{el, c}) {
 		unix.Close(fd)
 		return ErrClosed
 	}
 	return nil
 }
 
-type dialJob struct{ c *Conn }
+type dialJob struct {
+	el *epollLoop
+	c  *Conn
+}
 
-func (j dialJob) Run(l *Loop) {
-	c := j.c
-	l.add(c)
-	ev := unix.EpollEvent{Events: epollIn | epollOut, Fd: c.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(c.fd), &ev); err != nil {
-		l.closeConn(c, err)
+func (j dialJob) Run(*Loop) {
+	el, c := j.el, j.c
+	el.add(c)
+	if err := el.ctl(unix.EPOLL_CTL_ADD, c, epollIn|epollOut); err != nil {
+		el.closeConn(c, err)
 		return
 	}
 	c.flags |= flagWriteArmed
@@ -190,37 +236,56 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }
 
-func (p *Poller) closeEpoll() error {
-	p.stopAcceptingEpoll()
-	for _, l := range p.loops {
-		l.stop.Store(true)
-		l.wake()
+func (be *epollBackend) stop() {
+	be.stopAccepting()
+	for _, el := range be.loops {
+		el.stop.Store(true)
+		el.wake()
 	}
-	p.wg.Wait()
-	return nil
+	be.wg.Wait()
 }
 
-func (l *Loop) wakeEpoll() {
+func (el *epollLoop) wake() {
 	// Only the first post since the loop last drained pays for the write.
-	if l.wakeups.Swap(true) {
+	if el.wakeups.Swap(true) {
 		return
 	}
 	var one = [8]byte{1}
-	unix.Write(l.evfd, one[:])
+	unix.Write(el.evfd, one[:])
 }
 
-func (l *Loop) run() {
-	defer l.p.wg.Done()
+// add registers c as the loop's, for the loop's list and for events.
+func (el *epollLoop) add(c *Conn) {
+	el.l.add(c)
+	el.be.fds.set(int(c.fd), c)
+}
+
+// ctl sets c's event mask (EPOLL_CTL_ADD or EPOLL_CTL_MOD). An error means
+// the kernel will not report the connection's events as asked, so the caller
+// must close it: left open, it would stall until a deadline reaps it.
+func (el *epollLoop) ctl(op int, c *Conn, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: c.fd}
+	if err := unix.EpollCtl(el.epfd, op, int(c.fd), &ev); err != nil {
+		err = fmt.Errorf("poller: epoll_ctl fd %d: %w", c.fd, err)
+		el.be.p.log.Warn("poller: closing connection", "fd", c.fd, "err", err)
+		return err
+	}
+	return nil
+}
+
+func (el *epollLoop) run() {
+	l := el.l
+	defer el.be.wg.Done()
 	events := make([]unix.EpollEvent, maxEvents)
 	tick := l.p.opts.TickInterval
 	next := time.Now().Add(tick)
-	for !l.stop.Load() {
+	for !el.stop.Load() {
 		wait := time.Until(next)
 		if wait < 0 {
 			wait = 0
 		}
 		msec := int((wait + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.EpollWait(l.epfd, events, msec)
+		n, err := unix.EpollWait(el.epfd, events, msec)
 		if err != nil && err != unix.EINTR {
 			panic(fmt.Sprintf("poller: epoll_wait: %v", err))
 		}
@@ -228,42 +293,40 @@ func (l *Loop) run() {
 			ev := &events[i]
 			fd := int(ev.Fd)
 			switch {
-			case fd == l.evfd:
-				l.runJobsEpoll()
-			case fd == l.lnfd:
-				l.accept(fd)
+			case fd == el.evfd:
+				el.runJobs()
+			case fd == el.lnfd:
+				el.accept(fd)
 			default:
-				c := l.p.fds.get(fd)
+				c := el.be.fds.get(fd)
 				if c == nil || c.loop != l {
 					continue // stale event for a descriptor closed in this batch
 				}
-				l.handle(c, ev.Events)
+				el.handle(c, ev.Events)
 			}
 		}
 		if now := time.Now(); !now.Before(next) {
 			next = now.Add(tick)
-			if l.acceptOff {
-				l.acceptOff = false
-				l.resumeAccept()
+			if el.acceptOff {
+				el.acceptOff = false
+				el.resumeAccept()
 			}
 			l.p.h.OnTick(l, now)
 		}
 	}
-	l.shutdown()
-}
-
-func (l *Loop) runJobsEpoll() {
-	var b [8]byte
-	unix.Read(l.evfd, b[:])
-	l.runJobs()
-}
-
-func (l *Loop) shutdown() {
 	l.finish()
-	l.closeFDs()
+	el.closeFDs()
 }
 
-func (l *Loop) accept(lnfd int) {
+func (el *epollLoop) runJobs() {
+	var b [8]byte
+	unix.Read(el.evfd, b[:])
+	el.wakeups.Store(false)
+	el.l.runJobs()
+}
+
+func (el *epollLoop) accept(lnfd int) {
+	l := el.l
 	p := l.p
 	for i := 0; i < acceptBatch; i++ {
 		nfd, _, err := unix.Accept4(lnfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -271,13 +334,27 @@ func (l *Loop) accept(lnfd int) {
 			switch err {
 			case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
 			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-				// Out of descriptors or memory: the listener stays readable, so
+				r := shedNoSpare
+				if isOutOfFDs(err) {
+					r = p.shedOne(func() (int, bool) {
+						fd, _, err := unix.Accept4(lnfd, unix.SOCK_CLOEXEC)
+						return fd, err == nil
+					})
+				}
+				switch r {
+				case shedNone: // nothing waiting: the listener is not readable
+					return
+				case shedDone:
+					p.acceptFailed(err)
+					continue
+				}
+				// No spare, or out of memory: the listener stays readable, so
 				// stop watching it until the next tick instead of spinning.
-				p.acceptErrors.Add(1)
-				l.acceptOff = true
-				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, lnfd, nil)
+				p.acceptFailed(err)
+				el.acceptOff = true
+				unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lnfd, nil)
 			default:
-				p.acceptErrors.Add(1)
+				p.acceptFailed(err)
 			}
 			return
 		}
@@ -288,14 +365,14 @@ func (l *Loop) accept(lnfd int) {
 		// The kernel wakes whichever loop is waiting first, which under a burst is
 		// mostly the same one; the connection goes to the least loaded loop, so
 		// every core carries its share of reads and fan-out.
-		target := p.leastLoaded(l)
-		c := &Conn{loop: target, fd: int32(nfd)}
-		if target == l {
-			l.adopt(c)
+		target := el.be.leastLoaded(el)
+		c := &Conn{loop: target.l, fd: int32(nfd)}
+		if target == el {
+			el.adopt(c)
 			continue
 		}
 		target.incoming.Add(1)
-		if !target.Post(adoptJob{c}) {
+		if !target.l.Post(adoptJob{target, c}) {
 			target.incoming.Add(-1)
 			unix.Close(nfd)
 		}
@@ -303,55 +380,62 @@ func (l *Loop) accept(lnfd int) {
 }
 
 // leastLoaded picks the loop with the fewest connections, counting those handed
-// to it and not yet adopted; l wins ties.
-func (p *Poller) leastLoaded(l *Loop) *Loop {
-	best, load := l, l.nconns.Load()+l.incoming.Load()
-	for _, o := range p.loops {
-		if n := o.nconns.Load() + o.incoming.Load(); n < load {
+// to it and not yet adopted; el wins ties.
+func (be *epollBackend) leastLoaded(el *epollLoop) *epollLoop {
+	best, load := el, el.l.nconns.Load()+el.incoming.Load()
+	for _, o := range be.loops {
+		if n := o.l.nconns.Load() + o.incoming.Load(); n < load {
 			best, load = o, n
 		}
 	}
 	return best
 }
 
-type adoptJob struct{ c *Conn }
+type adoptJob struct {
+	el *epollLoop
+	c  *Conn
+}
 
-func (j adoptJob) Run(l *Loop) {
-	l.incoming.Add(-1)
-	l.adopt(j.c)
+func (j adoptJob) Run(*Loop) {
+	j.el.incoming.Add(-1)
+	j.el.adopt(j.c)
 }
 
 // adopt registers an accepted connection with this loop.
-func (l *Loop) adopt(c *Conn) {
-	l.add(c)
-	ev := unix.EpollEvent{Events: epollIn, Fd: c.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(c.fd), &ev); err != nil {
-		l.closeConn(c, err)
+func (el *epollLoop) adopt(c *Conn) {
+	el.add(c)
+	if err := el.ctl(unix.EPOLL_CTL_ADD, c, epollIn); err != nil {
+		el.closeConn(c, err)
 		return
 	}
-	l.p.h.OnOpen(c)
+	el.l.p.h.OnOpen(c)
 }
 
-func (l *Loop) resumeAccept() {
-	fd := l.lnfd
+func (el *epollLoop) resumeAccept() {
+	fd := el.lnfd
 	if fd < 0 {
 		return
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(fd)}
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	if err := unix.EpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil && err != unix.EEXIST {
+		// Not a connection's: this loop stops accepting, the others go on, and
+		// the next tick tries again.
+		el.acceptOff = true
+		el.be.p.log.Warn("poller: listener not watched, retrying next tick", "loop", el.l.idx, "err", err)
+	}
 }
 
-func (l *Loop) handle(c *Conn, events uint32) {
+func (el *epollLoop) handle(c *Conn, events uint32) {
 	if c.flags&flagConnecting != 0 {
 		if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 			return
 		}
-		l.finishConnect(c)
+		el.finishConnect(c)
 		return
 	}
 	if events&unix.EPOLLOUT != 0 {
-		if err := c.flush(); err != nil {
-			l.closeConn(c, err)
+		if err := el.flush(c); err != nil {
+			el.closeConn(c, err)
 			return
 		}
 	}
@@ -360,84 +444,122 @@ func (l *Loop) handle(c *Conn, events uint32) {
 	}
 	// Errors and hang-ups are not trusted from the event mask alone: the read
 	// reports them, and a stale event for a reused descriptor reads EAGAIN.
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		l.read(c)
+	// A paused connection reads only to learn of an error or hang-up.
+	mask := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR)
+	if c.flags&flagReadPaused != 0 {
+		mask = unix.EPOLLHUP | unix.EPOLLERR
+	}
+	if events&mask != 0 {
+		el.read(c)
 	}
 }
 
-func (l *Loop) finishConnect(c *Conn) {
+func (el *epollLoop) finishConnect(c *Conn) {
+	p := el.l.p
 	errno, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && errno != 0 {
 		err = syscall.Errno(errno)
 	}
+	if err == nil {
+		c.flags &^= flagConnecting
+		err = el.disarmWrite(c)
+	}
 	if err != nil {
-		l.closeConn(c, err)
+		el.closeConn(c, err)
 		return
 	}
-	c.flags &^= flagConnecting
-	c.disarmWrite()
-	if l.p.opts.NoDelay {
+	if p.opts.NoDelay {
 		unix.SetsockoptInt(int(c.fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	l.p.dialed.Add(1)
-	l.p.h.OnOpen(c)
+	p.dialed.Add(1)
+	p.h.OnOpen(c)
 }
 
-func (l *Loop) read(c *Conn) {
-	n, err := unix.Read(int(c.fd), l.buf)
+func (el *epollLoop) read(c *Conn) {
+	n, err := unix.Read(int(c.fd), el.buf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
 	case err != nil:
-		l.closeConn(c, err)
+		el.closeConn(c, err)
 		return
 	case n == 0:
-		l.closeConn(c, ErrPeerClosed)
+		el.closeConn(c, ErrPeerClosed)
 		return
 	}
-	l.deliver(c, l.buf[:n])
+	el.l.deliver(c, el.buf[:n])
+	if len(el.cork) > 0 {
+		el.uncork(c)
+	}
+	if c.flags&(flagClosed|flagReadPaused) == 0 && c.out != nil && overLimit(el.l.p, c.out.pending) {
+		// Its own replies are more than MaxPending behind: leave its input
+		// in the kernel until they drain (see flush), so a client that does
+		// not read cannot make us buffer without end.
+		c.flags |= flagReadPaused
+		if err := el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c)); err != nil {
+			el.closeConn(c, err)
+		}
+	}
+}
+
+// events is c's epoll event mask for its flags.
+func (el *epollLoop) events(c *Conn) uint32 {
+	var ev uint32
+	if c.flags&flagReadPaused == 0 {
+		ev |= epollIn
+	}
+	if c.flags&flagWriteArmed != 0 {
+		ev |= epollOut
+	}
+	return ev
 }
 
 // maxCork bounds the replies a loop gathers for the connection whose input it
 // is handling.
 const maxCork = 64 << 10
 
-func (c *Conn) write2Epoll(a, b []byte) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
-		return ErrClosed
-	}
-	if len(a) == 0 {
-		a, b = b, nil
-	}
+func (el *epollLoop) write2(c *Conn, a, b []byte) error {
 	total := len(a) + len(b)
-	if total == 0 {
-		return nil
-	}
 	// Replies to input being handled are gathered and sent in one write when
 	// OnData returns: a read that carried many frames costs one system call.
-	if l := c.loop; l.inData == c && c.out == nil {
-		if len(l.cork)+total <= maxCork {
-			l.cork = append(append(l.cork, a...), b...)
+	if el.l.inData == c && c.out == nil {
+		if len(el.cork)+total <= maxCork {
+			el.cork = append(append(el.cork, a...), b...)
 			return nil
 		}
-		l.uncork(c)
+		el.uncork(c)
 		if c.flags&flagClosed != 0 {
 			return ErrClosed
 		}
 	}
-	return c.writeNow(a, b, true)
+	// A reply to the connection's own input is its own traffic: never
+	// refused, it pauses reading instead (see read). MaxPending refuses
+	// the rest: broadcasts, and anything else written from a job.
+	return el.writeNow(c, a, b, el.l.inData != c)
+}
+
+// queued counts the replies corked for c as queued, as they will be sent
+// before anything written after them.
+func (el *epollLoop) queued(c *Conn) int {
+	n := 0
+	if el.l.inData == c {
+		n = len(el.cork)
+	}
+	if c.out != nil {
+		n += c.out.pending
+	}
+	return n
 }
 
 // writeNow writes a and b to the socket, queueing what it does not take; with
 // limit, a queue that would pass MaxPending refuses the write.
-func (c *Conn) writeNow(a, b []byte, limit bool) error {
+func (el *epollLoop) writeNow(c *Conn, a, b []byte, limit bool) error {
 	total := len(a) + len(b)
 	if c.out != nil {
 		if err := c.checkPendingIf(limit, total); err != nil {
 			return err
 		}
-		c.queueCopy(a, b)
-		return nil
+		return el.queueCopy(c, a, b)
 	}
 	var n int
 	var err error
@@ -458,31 +580,26 @@ func (c *Conn) writeNow(a, b []byte, limit bool) error {
 		return err
 	}
 	if n < len(a) {
-		c.queueCopy(a[n:], b)
-	} else {
-		c.queueCopy(b[n-len(a):], nil)
+		return el.queueCopy(c, a[n:], b)
 	}
-	return nil
+	return el.queueCopy(c, b[n-len(a):], nil)
 }
 
-func (c *Conn) writeFrameEpoll(f *Frame) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
-		return ErrClosed
-	}
-	if l := c.loop; l.inData == c && len(l.cork) > 0 {
-		l.uncork(c) // keep the order of what was written
+func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
+	if el.l.inData == c && len(el.cork) > 0 {
+		el.uncork(c) // keep the order of what was written
 		if c.flags&flagClosed != 0 {
 			return ErrClosed
 		}
 	}
 	b := f.buf.B
+	limit := el.l.inData != c // as in write2
 	if c.out != nil {
-		if err := c.checkPending(len(b)); err != nil {
+		if err := c.checkPendingIf(limit, len(b)); err != nil {
 			return err
 		}
 		f.Retain()
-		c.enqueue(segment{frame: f}, len(b))
-		return nil
+		return el.enqueue(c, segment{frame: f}, len(b))
 	}
 	n, err := unix.Write(int(c.fd), b)
 	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
@@ -494,12 +611,11 @@ func (c *Conn) writeFrameEpoll(f *Frame) error {
 	}
 	// A frame partly written must be finished, whatever the limit: dropping
 	// its tail would break the stream.
-	if err := c.checkPending(len(b) - n); err != nil && n == 0 {
+	if err := c.checkPendingIf(limit, len(b)-n); err != nil && n == 0 {
 		return err
 	}
 	f.Retain()
-	c.enqueue(segment{frame: f, off: n}, len(b)-n)
-	return nil
+	return el.enqueue(c, segment{frame: f, off: n}, len(b)-n)
 }
 
 func (c *Conn) checkPendingIf(limit bool, add int) error {
@@ -518,50 +634,53 @@ func (c *Conn) checkPending(add int) error {
 	return nil
 }
 
-func (c *Conn) queueCopy(a, b []byte) {
+func (el *epollLoop) queueCopy(c *Conn, a, b []byte) error {
 	buf := inPool.Get()
 	buf.Write(a)
 	buf.Write(b)
-	c.enqueue(segment{buf: buf}, len(buf.B))
+	return el.enqueue(c, segment{buf: buf}, len(buf.B))
 }
 
-func (c *Conn) enqueue(s segment, n int) {
+// enqueue adds s to c's queue and arms EPOLLOUT. The queue keeps s even when
+// arming fails: the write was accepted, and the error closes the connection,
+// which releases the queue.
+func (el *epollLoop) enqueue(c *Conn, s segment, n int) error {
 	if c.out == nil {
 		c.out = queuePool.Get().(*outQueue)
 	}
 	c.out.segs = append(c.out.segs, s)
 	c.out.pending += n
-	c.armWrite()
+	if err := el.armWrite(c); err != nil {
+		el.closeConn(c, err)
+		return err
+	}
+	return nil
 }
 
-func (c *Conn) armWrite() {
+func (el *epollLoop) armWrite(c *Conn) error {
 	if c.flags&flagWriteArmed != 0 {
-		return
+		return nil
 	}
 	c.flags |= flagWriteArmed
-	ev := unix.EpollEvent{Events: epollIn | epollOut, Fd: c.fd}
-	unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev)
+	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
-func (c *Conn) disarmWrite() {
+func (el *epollLoop) disarmWrite(c *Conn) error {
 	if c.flags&flagWriteArmed == 0 {
-		return
+		return nil
 	}
 	c.flags &^= flagWriteArmed
-	ev := unix.EpollEvent{Events: epollIn, Fd: c.fd}
-	unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev)
+	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
 // flush writes as much of the queue as the socket takes.
-func (c *Conn) flush() error {
+func (el *epollLoop) flush(c *Conn) error {
 	q := c.out
 	if q == nil {
-		c.disarmWrite()
-		return nil
+		return el.disarmWrite(c)
 	}
-	l := c.loop
 	for len(q.segs) > 0 {
-		iov := l.iov[:0]
+		iov := el.iov[:0]
 		for i := range q.segs {
 			if len(iov) == maxIov {
 				break
@@ -604,24 +723,24 @@ func (c *Conn) flush() error {
 	q.segs = q.segs[:0]
 	q.pending = 0
 	queuePool.Put(q)
-	c.disarmWrite()
+	c.flags &^= flagReadPaused // drained: read again, in the same epoll_ctl
+	if err := el.disarmWrite(c); err != nil {
+		return err
+	}
 	if c.flags&flagShutdownOnFlush != 0 {
 		c.flags |= flagShutdown
 		unix.Shutdown(int(c.fd), unix.SHUT_WR)
 	}
 	if c.flags&flagRefused != 0 {
 		c.flags &^= flagRefused
-		c.loop.p.h.OnWritable(c)
+		el.l.p.h.OnWritable(c)
 	}
 	return nil
 }
 
-func (c *Conn) closeWriteEpoll() {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
-		return
-	}
-	if l := c.loop; l.inData == c && len(l.cork) > 0 {
-		l.uncork(c)
+func (el *epollLoop) closeWrite(c *Conn) {
+	if el.l.inData == c && len(el.cork) > 0 {
+		el.uncork(c)
 		if c.flags&flagClosed != 0 {
 			return
 		}
@@ -634,16 +753,39 @@ func (c *Conn) closeWriteEpoll() {
 	unix.Shutdown(int(c.fd), unix.SHUT_WR)
 }
 
-func (l *Loop) closeConnEpoll(c *Conn, cause error) {
+func (el *epollLoop) dropQueued(c *Conn) {
+	q := c.out
+	if q == nil || len(q.segs) < 2 {
+		return
+	}
+	for i := 1; i < len(q.segs); i++ {
+		q.segs[i].release()
+	}
+	q.segs = q.segs[:1]
+	q.pending = len(q.segs[0].bytes())
+}
+
+func (el *epollLoop) closeConn(c *Conn, cause error) {
 	if c.flags&flagClosed != 0 {
 		return
 	}
 	c.flags |= flagClosed
 	// Clear the table before the descriptor number can be reused.
-	l.p.fds.set(int(c.fd), nil)
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
+	el.be.fds.set(int(c.fd), nil)
+	// ENOENT when a failed EPOLL_CTL_ADD is why we are closing; the close
+	// removes the descriptor from the set in any case.
+	unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
 	unix.Close(int(c.fd))
-	l.forget(c, cause)
+	if q := c.out; q != nil {
+		for i := range q.segs {
+			q.segs[i].release()
+		}
+		q.segs = q.segs[:0]
+		q.pending = 0
+		queuePool.Put(q)
+		c.out = nil
+	}
+	el.l.forget(c, cause)
 }
 
 func writev2(fd int, a, b []byte) (int, error) {
@@ -669,13 +811,13 @@ func writev(fd int, iov []unix.Iovec) (int, error) {
 
 // uncork writes the replies gathered for c. They were accepted when written,
 // so they are queued past MaxPending rather than dropped from the stream.
-func (l *Loop) uncork(c *Conn) {
-	b := l.cork
-	l.cork = l.cork[:0]
+func (el *epollLoop) uncork(c *Conn) {
+	b := el.cork
+	el.cork = el.cork[:0]
 	if c.flags&flagClosed != 0 || len(b) == 0 {
 		return
 	}
-	if err := c.writeNow(b, nil, false); err != nil {
-		l.closeConn(c, err)
+	if err := el.writeNow(c, b, nil, false); err != nil {
+		el.closeConn(c, err)
 	}
 }

@@ -41,51 +41,65 @@ import (
 // netpoll sizes each connection's input buffer from process-wide settings, so
 // the first netpoll poller's Options.NetpollBufferSize applies to all of them.
 
-// npPoller is the netpoll backend's state.
-type npPoller struct {
-	ln     net.Listener
+// npBackend is the netpoll backend's Poller half.
+type npBackend struct {
+	p     *Poller
+	loops []*npLoop
+	// conns finds a connection's npConn from its Conn, which has no room for
+	// it; an entry is checked against its Conn, as a closed Conn's descriptor
+	// number may belong to another connection by now.
+	conns fdTable[npConn]
+
+	ln     net.Listener   // guarded by p.lnMu
 	acc    sync.WaitGroup // the accept goroutine
 	loopWG sync.WaitGroup // the loops' goroutines
-	flush  sync.WaitGroup // flushers started for bursts
+	flush  sync.WaitGroup // flushers started for bursts, and dials
 }
 
 // npLoop is one netpoll loop: a lock standing in for the loop goroutine.
 type npLoop struct {
+	l      *Loop
+	be     *npBackend
 	exec   sync.Mutex
 	wakeCh chan struct{}
 	stopCh chan struct{}
 }
 
-func (n *npLoop) wake() {
+func (nl *npLoop) wake() {
 	select {
-	case n.wakeCh <- struct{}{}:
+	case nl.wakeCh <- struct{}{}:
 	default:
 	}
 }
 
-// npConn is a netpoll connection's writing state. It lives in the Conn's out
-// field for the connection's whole life.
+// npConn is a netpoll connection's state beside its Conn, for the
+// connection's whole life: its netpoll.Connection and its writing state.
 type npConn struct {
+	c    *Conn
 	conn netpoll.Connection
 
-	mu       sync.Mutex
-	queue    []segment // guarded by mu: written, not yet handed to netpoll
-	spare    []segment // owned by the flusher
-	pending  int       // guarded by mu: queued plus in flight
-	flushing bool      // guarded by mu: someone owns flushing the queue
-	// byRequest, with flushing, says the owner is the connection's running
-	// OnRequest, which flushes when its handler returns; otherwise the owner is
-	// a goroutine started for the burst. There is never more than one.
-	byRequest bool // guarded by mu
-	refused   bool // guarded by mu: a write was refused for MaxPending
-	shutdown  bool // guarded by mu: shut the write side once drained
+	mu      sync.Mutex
+	queue   []segment // guarded by mu: written, not yet handed to netpoll
+	spare   []segment // owned by the flusher
+	pending int       // guarded by mu: queued plus in flight
+	// flushing says a flusher goroutine owns handing the queue to netpoll;
+	// there is never more than one.
+	flushing bool // guarded by mu
+	refused  bool // guarded by mu: a write was refused for MaxPending
+	shutdown bool // guarded by mu: shut the write side once drained
+	// paused says its own replies passed MaxPending: its input is taken off
+	// netpoll's buffer but held, not handed to OnData, until the flusher
+	// drains the queue (see request).
+	paused bool // guarded by mu
 	// closeAfter asks the flushing goroutine to close the connection when its
 	// Flush returns: netpoll's Close racing a Flush on another goroutine can
 	// touch the descriptor after it is closed and reused.
 	closeAfter bool // guarded by mu
 
-	inRequest atomic.Bool // its OnRequest is running and will flush on return
-	closing   atomic.Bool // the poller is closing it
+	held    int  // owned by the loop: input held while paused
+	limited bool // owned by the loop: OnData is handed held input past the bound; its replies are limited
+
+	closing atomic.Bool // the poller is closing it
 }
 
 // DefaultNetpollBufferSize is netpoll's first input buffer per connection as
@@ -95,7 +109,8 @@ const DefaultNetpollBufferSize = 1024
 
 var netpollConfig sync.Once
 
-func newNetpoll(h Handler, o Options) (*Poller, error) {
+func newNetpoll(p *Poller) error {
+	o := p.opts
 	netpollConfig.Do(func() {
 		size := o.NetpollBufferSize
 		if size <= 0 {
@@ -106,82 +121,132 @@ func newNetpoll(h Handler, o Options) (*Poller, error) {
 		// so BufferSize alone cannot make the input buffer smaller.
 		netpoll.LinkBufferCap = size
 	})
-	p := &Poller{h: h, opts: o, lnFD: -1, np: &npPoller{}}
-	p.fds.init()
+	be := &npBackend{p: p}
+	be.conns.init()
 	for i := 0; i < o.Loops; i++ {
-		l := &Loop{p: p, idx: i, lnfd: -1, np: &npLoop{wakeCh: make(chan struct{}, 1), stopCh: make(chan struct{})}}
-		p.loops = append(p.loops, l)
+		nl := &npLoop{be: be, wakeCh: make(chan struct{}, 1), stopCh: make(chan struct{})}
+		nl.l = &Loop{p: p, idx: i, be: nl}
+		be.loops = append(be.loops, nl)
+		p.loops = append(p.loops, nl.l)
 	}
-	for _, l := range p.loops {
-		p.np.loopWG.Add(1)
-		go l.runNetpoll()
+	p.be = be
+	for _, nl := range be.loops {
+		be.loopWG.Add(1)
+		go nl.run()
 	}
-	return p, nil
+	return nil
 }
 
-func (l *Loop) runNetpoll() {
-	defer l.p.np.loopWG.Done()
+func (nl *npLoop) run() {
+	l := nl.l
+	defer nl.be.loopWG.Done()
 	t := time.NewTicker(l.p.opts.TickInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-l.np.wakeCh:
-			l.np.exec.Lock()
+		case <-nl.wakeCh:
+			nl.exec.Lock()
 			l.runJobs()
-			l.np.exec.Unlock()
+			nl.exec.Unlock()
 		case now := <-t.C:
-			l.np.exec.Lock()
+			nl.exec.Lock()
 			l.p.h.OnTick(l, now)
-			l.np.exec.Unlock()
-		case <-l.np.stopCh:
-			l.np.exec.Lock()
+			nl.exec.Unlock()
+		case <-nl.stopCh:
+			nl.exec.Lock()
 			l.finish()
-			l.np.exec.Unlock()
+			nl.exec.Unlock()
 			return
 		}
 	}
 }
 
-func (p *Poller) listenNetpoll(addr string) (net.Addr, error) {
+func (be *npBackend) listen(addr string) (net.Addr, error) {
+	p := be.p
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	p.lnMu.Lock()
 	defer p.lnMu.Unlock()
-	if p.np.ln != nil {
+	if be.ln != nil {
 		ln.Close()
 		return nil, errors.New("poller: already listening")
 	}
-	p.np.ln, p.lnAddr = ln, ln.Addr()
-	p.np.acc.Add(1)
-	go p.acceptNetpoll(ln)
+	be.ln, p.lnAddr = ln, ln.Addr()
+	be.acc.Add(1)
+	go be.accept(ln)
 	return ln.Addr(), nil
 }
 
-// acceptNetpoll accepts with the standard library and gives each socket to
+// accept accepts with the standard library and gives each socket to
 // netpoll: netpoll's own server closes every idle connection when it stops
 // listening, and a draining server must keep them.
-func (p *Poller) acceptNetpoll(ln net.Listener) {
-	defer p.np.acc.Done()
+func (be *npBackend) accept(ln net.Listener) {
+	p := be.p
+	defer be.acc.Done()
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			p.acceptErrors.Add(1)
-			time.Sleep(10 * time.Millisecond) // out of descriptors: let some close
+			r := shedNoSpare
+			if isOutOfFDs(err) {
+				r = p.shedOne(func() (int, bool) { return acceptRaw(ln) })
+			}
+			switch r {
+			case shedNone:
+				// accept fails for lack of descriptors even with nobody
+				// waiting: wait for someone instead of calling it again.
+				waitReadable(ln)
+			case shedDone:
+				p.acceptFailed(err)
+			default:
+				p.acceptFailed(err)
+				time.Sleep(100 * time.Millisecond) // let some descriptors close
+			}
 			continue
 		}
 		fd, err := detachFD(nc)
 		if err != nil {
-			p.acceptErrors.Add(1)
+			// Out of descriptors for the duplicate: nc is closed, so its
+			// client sees the connection closed.
+			p.acceptFailed(err)
+			if isOutOfFDs(err) {
+				p.shed.Add(1)
+			}
 			continue
 		}
 		p.accepted.Add(1)
-		p.adoptNetpoll(fd, nil)
+		be.adopt(fd, nil)
 	}
+}
+
+// acceptRaw accepts one connection from ln's descriptor without the runtime's
+// poller, for shed: it does not wait, and the caller closes what it returns.
+func acceptRaw(ln net.Listener) (int, bool) {
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd, _, err = unix.Accept(int(s)) })
+	return fd, err == nil && fd >= 0
+}
+
+// waitReadable waits until ln has a connection waiting or is closed.
+func waitReadable(ln net.Listener) {
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		return
+	}
+	waited := false
+	rc.Read(func(uintptr) bool {
+		done := waited
+		waited = true
+		return done
+	})
 }
 
 // detachFD takes a duplicate of a net.Conn's descriptor and closes the
@@ -208,22 +273,25 @@ func detachFD(nc net.Conn) (int, error) {
 	return fd, nil
 }
 
-// adoptNetpoll makes a Conn for a connected socket on the next loop and
-// registers it with netpoll.
-func (p *Poller) adoptNetpoll(fd int, ctx any) {
+// adopt makes a Conn for a connected socket on the next loop and registers
+// it with netpoll.
+func (be *npBackend) adopt(fd int, ctx any) {
+	p := be.p
 	if p.opts.NoDelay {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	fd = freshFD(fd)
-	l := p.loops[int(p.nextDial.Add(1))%len(p.loops)]
-	np := &npConn{}
-	c := &Conn{loop: l, ctx: ctx, fd: int32(fd), out: &outQueue{np: np}}
+	nl := be.loops[int(p.nextDial.Add(1))%len(be.loops)]
+	l := nl.l
+	c := &Conn{loop: l, ctx: ctx, fd: int32(fd)}
+	np := &npConn{c: c}
 	// Registered under exec, so OnRequest cannot run before OnOpen has.
-	l.np.exec.Lock()
-	defer l.np.exec.Unlock()
+	nl.exec.Lock()
+	defer nl.exec.Unlock()
 	conn, err := netpoll.NewFDConnection(fd)
 	if err != nil {
 		unix.Close(fd)
+		c.flags |= flagClosed
 		p.h.OnClose(c, err)
 		return
 	}
@@ -232,6 +300,7 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 		conn.SetWriteTimeout(p.opts.WriteTimeout)
 	}
 	l.add(c)
+	be.conns.set(fd, np)
 	// Close callbacks run newest first, so this one runs before netpoll's own,
 	// which closes the descriptor.
 	conn.AddCloseCallback(func(netpoll.Connection) error {
@@ -239,71 +308,192 @@ func (p *Poller) adoptNetpoll(fd int, ctx any) {
 		if !np.closing.Load() {
 			// netpoll has already read the socket's error, if any: a reset and
 			// an orderly close look the same from here.
-			l.np.exec.Lock()
-			l.closeConnNetpoll(c, ErrPeerClosed)
-			l.np.exec.Unlock()
+			nl.exec.Lock()
+			nl.closeConn(c, ErrPeerClosed)
+			nl.exec.Unlock()
 		}
 		return nil
 	})
 	p.h.OnOpen(c)
 	conn.SetOnRequest(func(context.Context, netpoll.Connection) error {
-		l.requestNetpoll(c)
+		nl.request(np)
 		return nil
 	})
 }
 
-// requestNetpoll reads everything netpoll has buffered for c.
-func (l *Loop) requestNetpoll(c *Conn) {
-	np := c.out.np
-	np.inRequest.Store(true)
-	l.np.exec.Lock()
-	if c.flags&flagClosed == 0 {
-		r := np.conn.Reader()
-		if n := r.Len(); n > 0 {
-			data, err := r.Next(n)
-			if err == nil {
-				l.deliver(c, data)
-			}
-		}
-		r.Release()
+// state is c's npConn, or nil once c is closed.
+func (nl *npLoop) state(c *Conn) *npConn {
+	if c.fd < 0 {
+		return nil // a dial that never connected
 	}
-	l.np.exec.Unlock()
-	np.inRequest.Store(false)
-	// Replies written while handling this input are flushed here, on the
-	// connection's own goroutine, where blocking stalls nobody else.
-	np.mu.Lock()
-	mine := np.flushing && np.byRequest
-	np.mu.Unlock()
-	if mine {
-		c.flushNetpoll()
+	if np := nl.be.conns.get(int(c.fd)); np != nil && np.c == c {
+		return np
+	}
+	return nil
+}
+
+// request takes everything netpoll has buffered for the connection and hands
+// it to OnData, or holds it while the connection is paused. It never blocks
+// but for the loop's lock: netpoll reads the socket whatever we do, so a
+// request that waited (as in a Flush) would let netpoll buffer a client's
+// input without bound while its replies back up.
+//
+// Pausing is how a client's own traffic is bounded on netpoll, as leaving
+// input in the kernel bounds it on epoll. When the replies to a client's
+// input pass MaxPending, its further input is held in the connection's input
+// buffer until the flusher drains the queue (resume). If the held input
+// itself passes MaxPending (a client that writes and never reads), it is
+// handed to OnData with its replies limited like broadcasts, so the handler
+// sees ErrPendingLimit and treats the client as a slow consumer.
+func (nl *npLoop) request(np *npConn) {
+	c := np.c
+	nl.exec.Lock()
+	defer nl.exec.Unlock()
+	if c.flags&flagClosed != 0 {
+		return
+	}
+	r := np.conn.Reader()
+	defer r.Release()
+	n := r.Len()
+	if n == 0 {
+		return
+	}
+	data, err := r.Next(n)
+	if err != nil {
+		return
+	}
+	// netpoll reads as much as the socket has, megabytes at a time; OnData
+	// gets at most a read buffer's worth at once, as on epoll, so that the
+	// replies to one call are bounded and pausing can step in between.
+	chunk := nl.l.p.opts.ReadBufferSize
+	for len(data) > 0 && c.flags&flagClosed == 0 {
+		np.mu.Lock()
+		paused := np.paused
+		np.mu.Unlock()
+		if paused {
+			break
+		}
+		k := min(len(data), chunk)
+		nl.deliver(np, data[:k])
+		data = data[k:]
+	}
+	if len(data) == 0 || c.flags&flagClosed != 0 {
+		return
+	}
+	if c.in == nil {
+		c.in = inPool.Get()
+	}
+	c.in.Write(data)
+	np.held += len(data)
+	if overLimit(nl.l.p, np.held) {
+		np.limited = true
+		nl.deliver(np, nil)
+		np.limited = false
 	}
 }
 
-func (p *Poller) stopAcceptingNetpoll() {
+// deliver hands data, after any input kept or held, to OnData, then writes the
+// replies and pauses the connection if they are more than MaxPending behind.
+func (nl *npLoop) deliver(np *npConn, data []byte) {
+	c := np.c
+	np.held = 0
+	nl.l.deliver(c, data)
+	if c.flags&flagClosed != 0 {
+		return
+	}
+	np.mu.Lock()
+	if np.flushing || len(np.queue) == 0 {
+		np.paused = overLimit(nl.l.p, np.pending)
+		np.mu.Unlock()
+		return
+	}
+	// The replies, gathered while OnData ran, go out in one write from here
+	// when the socket takes them, as on epoll; a flusher takes the rest.
+	segs := np.queue
+	np.mu.Unlock()
+	sent, err := writevDirect(c, segs)
+	if err != nil {
+		nl.closeConn(c, err)
+		return
+	}
+	np.mu.Lock()
+	np.pending -= sent
+	i := 0
+	for ; i < len(segs) && sent > 0; i++ {
+		left := len(segs[i].bytes())
+		if sent < left {
+			segs[i].off += sent
+			break
+		}
+		sent -= left
+		segs[i].release()
+	}
+	k := copy(segs, segs[i:])
+	clear(segs[k:])
+	np.queue = segs[:k]
+	start := len(np.queue) > 0 && np.claimFlushLocked()
+	shut := len(np.queue) == 0 && np.shutdown
+	np.paused = overLimit(nl.l.p, np.pending)
+	np.mu.Unlock()
+	switch {
+	case start:
+		nl.startFlusher(np)
+	case shut: // CloseWrite ran in OnData, behind the replies just sent
+		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	}
+}
+
+// resumeJob hands a paused connection its held input once its queue has
+// drained.
+type resumeJob struct {
+	nl *npLoop
+	np *npConn
+}
+
+func (j resumeJob) Run(*Loop) {
+	np, c := j.np, j.np.c
+	if c.flags&flagClosed != 0 {
+		return
+	}
+	np.mu.Lock()
+	if !np.paused || np.flushing {
+		np.mu.Unlock()
+		return
+	}
+	np.paused = false
+	np.mu.Unlock()
+	if c.in != nil {
+		j.nl.deliver(np, nil)
+	}
+}
+
+func (be *npBackend) stopAccepting() {
+	p := be.p
 	p.lnMu.Lock()
-	ln := p.np.ln
-	p.np.ln = nil
+	ln := be.ln
+	be.ln = nil
 	p.lnMu.Unlock()
 	if ln != nil {
 		ln.Close()
-		p.np.acc.Wait()
+		be.acc.Wait()
 	}
 }
 
-func (p *Poller) dialNetpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
+func (be *npBackend) dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
+	p := be.p
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if laddr.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(laddr, 0))
 	}
-	p.np.flush.Add(1)
+	be.flush.Add(1)
 	go func() {
-		defer p.np.flush.Done()
+		defer be.flush.Done()
 		nc, err := d.Dial("tcp", raddr.String())
 		if err == nil {
 			var fd int
 			if fd, err = detachFD(nc); err == nil {
 				p.dialed.Add(1)
-				p.adoptNetpoll(fd, ctx)
+				be.adopt(fd, ctx)
 				return
 			}
 		}
@@ -313,77 +503,101 @@ func (p *Poller) dialNetpoll(raddr netip.AddrPort, laddr netip.Addr, ctx any) er
 	return nil
 }
 
-func (p *Poller) closeNetpoll() error {
-	p.stopAcceptingNetpoll()
-	for _, l := range p.loops {
-		close(l.np.stopCh)
+func (be *npBackend) stop() {
+	be.stopAccepting()
+	for _, nl := range be.loops {
+		close(nl.stopCh)
 	}
-	p.np.loopWG.Wait()
-	p.np.flush.Wait()
-	return nil
+	be.loopWG.Wait()
+	be.flush.Wait()
 }
 
-func (c *Conn) write2Netpoll(a, b []byte) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) write2(c *Conn, a, b []byte) error {
+	np := nl.state(c)
+	if np == nil {
 		return ErrClosed
-	}
-	if len(a)+len(b) == 0 {
-		return nil
 	}
 	buf := inPool.Get()
 	buf.Write(a)
 	buf.Write(b)
-	queued, err := c.writeNetpoll(segment{buf: buf})
+	queued, err := nl.write(np, segment{buf: buf})
 	if !queued {
 		inPool.Put(buf)
 	}
 	return err
 }
 
-func (c *Conn) writeFrameNetpoll(f *Frame) error {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) writeFrame(c *Conn, f *Frame) error {
+	np := nl.state(c)
+	if np == nil {
 		return ErrClosed
 	}
-	_, err := c.writeNetpoll(segment{frame: f})
+	_, err := nl.write(np, segment{frame: f})
 	return err
 }
 
-// writeNetpoll writes s straight to the socket if it can (see
-// writeDirect) and queues what the socket does not take, reporting
-// whether the queue kept s. A queued frame gets the queue's own reference; a
-// buffer the queue did not keep is the caller's.
-func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
-	np := c.out.np
+// write writes s straight to the socket if it can (see writeDirect) and
+// queues what the socket does not take, reporting whether the queue kept s.
+// A queued frame gets the queue's own reference; a buffer the queue did not
+// keep is the caller's.
+//
+// A reply to the connection's own input (written while its OnData runs) is
+// queued, to go out in one write when OnData returns (see deliver), and is
+// never refused for MaxPending: it pauses the connection instead.
+func (nl *npLoop) write(np *npConn, s segment) (queued bool, err error) {
+	c := np.c
 	b := s.bytes()
-	// Nothing queued or in netpoll's writer, and no OnRequest gathering
-	// replies: write from the loop. Only the loop adds to the queue, and the
-	// caller is the loop, so the state read here holds through the write
-	// without the lock.
+	reply := nl.l.inData == c && !np.limited
+	// Nothing queued or in netpoll's writer: write from the loop. Only the
+	// loop adds to the queue, and the caller is the loop, so the state read
+	// here holds through the write without the lock.
 	np.mu.Lock()
-	direct := !np.flushing && !np.inRequest.Load()
+	direct := !np.flushing && len(np.queue) == 0 && nl.l.inData != c
 	np.mu.Unlock()
 	if direct {
-		if s.off, err = c.writeDirect(b); err != nil || s.off == len(b) {
+		if s.off, err = writeDirect(c, b); err != nil || s.off == len(b) {
 			return false, err
 		}
 	}
 	np.mu.Lock()
 	// What was partly written must be finished, whatever the limit.
-	if err := c.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
-		np.mu.Unlock()
-		return false, err
+	if !reply {
+		if err := nl.checkPendingLocked(np, len(b)-s.off); err != nil && s.off == 0 {
+			np.mu.Unlock()
+			return false, err
+		}
 	}
 	if s.frame != nil {
 		s.frame.Retain()
 	}
 	np.queue = append(np.queue, s)
 	np.pending += len(b) - s.off
-	start := c.claimFlushLocked(np)
+	start := nl.l.inData != c && np.claimFlushLocked()
 	np.mu.Unlock()
 	if start {
-		c.startFlusher()
+		nl.startFlusher(np)
 	}
 	return true, nil
+}
+
+// writevDirect writes the segments' bytes to the socket from the loop, as
+// writeDirect does, until one is not taken whole, and reports how many bytes
+// the socket took. (A write per segment: x/sys/unix has writev only on Linux,
+// and a read mostly earns one reply.)
+func writevDirect(c *Conn, segs []segment) (int, error) {
+	sent := 0
+	for i := range segs {
+		b := segs[i].bytes()
+		n, err := writeDirect(c, b)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+		if n < len(b) {
+			break
+		}
+	}
+	return sent, nil
 }
 
 // writeDirect writes b to the socket from the loop and reports how much the
@@ -392,7 +606,7 @@ func (c *Conn) writeNetpoll(s segment) (queued bool, err error) {
 // carries only what the socket does not take at once. The descriptor is safe
 // to use: netpoll closes it only after the close callback, which needs the
 // loop's lock that the caller holds.
-func (c *Conn) writeDirect(b []byte) (int, error) {
+func writeDirect(c *Conn, b []byte) (int, error) {
 	n, err := unix.Write(int(c.fd), b)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
@@ -403,46 +617,42 @@ func (c *Conn) writeDirect(b []byte) (int, error) {
 	return n, nil
 }
 
-func (c *Conn) checkPendingLocked(np *npConn, add int) error {
-	if limit := c.loop.p.opts.MaxPending; limit > 0 && np.pending+add > limit {
+func (nl *npLoop) checkPendingLocked(np *npConn, add int) error {
+	if limit := nl.l.p.opts.MaxPending; limit > 0 && np.pending+add > limit {
 		np.refused = true
 		return ErrPendingLimit
 	}
 	return nil
 }
 
-// claimFlushLocked makes sure someone will flush what was just queued: the
-// connection's OnRequest if it is running (it flushes on return), otherwise a
-// goroutine, which the caller must start when this reports true.
-func (c *Conn) claimFlushLocked(np *npConn) bool {
+// claimFlushLocked makes sure a flusher will hand what was just queued to
+// netpoll: it reports true if the caller must start one.
+func (np *npConn) claimFlushLocked() bool {
 	if np.flushing {
 		return false
 	}
 	np.flushing = true
-	np.byRequest = np.inRequest.Load()
-	return !np.byRequest
+	return true
 }
 
-func (c *Conn) startFlusher() {
-	p := c.loop.p
-	p.np.flush.Add(1)
+func (nl *npLoop) startFlusher(np *npConn) {
+	nl.be.flush.Add(1)
 	go func() {
-		defer p.np.flush.Done()
-		c.flushNetpoll()
+		defer nl.be.flush.Done()
+		nl.flush(np)
 	}()
 }
 
-// flushNetpoll hands queued segments to netpoll until the queue is empty. Only
-// the owner of the flush (see claimFlushLocked) calls it.
-func (c *Conn) flushNetpoll() {
-	np := c.out.np
+// flush hands queued segments to netpoll until the queue is empty. Only the
+// owner of the flush (see claimFlushLocked) calls it, on its own goroutine.
+func (nl *npLoop) flush(np *npConn) {
+	c := np.c
 	np.mu.Lock()
-	np.byRequest = false
 	for {
 		segs := np.queue
 		if len(segs) == 0 || np.closeAfter {
 			np.flushing = false
-			shut, refused, closeNow := np.shutdown, np.refused, np.closeAfter
+			shut, refused, closeNow, paused := np.shutdown, np.refused, np.closeAfter, np.paused
 			np.refused = false
 			np.mu.Unlock()
 			if closeNow {
@@ -453,10 +663,13 @@ func (c *Conn) flushNetpoll() {
 			if shut {
 				// On the loop, where a closed connection is known to be closed:
 				// from here the descriptor may already belong to another socket.
-				c.loop.Post(shutdownJob{c})
+				nl.l.Post(shutdownJob{c})
 			}
 			if refused {
-				c.loop.Post(writableJob{c})
+				nl.l.Post(writableJob{c})
+			}
+			if paused {
+				nl.l.Post(resumeJob{nl, np})
 			}
 			return
 		}
@@ -488,7 +701,7 @@ func (c *Conn) flushNetpoll() {
 				np.conn.Close()
 				return
 			}
-			c.loop.Post(closeJob{c, err})
+			nl.l.Post(closeJob{c, err})
 			return
 		}
 		for i := range segs {
@@ -523,12 +736,12 @@ type closeJob struct {
 
 func (j closeJob) Run(l *Loop) { l.closeConn(j.c, j.err) }
 
-func (c *Conn) closeWriteNetpoll() {
-	if c.flags&(flagClosed|flagShutdown) != 0 {
+func (nl *npLoop) closeWrite(c *Conn) {
+	np := nl.state(c)
+	if np == nil {
 		return
 	}
 	c.flags |= flagShutdown
-	np := c.out.np
 	np.mu.Lock()
 	if np.flushing || len(np.queue) > 0 {
 		np.shutdown = true
@@ -539,24 +752,25 @@ func (c *Conn) closeWriteNetpoll() {
 	unix.Shutdown(int(c.fd), unix.SHUT_WR)
 }
 
-func (l *Loop) closeConnNetpoll(c *Conn, cause error) {
+func (nl *npLoop) closeConn(c *Conn, cause error) {
 	if c.flags&flagClosed != 0 {
 		return
 	}
+	np := nl.state(c)
 	c.flags |= flagClosed
-	if c.fd < 0 || c.out == nil || c.out.np == nil {
-		l.p.h.OnClose(c, cause) // a dial that never connected
+	if np == nil {
+		nl.l.p.h.OnClose(c, cause) // a dial that never connected
 		return
 	}
-	np := c.out.np
 	np.closing.Store(true)
-	l.p.fds.set(int(c.fd), nil)
+	// Clear the table before the descriptor number can be reused.
+	nl.be.conns.set(int(c.fd), nil)
 	np.mu.Lock()
 	for i := range np.queue {
 		np.queue[i].release()
 	}
 	np.queue = nil
-	deferClose := np.flushing && !np.byRequest
+	deferClose := np.flushing
 	np.closeAfter = deferClose
 	np.mu.Unlock()
 	switch {
@@ -568,23 +782,36 @@ func (l *Loop) closeConnNetpoll(c *Conn, cause error) {
 	case np.conn != nil:
 		np.conn.Close()
 	}
-	l.forget(c, cause)
+	nl.l.forget(c, cause)
 }
 
-func (c *Conn) pendingNetpoll() int {
-	np := c.out.np
+func (nl *npLoop) queued(c *Conn) int {
+	np := nl.state(c)
+	if np == nil {
+		return 0
+	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
 	return np.pending
 }
 
-func (c *Conn) dropQueuedNetpoll() {
-	np := c.out.np
+func (nl *npLoop) dropQueued(c *Conn) {
+	np := nl.state(c)
+	if np == nil {
+		return
+	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
-	for i := range np.queue {
+	// A segment the socket took part of must be finished, so the stream
+	// stays framed.
+	keep := 0
+	if len(np.queue) > 0 && np.queue[0].off > 0 {
+		keep = 1
+	}
+	for i := keep; i < len(np.queue); i++ {
 		np.pending -= len(np.queue[i].bytes())
 		np.queue[i].release()
 	}
-	np.queue = np.queue[:0]
+	clear(np.queue[keep:])
+	np.queue = np.queue[:keep]
 }

@@ -4,15 +4,22 @@
 // A Poller owns N loops. Each loop owns the connections it accepted or dialed: their
 // callbacks run on the loop's goroutine, one at a time, and only that goroutine
 // reads, writes or closes them. Other goroutines reach a connection by posting a task
-// to its loop (Loop.Post, Loop.PostWrite), which wakes the loop through an eventfd.
+// to its loop (Loop.Post), which wakes the loop.
+//
+// Two backends implement the loops, chosen by Options.Backend: our own epoll
+// loop (epoll_linux.go, Linux only) and cloudwego/netpoll (netpoll.go). Each is
+// a pair of types behind the internal interfaces backend (the Poller's half:
+// listening, dialing, stopping) and loopBackend (a loop's half: waking it and
+// the operations on its connections), so the code in this file never asks
+// which one runs.
 //
 // The package is built for a WebSocket server but knows nothing of WebSocket: it
-// moves bytes. The epoll backend is Linux only; on other systems New returns
-// ErrUnsupported.
+// moves bytes.
 package poller
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -84,9 +91,16 @@ type Options struct {
 	// ReadBufferSize is the size of each loop's shared read buffer. If zero,
 	// DefaultReadBufferSize is used.
 	ReadBufferSize int
-	// MaxPending bounds a connection's queued, unsent bytes. A write that would pass
-	// it fails with ErrPendingLimit and leaves the queue as it was. If zero, there
-	// is no bound.
+	// MaxPending bounds a connection's queued, unsent bytes, by one of two
+	// rules. A write from a job or a tick (a broadcast, another connection's
+	// traffic) that would pass it fails with ErrPendingLimit and leaves the
+	// queue as it was: the slow-consumer policy is the caller's. A reply,
+	// written while the connection's own OnData runs, is never refused:
+	// once the replies pass MaxPending the poller stops reading the
+	// connection until they drain, so a client that does not read its
+	// replies stops being read (on netpoll, which reads the socket anyway,
+	// input held past MaxPending more is handed to OnData with its replies
+	// refused like broadcasts). If zero, there is no bound.
 	MaxPending int
 	// TickInterval is how often Handler.OnTick runs on each loop. If zero,
 	// DefaultTickInterval is used.
@@ -103,6 +117,11 @@ type Options struct {
 	// LinkBufferCap): process-wide netpoll settings taken from the first netpoll
 	// poller. If zero, DefaultNetpollBufferSize is used.
 	NetpollBufferSize int
+	// Logger receives the poller's own warnings: descriptors running out at
+	// accept (at most one line a second) and event registrations the kernel
+	// refused. If nil, slog.Default() is used, as net/http.Server does with
+	// its ErrorLog.
+	Logger *slog.Logger
 }
 
 // Defaults for Options.
@@ -164,60 +183,95 @@ type Stats struct {
 	Accepted uint64
 	Dialed   uint64
 	Closed   uint64
+	// AcceptErrors counts failed accepts: out of descriptors (EMFILE, ENFILE)
+	// or memory, or another error the listener reported. A server exports it
+	// as a metric: a rising count means clients are being turned away.
+	AcceptErrors uint64
+	// Shed counts connections accepted only to be closed at once, because the
+	// process was out of descriptors: their clients see the connection closed
+	// instead of waiting in the listen queue. Each is also an AcceptError.
+	Shed uint64
 }
 
-// Poller is a set of epoll loops and, optionally, one listening socket shared by
-// all of them.
+// backend is a Poller's half of an event-loop implementation: epollBackend
+// (epoll_linux.go) or npBackend (netpoll.go). Its methods are called once
+// the Poller's own checks (closed, options) have passed.
+type backend interface {
+	// listen opens the listening socket and has the loops accept from it.
+	listen(addr string) (net.Addr, error)
+	// stopAccepting closes the listening socket; it returns once no loop will
+	// accept again.
+	stopAccepting()
+	// dial connects to raddr on a loop; the outcome arrives on that loop.
+	dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error
+	// stop stops the loops, which close their connections, and waits for
+	// every goroutine the backend started.
+	stop()
+}
+
+// loopBackend is a loop's half of an event-loop implementation: *epollLoop
+// or *npLoop. wake may be called from any goroutine; every other method is
+// called on the loop (inside a callback or a job) for a connection the loop
+// owns.
+type loopBackend interface {
+	wake()
+	// write2 is called through Loop.write2 (backend_linux.go,
+	// backend_other.go), never through the interface: see there.
+	write2(c *Conn, a, b []byte) error
+	writeFrame(c *Conn, f *Frame) error
+	closeWrite(c *Conn)
+	closeConn(c *Conn, cause error)
+	// queued is the connection's unsent bytes, as Conn.Pending reports them.
+	queued(c *Conn) int
+	dropQueued(c *Conn)
+}
+
+// Poller is a set of event loops and, optionally, one listening socket shared
+// by all of them.
 type Poller struct {
 	h     Handler
 	opts  Options
+	log   *slog.Logger
+	be    backend
 	loops []*Loop
-	fds   fdTable
 
-	lnMu   sync.Mutex
-	lnFD   int // -1 when not listening; guarded by lnMu
+	lnMu   sync.Mutex // guards lnAddr and the backends' listener fields
 	lnAddr net.Addr
 
 	nextDial atomic.Uint32
 	closed   atomic.Bool
-	wg       sync.WaitGroup
 
-	accepted     atomic.Uint64
-	dialed       atomic.Uint64
-	closedConns  atomic.Uint64
-	acceptErrors atomic.Uint64
+	accepted      atomic.Uint64
+	dialed        atomic.Uint64
+	closedConns   atomic.Uint64
+	acceptErrors  atomic.Uint64
+	shed          atomic.Uint64
+	lastAcceptLog atomic.Int64 // unix nanoseconds of the last accept warning
 
-	np *npPoller // the netpoll backend's state; nil for epoll
+	// spare is a descriptor (/dev/null) held in reserve while listening, or
+	// -1: when accept fails for lack of descriptors it is closed to accept
+	// and close the waiting connection, then reopened (see shedOne).
+	spareMu sync.Mutex
+	spare   int // guarded by spareMu
 }
 
-// Loop is one event loop: an epoll instance, the goroutine that waits on it, and
-// the connections it owns.
+// Loop is one event loop: the goroutine (or, on netpoll, the lock) that runs
+// its connections' callbacks one at a time, and those connections.
 type Loop struct {
-	p    *Poller
-	idx  int
-	epfd int
-	evfd int
+	p   *Poller
+	idx int
+	be  loopBackend
 
-	// Owned by the loop goroutine.
-	buf       []byte
-	iov       []unix.Iovec
-	conns     []*Conn
-	lnfd      int    // the listener while it is in this loop's epoll set, else -1
-	acceptOff bool   // accepting paused after EMFILE until the next tick
-	inData    *Conn  // the connection whose OnData is running
-	cork      []byte // replies to inData's input, sent when OnData returns
+	// Owned by the loop.
+	conns  []*Conn
+	inData *Conn // the connection whose OnData is running
 
-	nconns   atomic.Int64
-	incoming atomic.Int64 // accepted connections posted to this loop, not yet adopted
+	nconns atomic.Int64
 
-	mu      sync.Mutex
-	jobs    []Job // guarded by mu
-	dead    bool  // guarded by mu: the loop has exited and runs no more jobs
-	spare   []Job // owned by the loop goroutine: the drained batch, reused
-	wakeups atomic.Bool
-	stop    atomic.Bool
-
-	np *npLoop // the netpoll backend's state; nil for epoll
+	mu    sync.Mutex
+	jobs  []Job // guarded by mu
+	dead  bool  // guarded by mu: the loop has exited and runs no more jobs
+	spare []Job // owned by the loop: the drained batch, reused
 }
 
 // Job is work posted to a loop from another goroutine. Run executes on the loop
@@ -235,11 +289,16 @@ func (f FuncJob) Run(*Loop) { f() }
 // Conn is one connection owned by a loop. Its methods may be called only on the
 // owning loop's goroutine (inside a Handler callback or a Job); other goroutines
 // post a Job to Conn.Loop.
+//
+// It is kept to 64 bytes, as a server holds hundreds of thousands: the epoll
+// backend's queue is the one backend field here, nil while nothing is queued;
+// netpoll, whose connections cost kilobytes anyway, keeps its per-connection
+// state on the side (npConn).
 type Conn struct {
 	loop  *Loop
 	ctx   any
 	in    *bytebufferpool.ByteBuffer // unconsumed input; nil when there is none
-	out   *outQueue                  // unsent output; nil when there is none
+	out   *outQueue                  // epoll: unsent output; nil when there is none, and always on netpoll
 	stamp int64                      // the handler's: a deadline or last-seen time, see SetStamp
 	fd    int32
 	idx   int32 // position in loop.conns
@@ -249,20 +308,19 @@ type Conn struct {
 type connFlags uint8
 
 const (
-	flagClosed connFlags = 1 << iota
-	flagWriteArmed
-	flagConnecting
-	flagShutdownOnFlush
-	flagShutdown
-	flagRefused // a write was refused for MaxPending since OnWritable last ran
+	flagClosed          connFlags = 1 << iota
+	flagWriteArmed                // epoll: EPOLLOUT is in the connection's event mask
+	flagConnecting                // epoll: a dial waiting for connect to complete
+	flagShutdownOnFlush           // epoll: shut the write side once the queue drains
+	flagShutdown                  // the write side is shut (or will be, once flushed)
+	flagRefused                   // a write was refused for MaxPending since OnWritable last ran
+	flagReadPaused                // epoll: its own replies passed MaxPending; input waits in the kernel
 )
 
+// outQueue is the epoll backend's queue of a connection's unsent output.
 type outQueue struct {
 	segs    []segment
 	pending int
-	// np is set for the netpoll backend, whose connections keep their out field
-	// for life and queue in it instead.
-	np *npConn
 }
 
 // segment is one queued write: either a shared frame or an owned copy.
@@ -306,15 +364,22 @@ func (p *Poller) Addr() net.Addr {
 // Stats returns the poller's counters.
 func (p *Poller) Stats() Stats {
 	s := Stats{
-		Conns:    make([]int64, len(p.loops)),
-		Accepted: p.accepted.Load(),
-		Dialed:   p.dialed.Load(),
-		Closed:   p.closedConns.Load(),
+		Conns:        make([]int64, len(p.loops)),
+		Accepted:     p.accepted.Load(),
+		Dialed:       p.dialed.Load(),
+		Closed:       p.closedConns.Load(),
+		AcceptErrors: p.acceptErrors.Load(),
+		Shed:         p.shed.Load(),
 	}
 	for i, l := range p.loops {
 		s.Conns[i] = l.nconns.Load()
 	}
 	return s
+}
+
+// overLimit reports whether n bytes pass Options.MaxPending.
+func overLimit(p *Poller, n int) bool {
+	return p.opts.MaxPending > 0 && n > p.opts.MaxPending
 }
 
 // Index is the loop's position in Poller.Loops.
@@ -354,7 +419,6 @@ func (l *Loop) Range(fn func(*Conn) bool) {
 }
 
 func (l *Loop) runJobs() {
-	l.wakeups.Store(false)
 	l.mu.Lock()
 	jobs := l.jobs
 	l.jobs = l.spare[:0]
@@ -369,7 +433,6 @@ func (l *Loop) runJobs() {
 func (l *Loop) add(c *Conn) {
 	c.idx = int32(len(l.conns))
 	l.conns = append(l.conns, c)
-	l.p.fds.set(int(c.fd), c)
 	l.nconns.Add(1)
 }
 
@@ -397,22 +460,7 @@ func (c *Conn) Closed() bool { return c.flags&flagClosed != 0 }
 func (c *Conn) Fd() int { return int(c.fd) }
 
 // Pending is the number of queued, unsent bytes.
-func (c *Conn) Pending() int {
-	if c.loop.inData == c && len(c.loop.cork) > 0 {
-		return len(c.loop.cork) + c.queued()
-	}
-	return c.queued()
-}
-
-func (c *Conn) queued() int {
-	if c.out == nil {
-		return 0
-	}
-	if c.out.np != nil {
-		return c.pendingNetpoll()
-	}
-	return c.out.pending
-}
+func (c *Conn) Pending() int { return c.loop.be.queued(c) }
 
 // Buffered is the number of input bytes kept from earlier reads.
 func (c *Conn) Buffered() int {
@@ -427,23 +475,14 @@ func (c *Conn) Buffered() int {
 // is one whole write, so what remains ends on a message boundary. A server uses
 // it to put a close frame right behind a slow consumer's current message.
 func (c *Conn) DropQueued() {
-	if c.out != nil && c.out.np != nil {
-		c.dropQueuedNetpoll()
-		return
+	if c.flags&flagClosed == 0 {
+		c.loop.be.dropQueued(c)
 	}
-	q := c.out
-	if q == nil || len(q.segs) < 2 {
-		return
-	}
-	for i := 1; i < len(q.segs); i++ {
-		q.segs[i].release()
-	}
-	q.segs = q.segs[:1]
-	q.pending = len(q.segs[0].bytes())
 }
 
-// forget removes a closed connection from the loop, frees its buffers and tells
-// the handler.
+// forget removes a closed connection from the loop, frees its input buffer
+// and tells the handler. The backend has already let go of the socket and the
+// output.
 func (l *Loop) forget(c *Conn, cause error) {
 	last := l.conns[len(l.conns)-1]
 	l.conns[c.idx] = last
@@ -451,15 +490,6 @@ func (l *Loop) forget(c *Conn, cause error) {
 	l.conns[len(l.conns)-1] = nil
 	l.conns = l.conns[:len(l.conns)-1]
 	l.nconns.Add(-1)
-	if q := c.out; q != nil && q.np == nil {
-		for i := range q.segs {
-			q.segs[i].release()
-		}
-		q.segs = q.segs[:0]
-		q.pending = 0
-		queuePool.Put(q)
-		c.out = nil
-	}
 	if c.in != nil && l.inData != c {
 		inPool.Put(c.in)
 		c.in = nil
@@ -468,31 +498,32 @@ func (l *Loop) forget(c *Conn, cause error) {
 	l.p.h.OnClose(c, cause)
 }
 
-// fdTable maps descriptors to connections without a map's per-entry cost: pages
-// of 64Ki pointers are allocated as descriptor numbers reach them. An entry is
+// fdTable maps descriptors to a backend's per-connection state (the epoll
+// backend's Conn, netpoll's npConn) without a map's per-entry cost: pages of
+// 64Ki pointers are allocated as descriptor numbers reach them. An entry is
 // written only by the loop that owns that descriptor.
-type fdTable struct {
-	pages []atomic.Pointer[fdPage]
+type fdTable[T any] struct {
+	pages []atomic.Pointer[fdPage[T]]
 }
 
-type fdPage [fdPageSize]atomic.Pointer[Conn]
+type fdPage[T any] [fdPageSize]atomic.Pointer[T]
 
 const (
 	fdPageBits = 16
 	fdPageSize = 1 << fdPageBits
 )
 
-func (t *fdTable) init() {
+func (t *fdTable[T]) init() {
 	var rl unix.Rlimit
 	limit := uint64(1 << 20)
 	// rl.Max is signed on FreeBSD.
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Max > 0 && rl.Max < 1<<31 {
 		limit = uint64(rl.Max)
 	}
-	t.pages = make([]atomic.Pointer[fdPage], limit>>fdPageBits+1)
+	t.pages = make([]atomic.Pointer[fdPage[T]], limit>>fdPageBits+1)
 }
 
-func (t *fdTable) get(fd int) *Conn {
+func (t *fdTable[T]) get(fd int) *T {
 	pi := fd >> fdPageBits
 	if pi >= len(t.pages) {
 		return nil
@@ -504,7 +535,7 @@ func (t *fdTable) get(fd int) *Conn {
 	return pg[fd&(fdPageSize-1)].Load()
 }
 
-func (t *fdTable) set(fd int, c *Conn) {
+func (t *fdTable[T]) set(fd int, c *T) {
 	pi := fd >> fdPageBits
 	if pi >= len(t.pages) {
 		panic("poller: descriptor beyond RLIMIT_NOFILE")
@@ -514,7 +545,7 @@ func (t *fdTable) set(fd int, c *Conn) {
 		if c == nil {
 			return
 		}
-		pg = new(fdPage)
+		pg = new(fdPage[T])
 		if !t.pages[pi].CompareAndSwap(nil, pg) {
 			pg = t.pages[pi].Load()
 		}
@@ -542,13 +573,23 @@ func New(h Handler, o Options) (*Poller, error) {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
+	p := &Poller{h: h, opts: o, log: o.Logger, spare: -1}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	var err error
 	switch o.Backend {
 	case BackendEpoll:
-		return newEpoll(h, o)
+		err = newEpoll(p)
 	case BackendNetpoll:
-		return newNetpoll(h, o)
+		err = newNetpoll(p)
+	default:
+		err = errors.New("poller: unknown backend " + string(o.Backend))
 	}
-	return nil, errors.New("poller: unknown backend " + string(o.Backend))
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Backend is the poller's event-loop implementation.
@@ -560,21 +601,13 @@ func (p *Poller) Listen(addr string) (net.Addr, error) {
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
-	if p.np != nil {
-		return p.listenNetpoll(addr)
-	}
-	return p.listenEpoll(addr)
+	p.openSpare()
+	return p.be.listen(addr)
 }
 
 // StopAccepting closes the listening socket. Open connections are not touched. It
 // returns once no loop will accept again.
-func (p *Poller) StopAccepting() {
-	if p.np != nil {
-		p.stopAcceptingNetpoll()
-		return
-	}
-	p.stopAcceptingEpoll()
-}
+func (p *Poller) StopAccepting() { p.be.stopAccepting() }
 
 // Dial connects to raddr from the loop chosen round-robin, optionally binding the
 // local address laddr (the zero Addr lets the kernel choose). ctx becomes the
@@ -584,10 +617,7 @@ func (p *Poller) Dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	if p.np != nil {
-		return p.dialNetpoll(raddr, laddr, ctx)
-	}
-	return p.dialEpoll(raddr, laddr, ctx)
+	return p.be.dial(raddr, laddr, ctx)
 }
 
 // Close stops every loop. Open connections are closed at once, each reported to
@@ -596,19 +626,81 @@ func (p *Poller) Close() error {
 	if p.closed.Swap(true) {
 		return ErrClosed
 	}
-	if p.np != nil {
-		return p.closeNetpoll()
+	p.be.stop()
+	p.spareMu.Lock()
+	if p.spare >= 0 {
+		unix.Close(p.spare)
+		p.spare = -1
 	}
-	return p.closeEpoll()
+	p.spareMu.Unlock()
+	return nil
 }
 
-func (l *Loop) wake() {
-	if l.np != nil {
-		l.np.wake()
+func (p *Poller) openSpare() {
+	p.spareMu.Lock()
+	defer p.spareMu.Unlock()
+	if p.spare < 0 {
+		p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+}
+
+// isOutOfFDs reports whether an accept error means the process or the system
+// has no descriptor left.
+func isOutOfFDs(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
+}
+
+// acceptFailed counts a failed accept and warns, at most once a second, so a
+// storm of them shows in the log without flooding it.
+func (p *Poller) acceptFailed(err error) {
+	n := p.acceptErrors.Add(1)
+	now := time.Now().UnixNano()
+	last := p.lastAcceptLog.Load()
+	if now-last < int64(time.Second) || !p.lastAcceptLog.CompareAndSwap(last, now) {
 		return
 	}
-	l.wakeEpoll()
+	p.log.Warn("poller: accept failed; shedding connections", "err", err,
+		"accept_errors", n, "shed", p.shed.Load())
 }
+
+// shedResult is what shedOne did.
+type shedResult uint8
+
+const (
+	shedDone    shedResult = iota // a waiting connection was accepted and closed
+	shedNone                      // nothing was waiting: accept fails for lack of descriptors even then
+	shedNoSpare                   // no spare descriptor to give up
+)
+
+// shedOne turns away one connection waiting in the listen queue when the
+// process is out of descriptors: it gives up the spare descriptor, accepts
+// the connection with accept (which returns the new descriptor, or false),
+// closes it at once, and takes the spare back. The client sees its
+// connection closed rather than waiting for an accept that will not come,
+// and the listener stops being readable for it, so the loop does not spin.
+func (p *Poller) shedOne(accept func() (int, bool)) shedResult {
+	p.spareMu.Lock()
+	defer p.spareMu.Unlock()
+	if p.spare < 0 {
+		// Lost to another thread last time: try again now.
+		if p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); p.spare < 0 {
+			return shedNoSpare
+		}
+	}
+	unix.Close(p.spare)
+	fd, ok := accept()
+	if ok {
+		unix.Close(fd)
+		p.shed.Add(1)
+	}
+	p.spare, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if !ok {
+		return shedNone
+	}
+	return shedDone
+}
+
+func (l *Loop) wake() { l.be.wake() }
 
 // RemoteAddr asks the kernel for the peer's address. It is not stored, as idle
 // connections should cost as little as possible.
@@ -638,19 +730,25 @@ func (c *Conn) Write(b []byte) error {
 
 // Write2 sends a followed by b, in one system call where possible.
 func (c *Conn) Write2(a, b []byte) error {
-	if c.loop.np != nil {
-		return c.write2Netpoll(a, b)
+	if c.flags&(flagClosed|flagShutdown) != 0 {
+		return ErrClosed
 	}
-	return c.write2Epoll(a, b)
+	if len(a) == 0 {
+		a, b = b, nil
+	}
+	if len(a) == 0 {
+		return nil
+	}
+	return c.loop.write2(c, a, b)
 }
 
 // WriteFrame sends a shared frame. If the socket does not take all of it, the
 // queue keeps a reference to the frame instead of a copy.
 func (c *Conn) WriteFrame(f *Frame) error {
-	if c.loop.np != nil {
-		return c.writeFrameNetpoll(f)
+	if c.flags&(flagClosed|flagShutdown) != 0 {
+		return ErrClosed
 	}
-	return c.writeFrameEpoll(f)
+	return c.loop.be.writeFrame(c, f)
 }
 
 // CloseWrite shuts down the sending side once the queued output is flushed. The
@@ -658,11 +756,10 @@ func (c *Conn) WriteFrame(f *Frame) error {
 // a WebSocket server does this after its close frame, so the peer reads the frame
 // before it sees the end of the stream rather than a reset.
 func (c *Conn) CloseWrite() {
-	if c.loop.np != nil {
-		c.closeWriteNetpoll()
+	if c.flags&(flagClosed|flagShutdown) != 0 {
 		return
 	}
-	c.closeWriteEpoll()
+	c.loop.be.closeWrite(c)
 }
 
 // Close closes the connection at once, dropping queued output, and calls
@@ -672,11 +769,10 @@ func (c *Conn) Close() {
 }
 
 func (l *Loop) closeConn(c *Conn, cause error) {
-	if l.np != nil {
-		l.closeConnNetpoll(c, cause)
+	if c.flags&flagClosed != 0 {
 		return
 	}
-	l.closeConnEpoll(c, cause)
+	l.be.closeConn(c, cause)
 }
 
 // finish is a stopping loop's last work: it refuses further jobs, runs those
@@ -704,9 +800,6 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 	}
 	l.inData = c
 	used := l.p.h.OnData(c, data)
-	if len(l.cork) > 0 {
-		l.uncork(c)
-	}
 	l.inData = nil
 	if c.flags&flagClosed != 0 {
 		// Close left the input buffer for us, as data pointed into it.

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 )
@@ -46,9 +47,13 @@ type lineEcho struct {
 	writable int
 	ticks    atomic.Int64
 	onData   func(c *Conn, data []byte) int // overrides the echo when set
+	onOpen   func(c *Conn)                  // runs first in OnOpen when set
 }
 
 func (h *lineEcho) OnOpen(c *Conn) {
+	if h.onOpen != nil {
+		h.onOpen(c)
+	}
 	h.mu.Lock()
 	h.opened++
 	h.mu.Unlock()
@@ -231,18 +236,23 @@ func TestBackpressureQueuesAndFlushes(t *testing.T) {
 	}
 }
 
+// TestPendingLimitRefusesWrites writes from a job, as a broadcast does: such
+// writes are refused past MaxPending. (Replies written in OnData are not: see
+// TestRepliesPauseReadingInsteadOfRefusal.)
 func TestPendingLimitRefusesWrites(t *testing.T) {
 	errs := make(chan error, 1)
 	h := &lineEcho{}
 	h.onData = func(c *Conn, data []byte) int {
-		chunk := make([]byte, 64<<10)
-		for range 1000 {
-			if err := c.Write(chunk); err != nil {
-				errs <- err
-				return len(data)
+		c.Loop().Post(FuncJob(func() {
+			chunk := make([]byte, 64<<10)
+			for range 1000 {
+				if err := c.Write(chunk); err != nil {
+					errs <- err
+					return
+				}
 			}
-		}
-		errs <- nil
+			errs <- nil
+		}))
 		return len(data)
 	}
 	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 256 << 10})
@@ -254,10 +264,7 @@ func TestPendingLimitRefusesWrites(t *testing.T) {
 	h.mu.Lock()
 	early := h.writable
 	h.mu.Unlock()
-	// netpoll queues a handler's writes until it returns, then flushes them
-	// into a kernel buffer that may take them all; epoll writes at once, so only
-	// there is the queue sure to be full while the peer does not read.
-	if early != 0 && testBackend == BackendEpoll {
+	if early != 0 {
 		t.Fatal("OnWritable ran before the queue drained")
 	}
 	// Once the peer reads everything, the handler hears the queue drained.
@@ -520,5 +527,149 @@ func TestPendingLimitNeverCutsAFrame(t *testing.T) {
 	}
 	if n := readNumbered(t, c, size); n != want {
 		t.Fatalf("read %d frames, want the %d accepted", n, want)
+	}
+}
+
+// TestConnSize keeps a connection in the 64-byte size class: a server holds
+// hundreds of thousands of them.
+func TestConnSize(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > 64 {
+		t.Fatalf("Conn is %d bytes, want at most 64", n)
+	}
+}
+
+// inputHeld is the input the poller holds for c: its kept input, and on
+// netpoll whatever netpoll has read from the socket and not handed over.
+func inputHeld(c *Conn) int {
+	n := c.Buffered()
+	if nl, ok := c.loop.be.(*npLoop); ok {
+		if np := nl.state(c); np != nil {
+			n += np.conn.Reader().Len()
+		}
+	}
+	return n
+}
+
+// TestNonReaderIsBounded is the attack of a client that writes requests at
+// full speed and never reads its replies: the memory the poller holds for it
+// (unsent replies plus unconsumed input) must stay bounded, as reading pauses
+// once its replies pass MaxPending. The handler treats a refused write as a
+// slow consumer and closes, as the server does.
+func TestNonReaderIsBounded(t *testing.T) {
+	const maxPending = 128 << 10
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		i := bytes.LastIndexByte(data, '\n')
+		if i < 0 {
+			return 0
+		}
+		if err := c.Write(data[:i+1]); err != nil {
+			c.Close()
+			return len(data)
+		}
+		return i + 1
+	}
+	// A small send buffer backs the replies up at once, so the first ones
+	// (under MaxPending) already wait for the socket. The receive buffer
+	// bounds what netpoll, which reads whether we pause or not, takes from the
+	// socket at once.
+	const rcvbuf = 64 << 10
+	h.onOpen = func(c *Conn) {
+		syscall.SetsockoptInt(c.Fd(), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<10)
+		syscall.SetsockoptInt(c.Fd(), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+	}
+	p, addr := startPoller(t, h, Options{Loops: 1, MaxPending: maxPending})
+	c := dialRcvBuf(t, addr, 4<<10)
+	line := append(bytes.Repeat([]byte("p"), 99), '\n')
+	burst := bytes.Repeat(line, 40) // 4,000 bytes of requests per write
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	// A first, small batch earns replies the socket does not take, then the
+	// flood, as a client sending pings does.
+	c.Write(bytes.Repeat(line, 200))
+	time.Sleep(50 * time.Millisecond)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			n, err := c.Write(burst)
+			sent.Add(int64(n))
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return // closed as a slow consumer
+			}
+		}
+	}()
+	defer close(stop)
+	// Bounded: MaxPending of replies plus one read's worth, the same again of
+	// held input, and on netpoll one read of the socket (the kernel doubles
+	// SO_RCVBUF).
+	const bound = 4*maxPending + 2*DefaultReadBufferSize + 2*rcvbuf
+	peak := 0
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
+		onLoops(p, func(l *Loop) {
+			l.Range(func(c *Conn) bool {
+				peak = max(peak, c.Pending()+inputHeld(c))
+				return true
+			})
+		})
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.mu.Lock()
+	t.Logf("client sent %d bytes; the poller held at most %d; closed: %v", sent.Load(), peak, h.closed)
+	h.mu.Unlock()
+	if peak > bound {
+		t.Fatalf("the poller held %d bytes for a client that does not read, want at most %d", peak, bound)
+	}
+}
+
+// TestRepliesPauseReadingInsteadOfRefusal sends many requests at once, each
+// earning a reply of 16 KiB, far past MaxPending in all, and reads the
+// replies slowly. Replies are the client's own traffic: none may be refused,
+// reading pauses instead, and every reply arrives in order.
+func TestRepliesPauseReadingInsteadOfRefusal(t *testing.T) {
+	const size, count = 16 << 10, 500 // 8 MiB of replies
+	var refused atomic.Int64
+	var next atomic.Int64
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		n := bytes.Count(data, []byte("\n"))
+		for range n {
+			f := numberedFrames(int(next.Add(1)-1), 1, size)[0]
+			if err := c.Write(f.Bytes()); err != nil {
+				refused.Add(1)
+			}
+			f.Release()
+		}
+		return bytes.LastIndexByte(data, '\n') + 1
+	}
+	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 256 << 10})
+	c := dialRcvBuf(t, addr, 16<<10)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	go c.Write(bytes.Repeat([]byte("r\n"), count))
+	buf := make([]byte, size)
+	for i := range count {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("reply %d: %v (refused %d)", i, err, refused.Load())
+		}
+		want := numberedFrames(i, 1, size)[0]
+		if !bytes.Equal(buf, want.Bytes()) {
+			t.Fatalf("reply %d arrived out of order or damaged: starts %q", i, buf[:8])
+		}
+		want.Release()
+		if i%50 == 0 {
+			time.Sleep(20 * time.Millisecond) // a slow reader
+		}
+	}
+	if n := refused.Load(); n != 0 {
+		t.Fatalf("%d replies refused for MaxPending", n)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.closed) != 0 {
+		t.Fatalf("connection closed: %v", h.closed)
 	}
 }
