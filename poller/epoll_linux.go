@@ -647,6 +647,7 @@ func (el *epollLoop) queueCopy(c *Conn, a, b []byte) error {
 func (el *epollLoop) enqueue(c *Conn, s segment, n int) error {
 	if c.out == nil {
 		c.out = queuePool.Get().(*outQueue)
+		c.out.moved = time.Now().UnixMilli()
 	}
 	c.out.segs = append(c.out.segs, s)
 	c.out.pending += n
@@ -699,6 +700,9 @@ func (el *epollLoop) flush(c *Conn) error {
 			return err
 		}
 		q.pending -= n
+		if n > 0 {
+			q.moved = time.Now().UnixMilli()
+		}
 		i := 0
 		for ; i < len(q.segs) && n > 0; i++ {
 			s := &q.segs[i]

@@ -321,6 +321,9 @@ const (
 type outQueue struct {
 	segs    []segment
 	pending int
+	// moved is when the socket last took bytes from the queue, or when the
+	// queue began (unix ms): how long a backed-up connection has stalled.
+	moved int64
 }
 
 // segment is one queued write: either a shared frame or an owned copy.
@@ -461,6 +464,15 @@ func (c *Conn) Fd() int { return int(c.fd) }
 
 // Pending is the number of queued, unsent bytes.
 func (c *Conn) Pending() int { return c.loop.be.queued(c) }
+
+// Stalled reports whether c's own replies have paused its reading (see
+// Options.MaxPending) and the socket has taken none of its queued output
+// since before now-d: a client that does not read. The handler closes it
+// as a slow consumer. It is always false on netpoll, which applies its
+// WriteTimeout itself. Call it on c's loop.
+func (c *Conn) Stalled(now time.Time, d time.Duration) bool {
+	return c.flags&flagReadPaused != 0 && c.out != nil && now.UnixMilli()-c.out.moved >= d.Milliseconds()
+}
 
 // Buffered is the number of input bytes kept from earlier reads.
 func (c *Conn) Buffered() int {

@@ -123,6 +123,12 @@ func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 			switch c.state {
 			case stateOpen:
 				switch quiet := ms - pc.Stamp(); {
+				case pc.Stalled(now, s.opts.StallTimeout):
+					// Its own replies paused its reading, and it has taken
+					// none of them since: it does not read. Whatever the
+					// slow-consumer policy, dropping cannot help here.
+					c.ctr().slow[SlowClose].Add(1)
+					c.fail(CloseSlowConsumer, ErrSlowConsumer)
 				case quiet >= idle:
 					c.Close(CloseIdle)
 				case c.exp != 0 && sec >= c.exp:

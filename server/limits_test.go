@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -217,4 +218,28 @@ func TestUserCounts(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("%d users left after every release", n)
 	}
+}
+
+// TestNonReaderClosedAsSlowConsumer: a client that sends at full speed and
+// never reads earns replies it never takes. The server stops reading it once
+// they are MaxPending behind, so its memory is bounded, and once the socket
+// has taken none of them for StallTimeout it is closed as a slow consumer
+// (1008), on both backends, rather than held until the idle timeout.
+func TestNonReaderClosedAsSlowConsumer(t *testing.T) {
+	ts := startServer(t, Options{MaxPending: 16 << 10, StallTimeout: 300 * time.Millisecond})
+	c := rawDial(t, ts.Addr, "/echo")
+	c.Conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	msg := frame(true, 0, 0x2, bytes.Repeat([]byte("x"), 1024), true)
+	go func() {
+		for {
+			if _, err := c.Write(msg); err != nil {
+				return // closed by the server, or by the test's cleanup
+			}
+		}
+	}()
+	waitFor(t, "the non-reader to be closed as a slow consumer", func() bool {
+		st := ts.Stats()
+		return st.SlowClosed == 1 && st.Closes["slow_consumer"] == 1
+	})
+	waitFor(t, "its socket to be closed", func() bool { return ts.Conns() == 0 })
 }

@@ -23,6 +23,7 @@ func (s *Server) Collector() prometheus.Collector {
 // listed in docs/OPERATIONS.md; keep both in step.
 type metricDescs struct {
 	conns, sockets, maxConns, accepted, ready *prometheus.Desc
+	acceptErrors, shed                        *prometheus.Desc
 	handshakes, authFailures, closes          *prometheus.Desc
 	msgsIn, msgsOut, bytesIn, bytesOut        *prometheus.Desc
 	slowClosed, slowDropped, slowPolicy       *prometheus.Desc
@@ -39,6 +40,8 @@ func newMetricDescs() *metricDescs {
 		sockets:      d("sockets", "Open sockets, handshakes in progress included, per event loop.", "loop"),
 		maxConns:     d("max_connections", "The --max-conns cap on open connections; 0 for none."),
 		accepted:     d("sockets_accepted_total", "Sockets accepted."),
+		acceptErrors: d("accept_errors_total", "Failed accepts on the WebSocket listener: out of descriptors or memory, or another listener error."),
+		shed:         d("accept_shed_total", "WebSocket connections accepted only to be closed at once because the process was out of descriptors."),
 		ready:        d("ready", "1 while the server accepts connections, 0 once it drains."),
 		handshakes:   d("handshakes_total", "Upgrade attempts, by result.", "result"),
 		authFailures: d("auth_failures_total", "Token verification failures at the handshake, by reason.", "reason"),
@@ -68,7 +71,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	d := c.d
 	for _, x := range []*prometheus.Desc{
-		d.conns, d.sockets, d.maxConns, d.accepted, d.ready, d.handshakes, d.authFailures, d.closes,
+		d.conns, d.sockets, d.maxConns, d.accepted, d.acceptErrors, d.shed, d.ready, d.handshakes, d.authFailures, d.closes,
 		d.msgsIn, d.msgsOut, d.bytesIn, d.bytesOut, d.slowClosed, d.slowDropped, d.slowPolicy,
 		d.rss, d.baseline, d.bytesPerConn, d.memLimit, d.memHigh, d.memLow, d.memRefusing,
 	} {
@@ -126,6 +129,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(d.maxConns, float64(s.opts.MaxConns))
 	gauge(d.ready, boolean(s.Ready()))
 	counter(d.accepted, accepted)
+	ps := s.p.Stats()
+	counter(d.acceptErrors, ps.AcceptErrors)
+	counter(d.shed, ps.Shed)
 	for j, v := range handshakes {
 		counter(d.handshakes, v, HandshakeResult(j).String())
 	}

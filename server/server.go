@@ -153,6 +153,12 @@ type Options struct {
 	// MaxPending bounds a connection's unsent bytes; past it the connection is a
 	// slow consumer and is closed with 1008. If zero, DefaultMaxPending is used.
 	MaxPending int
+	// StallTimeout closes, as a slow consumer (1008), a connection whose own
+	// replies are more than MaxPending behind, so that it is no longer read,
+	// and that has taken none of them for this long: a client that sends and
+	// never reads. A client that reads, however slowly, is not closed for it.
+	// If zero, DefaultStallTimeout is used.
+	StallTimeout time.Duration
 	// HandshakeTimeout bounds the time to receive the whole upgrade request. If
 	// zero, DefaultHandshakeTimeout is used.
 	HandshakeTimeout time.Duration
@@ -186,6 +192,7 @@ const (
 	DefaultPingInterval     = 30 * time.Second
 	DefaultIdleTimeout      = 75 * time.Second
 	DefaultCloseTimeout     = 5 * time.Second
+	DefaultStallTimeout     = 10 * time.Second
 	DefaultDrainRate        = 10000
 	DefaultMemoryHighWater  = 0.9
 	DefaultMemoryLowWater   = 0.8
@@ -278,6 +285,9 @@ func New(o Options) (*Server, error) {
 	if o.CloseTimeout <= 0 {
 		o.CloseTimeout = DefaultCloseTimeout
 	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = DefaultStallTimeout
+	}
 	if o.DrainRate <= 0 {
 		o.DrainRate = DefaultDrainRate
 	}
@@ -338,6 +348,7 @@ func New(o Options) (*Server, error) {
 		MaxPending:   o.MaxPending,
 		TickInterval: o.TickInterval,
 		NoDelay:      true,
+		Logger:       s.log,
 
 		NetpollBufferSize: o.NetpollBufferSize,
 	})
