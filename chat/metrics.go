@@ -3,6 +3,8 @@ package chat
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/throng-ws/throng/internal/metric"
+
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -42,12 +44,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.h.Stats()
-	ch <- prometheus.MustNewConstMetric(c.rateLimited, prometheus.CounterValue, float64(st.RateLimited))
-	ch <- prometheus.MustNewConstMetric(c.bans, prometheus.CounterValue, float64(st.Bans))
+	metric.Counter(ch, c.rateLimited, st.RateLimited)
+	metric.Counter(ch, c.bans, st.Bans)
 	if t := c.h.Rooms; t != nil {
 		rs := t.Stats()
-		ch <- prometheus.MustNewConstMetric(c.rooms, prometheus.GaugeValue, float64(rs.Rooms))
-		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(rs.Members))
+		metric.Gauge(ch, c.rooms, float64(rs.Rooms))
+		metric.Gauge(ch, c.members, float64(rs.Members))
 		bs := t.BroadcastStats()
 		ch <- constHistogram(c.fanSize, bs.Recipients)
 		ch <- constHistogram(c.fanTime, bs.Duration)

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/throng-ws/throng/internal/metric"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -151,18 +153,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	n, d := c.n, &c.descs
-	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
-	}
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
-	}
-	boolean := func(b bool) float64 {
-		if b {
-			return 1
-		}
-		return 0
-	}
+	counter := func(desc *prometheus.Desc, v uint64, labels ...string) { metric.Counter(ch, desc, v, labels...) }
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) { metric.Gauge(ch, desc, v, labels...) }
+	boolean := metric.Bool
 	s := n.Stats()
 	gauge(d.info, 1, n.id)
 	gauge(d.connected, boolean(s.Connected))

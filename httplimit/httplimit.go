@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/throng-ws/throng/internal/metric"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 )
@@ -327,8 +329,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.s.Stats()
-	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(st.Conns))
-	ch <- prometheus.MustNewConstMetric(descMaxConns, prometheus.GaugeValue, float64(c.s.o.MaxConns))
-	ch <- prometheus.MustNewConstMetric(descFDErrors, prometheus.CounterValue, float64(st.FDErrors))
-	ch <- prometheus.MustNewConstMetric(descShed, prometheus.CounterValue, float64(st.Shed))
+	metric.Gauge(ch, descConns, float64(st.Conns))
+	metric.Gauge(ch, descMaxConns, float64(c.s.o.MaxConns))
+	metric.Counter(ch, descFDErrors, st.FDErrors)
+	metric.Counter(ch, descShed, st.Shed)
 }

@@ -72,13 +72,8 @@ func newEpoll(p *Poller) error {
 			return err
 		}
 		be.loops = append(be.loops, el)
-		p.loops = append(p.loops, el.l)
 	}
-	p.be = be
-	for _, el := range be.loops {
-		be.wg.Add(1)
-		go el.run()
-	}
+	startLoops(p, be, &be.wg, be.loops)
 	return nil
 }
 
@@ -272,6 +267,8 @@ func (el *epollLoop) ctl(op int, c *Conn, events uint32) error {
 	}
 	return nil
 }
+
+func (el *epollLoop) loop() *Loop { return el.l }
 
 func (el *epollLoop) run() {
 	l := el.l

@@ -127,15 +127,12 @@ func newNetpoll(p *Poller) error {
 		nl := &npLoop{be: be, wakeCh: make(chan struct{}, 1), stopCh: make(chan struct{})}
 		nl.l = &Loop{p: p, idx: i, be: nl}
 		be.loops = append(be.loops, nl)
-		p.loops = append(p.loops, nl.l)
 	}
-	p.be = be
-	for _, nl := range be.loops {
-		be.loopWG.Add(1)
-		go nl.run()
-	}
+	startLoops(p, be, &be.loopWG, be.loops)
 	return nil
 }
+
+func (nl *npLoop) loop() *Loop { return nl.l }
 
 func (nl *npLoop) run() {
 	l := nl.l

@@ -835,3 +835,19 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		c.in.Write(rest)
 	}
 }
+
+// startLoops makes backend loops the Poller's and runs each on a goroutine
+// that wg waits for; each loop's run calls wg.Done as it returns.
+func startLoops[L interface {
+	loop() *Loop
+	run()
+}](p *Poller, be backend, wg *sync.WaitGroup, loops []L) {
+	for _, bl := range loops {
+		p.loops = append(p.loops, bl.loop())
+	}
+	p.be = be
+	for _, bl := range loops {
+		wg.Add(1)
+		go bl.run()
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/throng-ws/throng/internal/metric"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/throng-ws/throng/auth"
@@ -81,18 +83,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s, d := c.s, c.d
-	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
-	}
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
-	}
-	boolean := func(b bool) float64 {
-		if b {
-			return 1
-		}
-		return 0
-	}
+	counter := func(desc *prometheus.Desc, v uint64, labels ...string) { metric.Counter(ch, desc, v, labels...) }
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) { metric.Gauge(ch, desc, v, labels...) }
+	boolean := metric.Bool
 
 	// Straight from the per-loop counters, by label index, rather than through
 	// Stats and its maps.
