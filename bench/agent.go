@@ -1098,9 +1098,17 @@ func (a *agent) chat(ctx context.Context, rate float64, d time.Duration) (int, e
 				defer jobs.Done()
 				al := a.loops[l.Index()]
 				for _, p := range ps {
-					if p.c != nil && p.c.Open() && p.joined && !p.rs.closing.Load() && a.sendChat(p, al) {
-						p.rs.sent.Add(1)
+					if p.c == nil || !p.c.Open() || !p.joined {
+						continue
+					}
+					// Counted before closing is checked, and shrink sets
+					// closing before it reads the count: a message shrink
+					// does not wait for is never sent.
+					p.rs.sent.Add(1)
+					if !p.rs.closing.Load() && a.sendChat(p, al) {
 						sent.Add(1)
+					} else {
+						p.rs.sent.Add(^uint64(0))
 					}
 				}
 			}))

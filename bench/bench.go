@@ -870,7 +870,8 @@ func (s *shares) add(n int) ([]int, error) {
 	ideal := func(i int) float64 { return float64(t) * s.w[i] / w }
 	given := 0
 	// Most of it by the floor of each part's need, the rest a unit at a time
-	// to the part furthest below its ideal.
+	// to the part with the least per weight, which keeps the proportions
+	// among the parts not yet full.
 	for i := range s.w {
 		if w == 0 || s.w[i] == 0 {
 			continue
@@ -888,7 +889,7 @@ func (s *shares) add(n int) ([]int, error) {
 			if s.w[i] == 0 || s.have[i] >= s.cap[i] {
 				continue
 			}
-			if g := ideal(i) - float64(s.have[i]); best < 0 || g > gap {
+			if g := float64(s.have[i]) / s.w[i]; best < 0 || g < gap {
 				best, gap = i, g
 			}
 		}
@@ -905,20 +906,19 @@ func (s *shares) add(n int) ([]int, error) {
 	return out, nil
 }
 
-// remove takes n units back, from the parts furthest above their ideal, and
-// returns each part's decrement.
+// remove takes n units back, a unit at a time from the part with the most per
+// weight, and returns each part's decrement.
 func (s *shares) remove(n int) []int {
 	out := make([]int, len(s.w))
-	t, w := s.total()
+	t, _ := s.total()
 	n = min(n, t)
-	t -= n
 	for k := 0; k < n; k++ {
 		best, gap := -1, 0.0
 		for i := range s.w {
-			if s.have[i] == 0 || w == 0 {
+			if s.have[i] == 0 || s.w[i] == 0 {
 				continue
 			}
-			if g := float64(s.have[i]) - float64(t)*s.w[i]/w; best < 0 || g > gap {
+			if g := float64(s.have[i]) / s.w[i]; best < 0 || g > gap {
 				best, gap = i, g
 			}
 		}

@@ -140,4 +140,3 @@ func (c *Config) stagesDuration() time.Duration {
 	}
 	return d
 }
-
