@@ -894,7 +894,7 @@ func short(v float64) string {
 	case v == math.Trunc(v):
 		return fmt.Sprintf("%.0f", v)
 	}
-	return fmt.Sprintf("%.2g", v)
+	return fmt.Sprintf("%.3g", v)
 }
 
 func numCPU() int { return max(runtime.NumCPU(), 1) }
