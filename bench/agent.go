@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +51,9 @@ type agentConfig struct {
 	Text             bool          `json:"text,omitempty"`
 	RoomSize         int           `json:"room_size,omitempty"`
 	HandshakeTimeout time.Duration `json:"handshake_timeout,omitempty"`
+	// MaxConns is the most connections the agent holds at once. If zero,
+	// MaxConnsPerProcess.
+	MaxConns int `json:"max_conns,omitempty"`
 }
 
 // command is one instruction from the coordinator to an agent, the same whether
@@ -81,6 +83,7 @@ const (
 	opChurn     = "churn"     // close and redial Rate connections per second for Duration
 	opStorm     = "storm"     // drop every connection, redial them all, report when all are back
 	opClose     = "close"     // close every connection with a close handshake
+	opShrink    = "shrink"    // close N open connections (whole rooms in chat), kept to be dialed again by connect
 )
 
 // reply is an agent's answer to a command.
@@ -96,12 +99,18 @@ type reply struct {
 	Lost    int           `json:"lost,omitempty"`
 	Elapsed time.Duration `json:"elapsed,omitempty"`
 	Step    *stepReport   `json:"step,omitempty"`
+	Closed  int           `json:"closed,omitempty"`
+
+	// Gone is set by the coordinator, never sent: the agent that should have
+	// answered is lost (its process died or it stopped answering).
+	Gone bool `json:"-"`
 }
 
 // snapshot is an agent's counters, cumulative, and its histograms since the
 // previous snapshot, so a coordinator can both plot intervals and sum a total.
 type snapshot struct {
 	Open      int64                  `json:"open"`
+	Peak      int64                  `json:"peak"` // most connections open at once, counted at every open
 	Dialed    uint64                 `json:"dialed"`
 	Opened    uint64                 `json:"opened"`
 	Failed    uint64                 `json:"failed"`
@@ -178,6 +187,8 @@ type agent struct {
 
 	mu     sync.Mutex
 	peers  []*peer           // guarded by mu; index is the local id
+	parked []*peer           // guarded by mu: closed by shrink, dialed first by connect
+	rooms  []*roomState      // guarded by mu; chat: index is the local room
 	errs   map[string]uint64 // guarded by mu
 	rtt    *hdrhistogram.Histogram
 	lmin   int // guarded by mu: smallest listenerCount this step
@@ -186,6 +197,7 @@ type agent struct {
 
 	pending  atomic.Int64 // dialed, neither open nor failed yet
 	open     atomic.Int64
+	peak     atomic.Int64 // most of open at once
 	dialed   atomic.Uint64
 	opened   atomic.Uint64
 	failed   atomic.Uint64
@@ -215,6 +227,7 @@ type agentLoop struct {
 	buf    []byte
 	parser fastjson.Parser
 	echoOn bool
+	echoN  int // echoes kept in flight per connection while echoOn
 	step   int // current broadcast step
 	total  int // broadcasts expected this step
 }
@@ -235,6 +248,19 @@ type peer struct {
 	churn  bool // closed on purpose by churn: dial again
 	redial bool // this connection is churn's redial
 	joined bool
+	rs     *roomState  // chat: the peer's room
+	parked atomic.Bool // closed by shrink: its close is no drop, and it is not redialed
+}
+
+// roomState is one chat room of the agent's: rooms never straddle agents, so an
+// agent alone knows when all of a room's members are in and what each message
+// sent to it should deliver.
+type roomState struct {
+	members int           // guarded by agent.mu: members created
+	joined  atomic.Int32  // members joined and open
+	closing atomic.Bool   // shrink is closing the room: send nothing more to it
+	sent    atomic.Uint64 // messages sent to the room
+	got     atomic.Uint64 // deliveries of them to its members
 }
 
 func newAgent(cfg agentConfig) (*agent, error) {
@@ -304,6 +330,8 @@ func (a *agent) do(ctx context.Context, cmd command) (r reply) {
 		r.Opened, r.Failed, r.Elapsed, err = a.storm(ctx, cmd.Rate)
 	case opClose:
 		a.closeAll(ctx)
+	case opShrink:
+		r.Closed, err = a.shrink(ctx, cmd.N)
 	default:
 		err = fmt.Errorf("bench: unknown command %q", cmd.Op)
 	}
@@ -391,17 +419,39 @@ func pace(ctx context.Context, n int, rate float64, fn func(i int)) int {
 // connect dials n new peers at rate per second and waits until each has opened
 // (joined, in chat) or failed.
 func (a *agent) connect(ctx context.Context, n int, rate float64) (opened, failed int, err error) {
-	if total := a.peerCount() + n; total > MaxConnsPerProcess {
-		return 0, 0, fmt.Errorf("bench: %d connections in one process passes the limit of %d: use --workers", total, MaxConnsPerProcess)
+	limit := a.cfg.MaxConns
+	if limit <= 0 {
+		limit = MaxConnsPerProcess
+	}
+	a.mu.Lock()
+	held := len(a.peers) - len(a.parked)
+	a.mu.Unlock()
+	if total := held + n; total > limit {
+		return 0, 0, fmt.Errorf("bench: %d connections in one process passes its limit of %d: use --workers or more agents", total, limit)
 	}
 	o0, f0 := a.opened.Load(), a.failed.Load()
 	pace(ctx, n, rate, func(int) {
 		a.mu.Lock()
-		p := &peer{id: a.cfg.Base + len(a.peers)}
-		if a.cfg.RoomSize > 0 {
-			p.room = p.id / a.cfg.RoomSize
+		var p *peer
+		if k := len(a.parked); k > 0 {
+			// Parked peers were closed a room at a time from the end, so
+			// taking them back from the end refills whole rooms.
+			p = a.parked[k-1]
+			a.parked = a.parked[:k-1]
+			p.parked.Store(false)
+		} else {
+			p = &peer{id: a.cfg.Base + len(a.peers)}
+			if a.cfg.RoomSize > 0 {
+				p.room = p.id / a.cfg.RoomSize
+				local := (p.id - a.cfg.Base) / a.cfg.RoomSize
+				if local == len(a.rooms) {
+					a.rooms = append(a.rooms, &roomState{})
+				}
+				p.rs = a.rooms[local]
+				p.rs.members++
+			}
+			a.peers = append(a.peers, p)
 		}
-		a.peers = append(a.peers, p)
 		a.mu.Unlock()
 		a.dial(p)
 	})
@@ -478,10 +528,25 @@ func (a *agent) ready(c *Conn) {
 	}
 	a.pending.Add(-1)
 	a.opened.Add(1)
-	a.open.Add(1)
+	for v := a.open.Add(1); ; {
+		pk := a.peak.Load()
+		if v <= pk || a.peak.CompareAndSwap(pk, v) {
+			break
+		}
+	}
 	al := a.loops[c.Loop().Index()]
 	if d := c.HandshakeTime(); d > 0 {
 		al.hs.RecordValue(max(int64(d/time.Microsecond), 1))
+	}
+	p := c.Data.(*peer)
+	if p.rs != nil {
+		p.rs.joined.Add(1)
+	}
+	// A connection opened while echo runs (a stage ramping up) echoes too.
+	if al.echoOn && a.cfg.Protocol == ProtoEcho {
+		for range al.echoN {
+			a.sendEcho(c, p, al)
+		}
 	}
 }
 
@@ -532,6 +597,9 @@ func (a *agent) OnClose(c *Conn, err error) {
 	switch {
 	case wasReady:
 		a.open.Add(-1)
+		if p.rs != nil {
+			p.rs.joined.Add(-1)
+		}
 		if err != nil {
 			a.dropped.Add(1)
 			a.countErr(err)
@@ -656,7 +724,7 @@ func (a *agent) echo(ctx context.Context, inflight int, d time.Duration) (lost i
 		return 0, fmt.Errorf("bench: echo payload must be at least %d bytes", echoHeader)
 	}
 	a.onLoops(ctx, func(l *poller.Loop, al *agentLoop) {
-		al.echoOn = true
+		al.echoOn, al.echoN = true, inflight
 		l.Range(func(pc *poller.Conn) bool {
 			c := pc.Context().(*Conn)
 			if c.Open() {
@@ -958,6 +1026,9 @@ func (a *agent) onChat(c *Conn, p *peer, al *agentLoop, data []byte) {
 			return
 		}
 		a.receipts.Add(1)
+		if p.rs != nil {
+			p.rs.got.Add(1)
+		}
 		al.lat.RecordValue(max((time.Now().UnixNano()-int64(ts))/1e3, 1))
 	case "error":
 		if !p.joined {
@@ -967,24 +1038,19 @@ func (a *agent) onChat(c *Conn, p *peer, al *agentLoop, data []byte) {
 }
 
 // chat sends rate messages per second to each of the agent's rooms for d, each
-// from the room's members in turn, and returns how many it sent. Deliveries are
+// from the room's members in turn, and returns how many it sent. A room is sent
+// to only while all its members are joined and shrink is not closing it, so
+// every message sent should reach exactly RoomSize members; rooms that fill
+// up while chat runs (a stage ramping up) start sending then. Deliveries are
 // counted in receipts.
 func (a *agent) chat(ctx context.Context, rate float64, d time.Duration) (int, error) {
 	if rate <= 0 {
 		return 0, errors.New("bench: chat needs a message rate")
 	}
-	a.mu.Lock()
-	rooms := make(map[int][]*peer)
-	for _, p := range a.peers {
-		rooms[p.room] = append(rooms[p.room], p)
-	}
-	a.mu.Unlock()
-	ids := make([]int, 0, len(rooms))
-	for r := range rooms {
-		ids = append(ids, r)
-	}
-	sort.Ints(ids)
-	sentPerRoom := make([]int, len(ids))
+	size := a.cfg.RoomSize
+	interval := time.Duration(float64(time.Second) / rate)
+	var next []time.Time // per local room: when its next message is due; zero while it is not sendable
+	var turn []int       // per local room: which member sends next
 	var sent atomic.Int64
 	// Sends run on the loops; the count is read once the last has run.
 	var jobs sync.WaitGroup
@@ -993,16 +1059,34 @@ func (a *agent) chat(ctx context.Context, rate float64, d time.Duration) (int, e
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		el := time.Since(start)
-		if el >= d || ctx.Err() != nil {
+		now := time.Now()
+		if now.Sub(start) >= d || ctx.Err() != nil {
 			break
 		}
-		due := int(el.Seconds()*rate) + 1
+		a.mu.Lock()
+		rooms := a.rooms
+		peers := a.peers
+		full := make([]bool, len(rooms))
+		for k, rs := range rooms {
+			full[k] = rs.members == size
+		}
+		a.mu.Unlock()
+		for len(next) < len(rooms) {
+			next = append(next, time.Time{})
+			turn = append(turn, 0)
+		}
 		batches := make(map[*poller.Loop][]*peer)
-		for k, r := range ids {
-			members := rooms[r]
-			for ; sentPerRoom[k] < due; sentPerRoom[k]++ {
-				p := members[sentPerRoom[k]%len(members)]
+		for k, rs := range rooms {
+			if !full[k] || int(rs.joined.Load()) != size || rs.closing.Load() {
+				next[k] = time.Time{}
+				continue
+			}
+			if next[k].IsZero() {
+				next[k] = now
+			}
+			for ; !next[k].After(now); next[k] = next[k].Add(interval) {
+				p := peers[k*size+turn[k]%size]
+				turn[k]++
 				if l := p.loop.Load(); l != nil {
 					batches[l] = append(batches[l], p)
 				}
@@ -1014,8 +1098,17 @@ func (a *agent) chat(ctx context.Context, rate float64, d time.Duration) (int, e
 				defer jobs.Done()
 				al := a.loops[l.Index()]
 				for _, p := range ps {
-					if p.c != nil && p.c.Open() && p.joined && a.sendChat(p, al) {
+					if p.c == nil || !p.c.Open() || !p.joined {
+						continue
+					}
+					// Counted before closing is checked, and shrink sets
+					// closing before it reads the count: a message shrink
+					// does not wait for is never sent.
+					p.rs.sent.Add(1)
+					if !p.rs.closing.Load() && a.sendChat(p, al) {
 						sent.Add(1)
+					} else {
+						p.rs.sent.Add(^uint64(0))
 					}
 				}
 			}))
@@ -1030,6 +1123,87 @@ func (a *agent) chat(ctx context.Context, rate float64, d time.Duration) (int, e
 	}
 	jobs.Wait()
 	return int(sent.Load()), nil
+}
+
+// shrink closes n open connections with a close handshake, the most recently
+// added first, and parks their peers for connect to dial again. In chat, n is
+// rounded up to whole rooms, and each room first stops being sent to and gets
+// its messages in flight, so a stage ramping down loses no delivery.
+func (a *agent) shrink(ctx context.Context, n int) (closed int, err error) {
+	var victims []*peer
+	var rooms []*roomState
+	a.mu.Lock()
+	for i := len(a.peers) - 1; i >= 0 && len(victims) < n; i-- {
+		p := a.peers[i]
+		if p.parked.Load() {
+			continue
+		}
+		if p.rs != nil {
+			// Take the whole room, or none of it.
+			k := (p.id - a.cfg.Base) / a.cfg.RoomSize
+			lo := k * a.cfg.RoomSize
+			if i != lo+a.cfg.RoomSize-1 {
+				continue
+			}
+			rooms = append(rooms, p.rs)
+			for j := i; j >= lo; j-- {
+				victims = append(victims, a.peers[j])
+			}
+			i = lo
+			continue
+		}
+		victims = append(victims, p)
+	}
+	for _, p := range victims {
+		p.parked.Store(true)
+	}
+	a.mu.Unlock()
+	if len(victims) < n {
+		err = fmt.Errorf("bench: shrink by %d: only %d connections to close", n, len(victims))
+	}
+	for _, rs := range rooms {
+		rs.closing.Store(true)
+	}
+	// Let the rooms' last messages arrive before their members leave.
+	deadline := time.Now().Add(3 * time.Second)
+	for _, rs := range rooms {
+		for rs.got.Load() < rs.sent.Load()*uint64(a.cfg.RoomSize) && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	var jobs sync.WaitGroup
+	for _, p := range victims {
+		l := p.loop.Load()
+		if l == nil {
+			continue
+		}
+		jobs.Add(1)
+		if !l.Post(poller.FuncJob(func() {
+			defer jobs.Done()
+			if p.c != nil {
+				p.c.Close()
+			}
+		})) {
+			jobs.Done()
+		}
+	}
+	jobs.Wait()
+	// Wait for the close handshakes, so the count is right when shrink returns.
+	deadline = time.Now().Add(DefaultCloseTimeout + time.Second)
+	for _, p := range victims {
+		for p.loop.Load() != nil && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for _, rs := range rooms {
+		rs.closing.Store(false)
+	}
+	a.mu.Lock()
+	// Parked from the room's last member down, so connect's pops from the
+	// end refill the lowest room first, in member order.
+	a.parked = append(a.parked, victims...)
+	a.mu.Unlock()
+	return len(victims), err
 }
 
 func (a *agent) sendChat(p *peer, al *agentLoop) bool {
@@ -1174,6 +1348,7 @@ func (a *agent) snapshot() *snapshot {
 	})
 	s := &snapshot{
 		Open:      a.open.Load(),
+		Peak:      a.peak.Load(),
 		Dialed:    a.dialed.Load(),
 		Opened:    a.opened.Load(),
 		Failed:    a.failed.Load(),

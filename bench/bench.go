@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/nats-io/nats.go"
 )
 
 // Scenarios.
@@ -217,6 +218,36 @@ type Config struct {
 	// WorkerCommand starts a worker. If empty, this executable with the
 	// argument "bench".
 	WorkerCommand []string `json:"-"`
+	// Agents is the URL of a NATS server where `throng bench agent`s wait for
+	// work. If set, the load runs on them, spread by the capacity each
+	// reports, instead of in this process or Workers.
+	Agents string `json:"agents,omitempty"`
+	// MinAgents is how many idle agents of this ProtocolVersion must answer
+	// before the run starts; every one that answers is used. If zero, 1.
+	MinAgents int `json:"min_agents,omitempty"`
+	// AgentWait bounds the wait for MinAgents. If zero, DefaultAgentWait.
+	AgentWait time.Duration `json:"agent_wait,omitempty"`
+	// AgentTimeout is how long an agent may be silent (no heartbeat, no
+	// answer) before it is lost. If zero, DefaultAgentTimeout.
+	AgentTimeout time.Duration `json:"agent_timeout,omitempty"`
+	// OnAgentLoss is what a lost agent does to the run: "fail" (the default)
+	// ends it with an error; "continue" carries on with the others, the lost
+	// agent's connections counted in Result.LostConns.
+	OnAgentLoss string `json:"on_agent_loss,omitempty"`
+	// NATSPrefix is the bench subjects' first tokens. If empty,
+	// DefaultNATSPrefix.
+	NATSPrefix string `json:"nats_prefix,omitempty"`
+
+	// Stages, for idle, echo and chat, replace the ramp and hold: each moves
+	// the connection count linearly to its target over its duration.
+	Stages []Stage `json:"stages,omitempty"`
+	// Thresholds are pass/fail criteria checked against every result; a
+	// breached one fails the run (exit status 1).
+	Thresholds []Threshold `json:"thresholds,omitempty"`
+	// Command is the command line, shown in the HTML report. Secrets in it
+	// should be redacted by the caller.
+	Command []string `json:"command,omitempty"`
+
 	// HandshakeTimeout bounds each connect plus upgrade. If zero, 10s.
 	HandshakeTimeout time.Duration `json:"handshake_timeout"`
 	// Timeout bounds the whole run for one target. If zero, 10 minutes.
@@ -291,11 +322,46 @@ func (c *Config) setDefaults() error {
 	if _, err := ParseSourceIPs(c.SourceIPs); err != nil {
 		return err
 	}
+	if len(c.Stages) > 0 {
+		switch c.Scenario {
+		case ScenarioIdle, ScenarioEcho, ScenarioChat:
+		default:
+			return fmt.Errorf("bench: --stages applies to idle, echo and chat, not %s", c.Scenario)
+		}
+		for i, st := range c.Stages {
+			if st.Target < 0 || st.Duration < 0 {
+				return fmt.Errorf("bench: stage %d: negative target or duration", i+1)
+			}
+			if c.Scenario == ScenarioChat && st.Target%c.RoomSize != 0 {
+				return fmt.Errorf("bench: chat stage %d: target %d is not whole rooms of %d", i+1, st.Target, c.RoomSize)
+			}
+		}
+	}
+	for _, th := range c.Thresholds {
+		if err := th.validate(); err != nil {
+			return err
+		}
+	}
+	switch c.OnAgentLoss {
+	case "":
+		c.OnAgentLoss = AgentLossFail
+	case AgentLossFail, AgentLossContinue:
+	default:
+		return fmt.Errorf("bench: --on-agent-loss must be %s or %s, not %q", AgentLossFail, AgentLossContinue, c.OnAgentLoss)
+	}
+	if c.Agents != "" && c.Workers > 1 {
+		return errors.New("bench: --agents and --workers exclude each other: agents are the workers")
+	}
+	setDef(&c.AgentWait, DefaultAgentWait)
+	setDef(&c.AgentTimeout, DefaultAgentTimeout)
+	if c.NATSPrefix == "" {
+		c.NATSPrefix = DefaultNATSPrefix
+	}
 	perProc := c.peakConns() / max(c.Workers, 1)
 	if c.peakConns()%max(c.Workers, 1) != 0 {
 		perProc++
 	}
-	if perProc > MaxConnsPerProcess {
+	if c.Agents == "" && perProc > MaxConnsPerProcess {
 		return fmt.Errorf("bench: %d connections per process passes the limit of %d (20,000 open files per process): use more --workers",
 			perProc, MaxConnsPerProcess)
 	}
@@ -351,8 +417,21 @@ func (c *Config) peakConns() int {
 	if c.Scenario == ScenarioBroadcast {
 		return c.MaxClients
 	}
+	if len(c.Stages) > 0 {
+		n := 0
+		for _, st := range c.Stages {
+			n = max(n, st.Target)
+		}
+		return n
+	}
 	return c.Conns
 }
+
+// What a lost agent does to the run (Config.OnAgentLoss).
+const (
+	AgentLossFail     = "fail"
+	AgentLossContinue = "continue"
+)
 
 func (c *Config) defaultPath() string {
 	switch c.Scenario {
@@ -419,7 +498,8 @@ func split(total, parts, i int) (first, n int) {
 }
 
 // Run measures every target in turn and returns the report. A target that fails
-// gets its error recorded in its result; Run fails only on a bad Config.
+// gets its error recorded in its result, as does a breached threshold; Run
+// fails only on a bad Config.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -430,6 +510,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			break
 		}
 		res := runTarget(ctx, cfg, t)
+		res.Thresholds = checkThresholds(cfg.Thresholds, res)
 		rep.Results = append(rep.Results, res)
 	}
 	return rep, ctx.Err()
@@ -440,13 +521,18 @@ type run struct {
 	cfg   Config
 	t     Target
 	parts []part
+	names []string // each part's name in reports
 	res   *Result
+	nc    *nats.Conn // with Config.Agents
 
 	mu      sync.Mutex
+	share   shares      // guarded by mu: connections asked of each part, in units
 	last    []*snapshot // guarded by mu: each part's latest snapshot
+	dead    []bool      // guarded by mu: parts lost
 	lat, hs *hdrhistogram.Histogram
 	start   time.Time
 	phase   string // guarded by mu: shown on the progress line
+	target  int    // guarded by mu: the current stage's target
 }
 
 func runTarget(ctx context.Context, cfg Config, t Target) *Result {
@@ -454,15 +540,21 @@ func runTarget(ctx context.Context, cfg Config, t Target) *Result {
 	defer cancel()
 	r := &run{cfg: cfg, t: t, lat: newHist(), hs: newHist(), start: time.Now()}
 	r.res = &Result{Target: t.Name, URL: t.URL, Workers: max(cfg.Workers, 1)}
-	if err := r.startParts(); err != nil {
+	if err := r.startParts(ctx); err != nil {
 		r.res.Error = err.Error()
 		return r.res
 	}
+	r.res.Workers = len(r.parts)
+	r.start = time.Now()
 	cpu0 := r.clientCPU()
 	progCtx, stopProgress := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); r.progress(progCtx) }()
+	if r.nc != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); coordinatorHeartbeat(progCtx, r.nc, cfg.NATSPrefix, r.res.Run) }()
+	}
 
 	var err error
 	switch cfg.Scenario {
@@ -481,14 +573,15 @@ func runTarget(ctx context.Context, cfg Config, t Target) *Result {
 	}
 	r.setPhase("closing")
 	r.all(context.Background(), func(int) command { return command{Op: opClose} })
+	r.collect()
 	stopProgress()
 	wg.Wait()
-	r.collect()
 	r.res.Client.CPUSeconds = (r.clientCPU() - cpu0).Seconds()
 	r.res.Client.WallSeconds = time.Since(r.start).Seconds()
 	r.res.Client.finish()
-	for _, p := range r.parts {
-		p.stop()
+	r.stopParts()
+	if err == nil && r.res.Messages.Mismatch > 0 {
+		err = fmt.Errorf("bench: %d mismatched messages", r.res.Messages.Mismatch)
 	}
 	if err != nil {
 		r.res.Error = err.Error()
@@ -496,45 +589,61 @@ func runTarget(ctx context.Context, cfg Config, t Target) *Result {
 	return r.res
 }
 
-func (r *run) startParts() error {
+func (r *run) stopParts() {
+	for _, p := range r.parts {
+		p.stop()
+	}
+	if r.nc != nil {
+		r.nc.Close()
+	}
+}
+
+func (r *run) startParts(ctx context.Context) error {
 	cfg := r.cfg
 	ips := []string{}
 	addrs, _ := ParseSourceIPs(cfg.SourceIPs)
 	for _, a := range addrs {
 		ips = append(ips, a.String())
 	}
-	w := max(cfg.Workers, 1)
 	// Chat rooms must not straddle processes, or no process could count a
-	// room's deliveries: bases fall on room boundaries.
+	// room's deliveries: shares are whole rooms, and bases fall on room
+	// boundaries. Each part's ids start past the previous part's capacity,
+	// so ids never collide whatever share each ends up with.
 	unit := 1
 	if cfg.Scenario == ScenarioChat {
 		unit = cfg.RoomSize
 	}
+	ac := agentConfig{
+		URL:              r.t.URL,
+		URLs:             r.t.URLs,
+		Protocol:         cfg.protocol(),
+		JWTSecret:        cfg.JWTSecret,
+		TokenInHeader:    cfg.TokenInHeader,
+		SourceIPs:        ips,
+		Loops:            cfg.Loops,
+		Size:             cfg.Size,
+		Text:             cfg.Text,
+		RoomSize:         cfg.RoomSize,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+	}
+	if cfg.Scenario != ScenarioChat {
+		ac.RoomSize = 0
+	}
+	if cfg.Agents != "" {
+		return r.startAgents(ctx, ac, unit)
+	}
+	stride := (MaxConnsPerProcess + unit - 1) / unit * unit
+	w := max(cfg.Workers, 1)
 	for i := range w {
-		first, _ := split(cfg.peakConns()/unit, w, i)
-		ac := agentConfig{
-			URL:              r.t.URL,
-			URLs:             r.t.URLs,
-			Protocol:         cfg.protocol(),
-			JWTSecret:        cfg.JWTSecret,
-			TokenInHeader:    cfg.TokenInHeader,
-			SourceIPs:        ips,
-			Loops:            cfg.Loops,
-			Base:             first * unit,
-			Size:             cfg.Size,
-			Text:             cfg.Text,
-			RoomSize:         cfg.RoomSize,
-			HandshakeTimeout: cfg.HandshakeTimeout,
-		}
-		if cfg.Scenario != ScenarioChat {
-			ac.RoomSize = 0
-		}
+		ac.Base = i * stride
+		r.share.add1(1, MaxConnsPerProcess/unit)
 		if cfg.Workers <= 1 {
 			a, err := newAgent(ac)
 			if err != nil {
 				return err
 			}
 			r.parts = append(r.parts, localPart{a})
+			r.names = append(r.names, "local")
 			break
 		}
 		argv := cfg.WorkerCommand
@@ -554,17 +663,72 @@ func (r *run) startParts() error {
 			return err
 		}
 		r.parts = append(r.parts, rp)
+		r.names = append(r.names, fmt.Sprintf("worker %d", i))
 	}
 	r.last = make([]*snapshot, len(r.parts))
+	r.dead = make([]bool, len(r.parts))
 	return nil
 }
 
-// all sends each part the command mk(i) and waits for every reply. The first
-// error is returned with the replies.
+// startAgents discovers agents over NATS and starts each one's share of the
+// run, weighted by the capacity it reports.
+func (r *run) startAgents(ctx context.Context, ac agentConfig, unit int) error {
+	cfg := r.cfg
+	nc, err := nats.Connect(cfg.Agents, nats.Name("throng bench coordinator"))
+	if err != nil {
+		return fmt.Errorf("bench: --agents: %w", err)
+	}
+	r.nc = nc
+	found, skipped, err := discover(ctx, nc, cfg.NATSPrefix, cfg.MinAgents, cfg.AgentWait)
+	r.res.Notes = append(r.res.Notes, skipped...)
+	if err != nil {
+		nc.Close()
+		r.nc = nil
+		return err
+	}
+	capacity := 0
+	for _, h := range found {
+		capacity += h.Capacity / unit * unit
+	}
+	if need := cfg.peakConns(); need > capacity {
+		nc.Close()
+		r.nc = nil
+		return fmt.Errorf("bench: the %d agents found hold %d connections together; the run needs %d", len(found), capacity, need)
+	}
+	r.res.Run = newRunID()
+	base := 0
+	for _, h := range found {
+		ac.Base = base
+		base += (h.Capacity + unit - 1) / unit * unit
+		p, err := startNATSPart(ctx, nc, cfg.NATSPrefix, r.res.Run, h, ac, cfg.AgentTimeout)
+		if err != nil {
+			r.stopParts()
+			r.parts, r.nc = nil, nil
+			return err
+		}
+		r.parts = append(r.parts, p)
+		r.names = append(r.names, h.Name)
+		r.share.add1(float64(h.Capacity), h.Capacity/unit)
+		r.res.Agents = append(r.res.Agents, AgentStats{Name: h.Name, Host: h.Host, PID: h.PID, Capacity: h.Capacity})
+	}
+	r.last = make([]*snapshot, len(r.parts))
+	r.dead = make([]bool, len(r.parts))
+	return nil
+}
+
+// all sends each live part the command mk(i) and waits for every reply. A part
+// found lost is marked so; it fails the run unless OnAgentLoss is continue.
+// The first error is returned with the replies.
 func (r *run) all(ctx context.Context, mk func(i int) command) ([]reply, error) {
 	out := make([]reply, len(r.parts))
+	r.mu.Lock()
+	dead := slices.Clone(r.dead)
+	r.mu.Unlock()
 	var wg sync.WaitGroup
 	for i, p := range r.parts {
+		if dead[i] {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -572,28 +736,86 @@ func (r *run) all(ctx context.Context, mk func(i int) command) ([]reply, error) 
 		}()
 	}
 	wg.Wait()
+	var first error
 	for i, rp := range out {
-		if rp.Err != "" {
-			if len(r.parts) > 1 {
-				return out, fmt.Errorf("worker %d: %s", i, rp.Err)
+		if rp.Gone {
+			r.lose(i, rp.Err)
+			if r.cfg.OnAgentLoss == AgentLossContinue {
+				continue
 			}
-			return out, errors.New(rp.Err)
+		}
+		if rp.Err != "" && first == nil {
+			if len(r.parts) > 1 {
+				first = fmt.Errorf("%s: %s", r.names[i], rp.Err)
+			} else {
+				first = errors.New(rp.Err)
+			}
 		}
 	}
-	return out, nil
+	if first == nil && r.liveParts() == 0 {
+		first = errors.New("bench: every agent was lost")
+	}
+	return out, first
 }
 
-// connect adds n connections across the parts at the configured rate and
-// returns how many opened.
-func (r *run) connect(ctx context.Context, n int) (opened, failed int, err error) {
-	w := len(r.parts)
-	replies, err := r.all(ctx, func(i int) command {
-		_, k := split(n, w, i)
-		if r.cfg.Scenario == ScenarioChat {
-			_, rooms := split(n/r.cfg.RoomSize, w, i)
-			k = rooms * r.cfg.RoomSize
+// lose marks part i lost: its connections leave the share and the counts,
+// and the result says so.
+func (r *run) lose(i int, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dead[i] {
+		return
+	}
+	r.dead[i] = true
+	lost := r.share.drop(i)
+	if r.cfg.Scenario == ScenarioChat {
+		lost *= r.cfg.RoomSize
+	}
+	r.res.LostConns += lost
+	if s := r.last[i]; s != nil {
+		c := *s
+		c.Open = 0 // its connections are gone with it, as far as anyone can tell
+		r.last[i] = &c
+	}
+	if i < len(r.res.Agents) {
+		r.res.Agents[i].Lost = why
+		r.res.Agents[i].LostConns = lost
+	}
+	r.res.Notes = append(r.res.Notes, fmt.Sprintf("%s; its %d connections are counted as lost", why, lost))
+}
+
+func (r *run) liveParts() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, d := range r.dead {
+		if !d {
+			n++
 		}
-		return command{Op: opConnect, N: k, Rate: r.cfg.Rate / float64(w)}
+	}
+	return n
+}
+
+// connect adds n connections across the parts, by weight, at the configured
+// rate and returns how many opened.
+func (r *run) connect(ctx context.Context, n int) (opened, failed int, err error) {
+	return r.connectAt(ctx, n, r.cfg.Rate)
+}
+
+func (r *run) connectAt(ctx context.Context, n int, rate float64) (opened, failed int, err error) {
+	unit := 1
+	if r.cfg.Scenario == ScenarioChat {
+		unit = r.cfg.RoomSize
+	}
+	r.mu.Lock()
+	add, err := r.share.add(n / unit)
+	r.mu.Unlock()
+	if err != nil {
+		return 0, 0, err
+	}
+	live := r.liveParts()
+	replies, err := r.all(ctx, func(i int) command {
+		return command{Op: opConnect, N: add[i] * unit, Rate: rate / float64(max(live, 1))}
 	})
 	for _, rp := range replies {
 		opened += rp.Opened
@@ -601,6 +823,116 @@ func (r *run) connect(ctx context.Context, n int) (opened, failed int, err error
 	}
 	r.res.Conns.Requested += n
 	return opened, failed, err
+}
+
+// shrink closes n connections across the parts, from those holding more than
+// their weighted share first.
+func (r *run) shrink(ctx context.Context, n int) error {
+	unit := 1
+	if r.cfg.Scenario == ScenarioChat {
+		unit = r.cfg.RoomSize
+	}
+	r.mu.Lock()
+	sub := r.share.remove(n / unit)
+	r.mu.Unlock()
+	_, err := r.all(ctx, func(i int) command { return command{Op: opShrink, N: sub[i] * unit} })
+	return err
+}
+
+// shares apportions connections over parts by weight: each part's share stays
+// within one unit of its weighted ideal as the total grows and shrinks, and
+// never passes its capacity. A lost part has no weight and no share.
+type shares struct {
+	w    []float64
+	cap  []int
+	have []int
+}
+
+func (s *shares) add1(w float64, capacity int) {
+	s.w = append(s.w, w)
+	s.cap = append(s.cap, capacity)
+	s.have = append(s.have, 0)
+}
+
+func (s *shares) total() (n int, w float64) {
+	for i, h := range s.have {
+		n += h
+		w += s.w[i]
+	}
+	return n, w
+}
+
+// add gives out n more units and returns each part's increment.
+func (s *shares) add(n int) ([]int, error) {
+	out := make([]int, len(s.w))
+	t, w := s.total()
+	t += n
+	ideal := func(i int) float64 { return float64(t) * s.w[i] / w }
+	given := 0
+	// Most of it by the floor of each part's need, the rest a unit at a time
+	// to the part with the least per weight, which keeps the proportions
+	// among the parts not yet full.
+	for i := range s.w {
+		if w == 0 || s.w[i] == 0 {
+			continue
+		}
+		need := min(int(ideal(i))-s.have[i], s.cap[i]-s.have[i], n-given)
+		if need > 0 {
+			out[i] += need
+			s.have[i] += need
+			given += need
+		}
+	}
+	for ; given < n; given++ {
+		best, gap := -1, 0.0
+		for i := range s.w {
+			if s.w[i] == 0 || s.have[i] >= s.cap[i] {
+				continue
+			}
+			if g := float64(s.have[i]) / s.w[i]; best < 0 || g < gap {
+				best, gap = i, g
+			}
+		}
+		if best < 0 {
+			// Roll back: the parts cannot hold it.
+			for i, k := range out {
+				s.have[i] -= k
+			}
+			return nil, fmt.Errorf("bench: the parts left cannot hold %d more connections", n)
+		}
+		out[best]++
+		s.have[best]++
+	}
+	return out, nil
+}
+
+// remove takes n units back, a unit at a time from the part with the most per
+// weight, and returns each part's decrement.
+func (s *shares) remove(n int) []int {
+	out := make([]int, len(s.w))
+	t, _ := s.total()
+	n = min(n, t)
+	for k := 0; k < n; k++ {
+		best, gap := -1, 0.0
+		for i := range s.w {
+			if s.have[i] == 0 || s.w[i] == 0 {
+				continue
+			}
+			if g := float64(s.have[i]) / s.w[i]; best < 0 || g > gap {
+				best, gap = i, g
+			}
+		}
+		out[best]++
+		s.have[best]--
+	}
+	return out
+}
+
+// drop removes part i from the apportioning and returns the units it held.
+func (s *shares) drop(i int) int {
+	n := s.have[i]
+	s.w[i], s.have[i], s.cap[i] = 0, 0, 0
+	return n
 }
 
 func (r *run) setPhase(p string) {
@@ -632,6 +964,7 @@ func (r *run) snapshot() (sum snapshot, lat *hdrhistogram.Histogram) {
 			continue
 		}
 		sum.Open += s.Open
+		sum.Peak += s.Peak
 		sum.Dialed += s.Dialed
 		sum.Opened += s.Opened
 		sum.Failed += s.Failed
@@ -653,7 +986,7 @@ func (r *run) snapshot() (sum snapshot, lat *hdrhistogram.Histogram) {
 // clientCPU is the CPU the harness has used: the workers' and this process's.
 func (r *run) clientCPU() time.Duration {
 	cpu := selfCPU()
-	if r.cfg.Workers > 1 {
+	if r.cfg.Workers > 1 || r.cfg.Agents != "" {
 		s, _ := r.snapshot()
 		cpu += s.CPU
 	}
@@ -693,6 +1026,11 @@ func (r *run) progress(ctx context.Context) {
 			OpenPerSec: float64(s.Opened-prev.Opened) / dt,
 			Errors:     errs + s.Mismatch,
 		}
+		r.mu.Lock()
+		if len(r.cfg.Stages) > 0 {
+			tick.Target = r.target
+		}
+		r.mu.Unlock()
 		if lat.TotalCount() > 0 {
 			tick.P50 = ms(lat.ValueAtQuantile(50))
 			tick.P99 = ms(lat.ValueAtQuantile(99))
@@ -707,6 +1045,9 @@ func (r *run) progress(ctx context.Context) {
 		}
 		line := fmt.Sprintf("%s %-9s [%4.0fs] conns %d (+%.0f/s)  msgs/s %.0f  p50 %.2fms p99 %.2fms  errors %d",
 			r.t.Name, phase, tick.T, tick.Open, tick.OpenPerSec, tick.MsgsPerSec, tick.P50, tick.P99, tick.Errors)
+		if n := len(r.parts) - r.liveParts(); n > 0 {
+			line += fmt.Sprintf("  LOST %d of %d agents", n, len(r.parts))
+		}
 		if tty {
 			fmt.Fprintf(r.cfg.Progress, "\r\033[K%s", line)
 		} else {
@@ -739,12 +1080,20 @@ func (r *run) collect() {
 	if len(s.Errors) > 0 {
 		res.Errors = s.Errors
 	}
+	// Each process counts its peak at every open; their sum is the peak of
+	// a run whose processes peak together, as they do when they ramp, hold
+	// and close together.
+	res.Conns.PeakOpen = int(s.Peak)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	res.Latency = latencyOf(r.lat)
 	res.Handshake = latencyOf(r.hs)
-	for _, t := range res.Timeline {
-		res.Conns.PeakOpen = max(res.Conns.PeakOpen, int(t.Open))
+	for i, s := range r.last {
+		if i < len(res.Agents) && s != nil {
+			a := &res.Agents[i]
+			a.Opened, a.Failed, a.Dropped, a.Peak = int(s.Opened), int(s.Failed), int(s.Dropped), int(s.Peak)
+			a.Sent, a.Recv, a.Mismatch, a.Receipts = s.Sent, s.Recv, s.Mismatch, s.Receipts
+		}
 	}
 }
 

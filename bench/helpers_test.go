@@ -4,7 +4,9 @@ import (
 	"context"
 	"net/http/httptest"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +26,15 @@ func TestMain(m *testing.M) {
 	if ok, code := WorkerMain(); ok {
 		os.Exit(code)
 	}
+	// TestAgentKilledMidRun runs this binary as agents it can kill.
+	if spec := os.Getenv(testAgentEnv); spec != "" {
+		os.Exit(runTestAgent(spec))
+	}
 	goleak.VerifyTestMain(m)
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
 var testSecret = "0123456789abcdef0123456789abcdef"

@@ -38,8 +38,41 @@ func procRSS(pid int) (int64, error) {
 	return 0, fmt.Errorf("bench: no VmRSS in /proc/%d/status", pid)
 }
 
-// procCPU reads a process's user plus system CPU time from /proc/PID/stat.
+// procCPU reads a process's CPU time in nanoseconds: the sum over its threads
+// of the first field of /proc/PID/task/TID/schedstat, time on a CPU. Clock
+// ticks (/proc/PID/stat) are 10ms, too coarse for a short step's CPU per
+// delivery; they are the fallback where schedstat is missing.
 func procCPU(pid int) (time.Duration, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err == nil {
+		var sum time.Duration
+		n := 0
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+			if err != nil {
+				continue // the thread has exited
+			}
+			f := bytes.Fields(b)
+			if len(f) < 1 {
+				continue
+			}
+			ns, err := strconv.ParseInt(string(f[0]), 10, 64)
+			if err != nil {
+				continue
+			}
+			sum += time.Duration(ns)
+			n++
+		}
+		if n > 0 {
+			return sum, nil
+		}
+	}
+	return procStatCPU(pid)
+}
+
+// procStatCPU reads a process's user plus system CPU time from /proc/PID/stat,
+// in clock ticks.
+func procStatCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, fmt.Errorf("bench: server cpu: %w", err)

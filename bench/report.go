@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -29,8 +31,18 @@ type Report struct {
 type Result struct {
 	Target  string `json:"target"`
 	URL     string `json:"url"`
-	Workers int    `json:"workers"`
+	Workers int    `json:"workers"` // processes that generated the load: workers or agents
 	Error   string `json:"error,omitempty"`
+	// Thresholds are Config.Thresholds checked against this result.
+	Thresholds []ThresholdResult `json:"thresholds,omitempty"`
+
+	// Run is the run's id on NATS, with agents.
+	Run string `json:"run,omitempty"`
+	// Agents are each agent's own figures, whose sums are the result's.
+	Agents []AgentStats `json:"agents,omitempty"`
+	// LostConns are the connections held by agents lost during the run.
+	LostConns int           `json:"lost_connections,omitempty"`
+	Stages    []StageResult `json:"stages,omitempty"`
 
 	Conns     ConnStats         `json:"conns"`
 	Handshake *Latency          `json:"handshake_latency,omitempty"`
@@ -50,6 +62,25 @@ type Result struct {
 	Storm      *StormStats `json:"storm,omitempty"`
 	Timeline   []Tick      `json:"timeline,omitempty"`
 	Notes      []string    `json:"notes,omitempty"`
+}
+
+// AgentStats is one agent's share of a run, as the agent counted it.
+type AgentStats struct {
+	Name     string `json:"name"`
+	Host     string `json:"host"`
+	PID      int    `json:"pid"`
+	Capacity int    `json:"capacity"`
+	Opened   int    `json:"opened"`
+	Failed   int    `json:"failed"`
+	Dropped  int    `json:"dropped"`
+	Peak     int    `json:"peak"`
+	Sent     uint64 `json:"sent"`
+	Recv     uint64 `json:"recv"`
+	Mismatch uint64 `json:"mismatch"`
+	Receipts uint64 `json:"receipts"`
+	// Lost says why the agent was lost mid-run; LostConns is its share then.
+	Lost      string `json:"lost,omitempty"`
+	LostConns int    `json:"lost_connections,omitempty"`
 }
 
 // ConnStats counts connections over the run.
@@ -214,16 +245,36 @@ type Tick struct {
 	P50        float64 `json:"p50"`
 	P99        float64 `json:"p99"`
 	Errors     uint64  `json:"errors"`
+	Target     int     `json:"target,omitempty"` // with stages: the stage's target
 }
 
-// Failed reports whether any target's run failed.
+// Failed reports whether any target's run failed or breached a threshold.
 func (rep *Report) Failed() bool {
 	for _, r := range rep.Results {
-		if r.Error != "" {
+		if r.Error != "" || r.Breached() {
 			return true
 		}
 	}
 	return false
+}
+
+// CheckOutput checks, before a run, that path can be written, so a run of
+// minutes is not lost to a typo in --json or --report. It leaves no file behind
+// that was not there.
+func CheckOutput(path string) error {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("bench: output %s is a directory", path)
+	}
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("bench: output: %w", err)
+	}
+	f.Close()
+	if os.IsNotExist(statErr) {
+		os.Remove(path)
+	}
+	return nil
 }
 
 // WriteJSON writes the report to a file.
@@ -275,11 +326,43 @@ func (rep *Report) rows() []row {
 	}
 	add("url", func(r *Result) string { return r.URL })
 	add("result", func(r *Result) string {
-		if r.Error != "" {
+		switch {
+		case r.Error != "":
 			return "FAILED: " + r.Error
+		case r.Breached():
+			return "FAILED: threshold breached"
 		}
 		return "ok"
 	})
+	for k := range maxLen(rep.Results, func(r *Result) int { return len(r.Thresholds) }) {
+		add(fmt.Sprintf("threshold %d", k+1), func(r *Result) string {
+			if k >= len(r.Thresholds) {
+				return ""
+			}
+			t := r.Thresholds[k]
+			switch {
+			case !t.Measured:
+				return t.Expr + ": BREACHED (not measured)"
+			case !t.OK:
+				return fmt.Sprintf("%s: BREACHED (%.4g)", t.Expr, t.Actual)
+			}
+			return fmt.Sprintf("%s: ok (%.4g)", t.Expr, t.Actual)
+		})
+	}
+	for k := range maxLen(rep.Results, func(r *Result) int { return len(r.Stages) }) {
+		add(fmt.Sprintf("stage %d", k+1), func(r *Result) string {
+			if k >= len(r.Stages) {
+				return ""
+			}
+			st := r.Stages[k]
+			s := fmt.Sprintf("%gs → %d: reached %d in %.1fs", st.Duration, st.Target, st.Reached, st.Seconds)
+			if st.RSSPerConn != 0 {
+				s += ", RSS/conn " + fmtBytes(st.RSSPerConn)
+			}
+			return s
+		})
+	}
+	add("connections lost with agents", func(r *Result) string { return nz(r.LostConns) })
 	add("connections opened", func(r *Result) string { return itoa(r.Conns.Opened) })
 	add("connections failed", func(r *Result) string { return itoa(r.Conns.Failed) })
 	add("connections dropped", func(r *Result) string { return itoa(r.Conns.Dropped) })
@@ -428,20 +511,28 @@ func (rep *Report) rows() []row {
 	})
 	add("mismatched messages", func(r *Result) string { return itoa(int(r.Messages.Mismatch)) })
 	add("errors", func(r *Result) string {
-		if len(r.Errors) == 0 {
+		errs := maps.Clone(r.Errors)
+		if r.Messages.Mismatch > 0 {
+			if errs == nil {
+				errs = map[string]uint64{}
+			}
+			errs["mismatch"] = r.Messages.Mismatch
+		}
+		if len(errs) == 0 {
 			return "0"
 		}
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
+		keys := make([]string, 0, len(errs))
+		for k := range errs {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
 		var b strings.Builder
+		fmt.Fprintf(&b, "%d: ", r.errorCount())
 		for i, k := range keys {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			fmt.Fprintf(&b, "%s=%d", k, r.Errors[k])
+			fmt.Fprintf(&b, "%s=%d", k, errs[k])
 		}
 		return b.String()
 	})
@@ -452,8 +543,21 @@ func (rep *Report) rows() []row {
 		}
 		return s
 	})
-	add("workers", func(r *Result) string { return itoa(r.Workers) })
+	add("workers", func(r *Result) string {
+		if len(r.Agents) > 0 {
+			return fmt.Sprintf("%d agents", len(r.Agents))
+		}
+		return itoa(r.Workers)
+	})
 	return out
+}
+
+func maxLen(rs []*Result, f func(*Result) int) int {
+	n := 0
+	for _, r := range rs {
+		n = max(n, f(r))
+	}
+	return n
 }
 
 // WriteTable writes the final table: a column per target.
@@ -478,6 +582,20 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		for _, n := range r.Notes {
 			fmt.Fprintf(w, "%s: %s\n", r.Target, n)
 		}
+		if len(r.Agents) > 0 {
+			fmt.Fprintf(w, "\n%s agents (each one's own count; the table is their sum):\n", r.Target)
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintf(tw, "agent\thost\tcapacity\topened\tfailed\tdropped\tpeak\tsent\treceived\tmismatch\tlost\t\n")
+			for _, a := range r.Agents {
+				lost := "-"
+				if a.Lost != "" {
+					lost = fmt.Sprintf("LOST (%d conns)", a.LostConns)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", a.Name, a.Host, a.Capacity,
+					a.Opened, a.Failed, a.Dropped, a.Peak, a.Sent, a.Recv, a.Mismatch, lost)
+			}
+			tw.Flush()
+		}
 		if len(r.Steps) > 0 {
 			fmt.Fprintf(w, "\n%s broadcast steps:\n", r.Target)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -501,6 +619,39 @@ func (rep *Report) WriteTable(w io.Writer) error {
 }
 
 func itoa(n int) string { return fmt.Sprint(n) }
+
+// settings lists every field of the configuration, as its JSON name and value.
+func settings(c Config) [][2]string {
+	b, _ := json.Marshal(c)
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	keys := slices.Sorted(maps.Keys(m))
+	out := make([][2]string, 0, len(keys))
+	for _, k := range keys {
+		if k == "command" {
+			continue
+		}
+		v, _ := json.Marshal(m[k])
+		out = append(out, [2]string{k, string(v)})
+	}
+	return out
+}
+
+// shellJoin quotes a command line so it can be pasted back into a shell.
+func shellJoin(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=.,:/@+%") == "" {
+			b.WriteString(a)
+			continue
+		}
+		b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
+	}
+	return b.String()
+}
 
 func nz(n int) string {
 	if n == 0 {
@@ -542,7 +693,14 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#fff;border:1px solid #ddd}
 .err{color:#b00}</style></head><body><h1>%s</h1><p>%s · %d CPUs</p>`,
 		html.EscapeString(title), html.EscapeString(title), rep.Started.Format(time.RFC3339), rep.CPUs)
-	b.WriteString("<table><tr><th></th>")
+	if len(rep.Config.Command) > 0 {
+		fmt.Fprintf(&b, "<h2>Command</h2><pre>%s</pre>", html.EscapeString(shellJoin(rep.Config.Command)))
+	}
+	b.WriteString("<h2>Settings</h2><table>")
+	for _, kv := range settings(rep.Config) {
+		fmt.Fprintf(&b, "<tr><td>%s</td><td>%s</td></tr>", html.EscapeString(kv[0]), html.EscapeString(kv[1]))
+	}
+	b.WriteString("</table><h2>Results</h2><table><tr><th></th>")
 	for _, r := range rep.Results {
 		fmt.Fprintf(&b, "<th>%s</th>", html.EscapeString(r.Target))
 	}
@@ -551,7 +709,7 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 		fmt.Fprintf(&b, "<tr><td>%s</td>", html.EscapeString(rw.label))
 		for _, v := range rw.vals {
 			cls := ""
-			if strings.HasPrefix(v, "FAILED") {
+			if strings.HasPrefix(v, "FAILED") || strings.Contains(v, "BREACHED") {
 				cls = ` class="err"`
 			}
 			fmt.Fprintf(&b, "<td%s>%s</td>", cls, html.EscapeString(v))
@@ -559,8 +717,25 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 		b.WriteString("</tr>")
 	}
 	b.WriteString("</table>")
+	for _, r := range rep.Results {
+		if len(r.Agents) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "<h2>Agents of %s</h2><table><tr><th>agent</th><th>host</th><th>capacity</th><th>opened</th><th>failed</th><th>dropped</th><th>peak</th><th>sent</th><th>received</th><th>mismatch</th><th>lost</th></tr>",
+			html.EscapeString(r.Target))
+		for _, a := range r.Agents {
+			lost := "-"
+			if a.Lost != "" {
+				lost = fmt.Sprintf("LOST (%d conns): %s", a.LostConns, a.Lost)
+			}
+			fmt.Fprintf(&b, "<tr><td>%s</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%s</td></tr>",
+				html.EscapeString(a.Name), html.EscapeString(a.Host), a.Capacity, a.Opened, a.Failed, a.Dropped, a.Peak, a.Sent, a.Recv, a.Mismatch, html.EscapeString(lost))
+		}
+		b.WriteString("</table>")
+	}
 
-	var mem, steps, thr, hs, p99 []series
+	var mem, steps, thr, hs, p99, open []series
+	span := 0.0 // the longest run's length: the time axes' span
 	for i, r := range rep.Results {
 		if len(r.Memory) > 0 {
 			s := series{name: r.Target, color: i}
@@ -584,16 +759,25 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 				steps = append(steps, s)
 			}
 		}
+		span = max(span, r.Client.WallSeconds)
 		if len(r.Timeline) > 1 {
 			t, h, q := series{name: r.Target, color: i}, series{name: r.Target, color: i}, series{name: r.Target, color: i}
+			o, g := series{name: r.Target + " open", color: i}, series{name: r.Target + " stage target", color: i, dash: 1}
 			for _, tk := range r.Timeline {
 				t.pts = append(t.pts, [2]float64{tk.T, tk.MsgsPerSec})
 				h.pts = append(h.pts, [2]float64{tk.T, tk.OpenPerSec})
+				o.pts = append(o.pts, [2]float64{tk.T, float64(tk.Open)})
+				if len(r.Stages) > 0 || len(rep.Config.Stages) > 0 {
+					g.pts = append(g.pts, [2]float64{tk.T, float64(tk.Target)})
+				}
 				if tk.P99 > 0 {
 					q.pts = append(q.pts, [2]float64{tk.T, tk.P99})
 				}
 			}
-			thr, hs, p99 = append(thr, t), append(hs, h), append(p99, q)
+			thr, hs, p99, open = append(thr, t), append(hs, h), append(p99, q), append(open, o)
+			if len(g.pts) > 0 {
+				open = append(open, g)
+			}
 		}
 	}
 	chart := func(title, x, y string, ss []series, ref float64) {
@@ -601,7 +785,11 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 			return
 		}
 		fmt.Fprintf(&b, "<h2>%s</h2>", html.EscapeString(title))
-		b.WriteString(svgChart(x, y, ss, ref))
+		xspan := 0.0
+		if x == "seconds" {
+			xspan = span
+		}
+		b.WriteString(svgChart(x, y, ss, ref, xspan))
 	}
 	limit := 0.0
 	if rep.Scenario == ScenarioBroadcast {
@@ -609,6 +797,7 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 	}
 	chart("Broadcast round trip per step", "clients", "RTT (ms)", steps, limit)
 	chart("Server memory per connection", "connections", "KiB per connection", mem, 0)
+	chart("Connections open", "seconds", "connections", open, 0)
 	if rep.Scenario == ScenarioEcho || rep.Scenario == ScenarioChat || rep.Scenario == ScenarioBroadcast {
 		chart("Messages received per second", "seconds", "msgs/s", thr, 0)
 		chart("p99 latency per second", "seconds", "ms", p99, 0)
@@ -631,8 +820,9 @@ var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#
 var dashes = []string{"", "6 3", "2 3"}
 
 // svgChart draws line series on linear axes from zero; ref, if positive, is a
-// horizontal limit line.
-func svgChart(xl, yl string, ss []series, ref float64) string {
+// horizontal limit line. xspan, if positive, is the x axis's exact end (a
+// run's length), rather than the last point rounded up.
+func svgChart(xl, yl string, ss []series, ref, xspan float64) string {
 	const W, H, L, R, T, B = 900, 360, 70, 200, 20, 45
 	var xmax, ymax float64
 	for _, s := range ss {
@@ -642,6 +832,9 @@ func svgChart(xl, yl string, ss []series, ref float64) string {
 	}
 	ymax = math.Max(ymax, ref)
 	xmax, ymax = niceCeil(xmax), niceCeil(ymax)
+	if xspan > 0 {
+		xmax = xspan
+	}
 	px := func(x float64) float64 { return L + x/xmax*(W-L-R) }
 	py := func(y float64) float64 { return H - B - y/ymax*(H-T-B) }
 	var b strings.Builder
@@ -701,7 +894,7 @@ func short(v float64) string {
 	case v == math.Trunc(v):
 		return fmt.Sprintf("%.0f", v)
 	}
-	return fmt.Sprintf("%.2g", v)
+	return fmt.Sprintf("%.3g", v)
 }
 
 func numCPU() int { return max(runtime.NumCPU(), 1) }

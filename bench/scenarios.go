@@ -76,6 +76,9 @@ func (r *run) idle(ctx context.Context) error {
 	if measured {
 		r.res.Server = &ServerStats{PID: r.t.PID, RSSBefore: rss0}
 	}
+	if len(cfg.Stages) > 0 {
+		return r.idleStages(ctx, rss0, measured)
+	}
 	r.setPhase("ramp")
 	chunks := min(10, cfg.Conns)
 	opened, failed := 0, 0
@@ -129,6 +132,71 @@ func (r *run) idle(ctx context.Context) error {
 		return r.idleTraffic(ctx, rss0, measured)
 	}
 	return nil
+}
+
+// idleStages runs the stages; at each stage's end it reads the server's memory
+// and pings a sample of the connections.
+func (r *run) idleStages(ctx context.Context, rss0 int64, measured bool) error {
+	r.res.Probe = &ProbeStats{}
+	err := r.stages(ctx, func(i int, sr *StageResult) error {
+		r.res.Conns.Held = max(r.res.Conns.Held, int(sr.Reached))
+		if measured {
+			rss, _, err := r.serverRSS(ctx)
+			if err != nil {
+				return err
+			}
+			sr.RSS = rss
+			p := memPoint(int(sr.Reached), rss-rss0)
+			sr.RSSPerConn = p.PerConn
+			if sr.Reached > 0 {
+				r.res.Memory = append(r.res.Memory, p)
+				r.res.Server.RSSAfter = max(r.res.Server.RSSAfter, rss)
+			}
+		}
+		if sr.Reached == 0 {
+			return nil
+		}
+		replies, err := r.all(ctx, func(i int) command {
+			_, n := split(r.cfg.Sample, len(r.parts), i)
+			return command{Op: opProbe, N: n, Duration: 5 * time.Second}
+		})
+		for _, rp := range replies {
+			r.res.Probe.Sampled += rp.Probed
+			r.res.Probe.Alive += rp.Alive
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if r.res.Probe.Alive < r.res.Probe.Sampled {
+		return fmt.Errorf("bench: %d of %d sampled connections did not answer a ping", r.res.Probe.Sampled-r.res.Probe.Alive, r.res.Probe.Sampled)
+	}
+	return nil
+}
+
+// withStages runs op on every part (echo's or chat's traffic for the stages'
+// whole length) while the stages move the connection count, and returns op's
+// replies and the first error of either.
+func (r *run) withStages(ctx context.Context, op command) ([]reply, error) {
+	op.Duration = r.cfg.stagesDuration()
+	opCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var replies []reply
+	var opErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		replies, opErr = r.all(opCtx, func(int) command { return op })
+	}()
+	if err := r.stages(ctx, nil); err != nil {
+		// The op would run out its time: end it now.
+		cancel()
+		<-done
+		return replies, err
+	}
+	<-done
+	return replies, opErr
 }
 
 // idleTraffic has every held connection echo for Traffic, holds them idle
@@ -227,13 +295,16 @@ func (t Target) pids() []int {
 // per connection.
 func (r *run) echo(ctx context.Context) error {
 	cfg := r.cfg
-	r.setPhase("ramp")
-	opened, _, err := r.connect(ctx, cfg.Conns)
-	if err != nil {
-		return err
-	}
-	if opened == 0 {
-		return fmt.Errorf("bench: no connection opened")
+	opened := 0
+	if len(cfg.Stages) == 0 {
+		r.setPhase("ramp")
+		var err error
+		if opened, _, err = r.connect(ctx, cfg.Conns); err != nil {
+			return err
+		}
+		if opened == 0 {
+			return fmt.Errorf("bench: no connection opened")
+		}
 	}
 	before, _ := r.snapshot()
 	r.mu.Lock()
@@ -243,10 +314,20 @@ func (r *run) echo(ctx context.Context) error {
 	ccpu0 := r.clientCPU()
 	t0 := time.Now()
 	r.setPhase("echo")
-	replies, err := r.all(ctx, func(int) command {
-		return command{Op: opEcho, Inflight: cfg.Inflight, Duration: cfg.Duration}
-	})
+	var replies []reply
+	var err error
+	if len(cfg.Stages) > 0 {
+		replies, err = r.withStages(ctx, command{Op: opEcho, Inflight: cfg.Inflight})
+	} else {
+		replies, err = r.all(ctx, func(int) command {
+			return command{Op: opEcho, Inflight: cfg.Inflight, Duration: cfg.Duration}
+		})
+	}
 	el := time.Since(t0)
+	if len(cfg.Stages) > 0 {
+		s, _ := r.snapshot()
+		opened = int(s.Peak)
+	}
 	scpu1, _ := r.serverCPU()
 	ccpu1 := r.clientCPU()
 	after, _ := r.snapshot()
@@ -409,15 +490,19 @@ func (r *run) chat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.setPhase("join")
-	opened, failed, err := r.connect(ctx, cfg.Conns)
-	if err != nil {
-		return err
+	opened := 0
+	if len(cfg.Stages) == 0 {
+		r.setPhase("join")
+		o, failed, err := r.connect(ctx, cfg.Conns)
+		if err != nil {
+			return err
+		}
+		if failed > 0 {
+			return fmt.Errorf("bench: %d of %d clients failed to connect and join (does the server speak the chat protocol's join?)", failed, cfg.Conns)
+		}
+		opened = o
 	}
-	if failed > 0 {
-		return fmt.Errorf("bench: %d of %d clients failed to connect and join (does the server speak the chat protocol's join?)", failed, cfg.Conns)
-	}
-	if cfg.JoinHold > 0 {
+	if cfg.JoinHold > 0 && len(cfg.Stages) == 0 {
 		// Joined and silent: the server's memory per idle room member.
 		r.setPhase("hold")
 		if err := sleep(ctx, cfg.JoinHold); err != nil {
@@ -440,10 +525,19 @@ func (r *run) chat(ctx context.Context) error {
 	r.mu.Unlock()
 	cpu0, cpuOK := r.serverCPU()
 	t0 := time.Now()
-	replies, err := r.all(ctx, func(int) command {
-		return command{Op: opChat, Rate: cfg.RoomRate, Duration: cfg.Duration}
-	})
+	var replies []reply
+	if len(cfg.Stages) > 0 {
+		replies, err = r.withStages(ctx, command{Op: opChat, Rate: cfg.RoomRate})
+	} else {
+		replies, err = r.all(ctx, func(int) command {
+			return command{Op: opChat, Rate: cfg.RoomRate, Duration: cfg.Duration}
+		})
+	}
 	el := time.Since(t0)
+	if len(cfg.Stages) > 0 {
+		s, _ := r.snapshot()
+		opened = int(s.Peak)
+	}
 	sent := 0
 	for _, rp := range replies {
 		sent += rp.Sent

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -13,7 +14,34 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/throng-ws/throng/bench"
+	"github.com/throng-ws/throng/internal/redact"
 )
+
+type thresholdsFlag []bench.Threshold
+
+func (t *thresholdsFlag) String() string { return fmt.Sprint(len(*t)) }
+
+func (t *thresholdsFlag) Set(s string) error {
+	th, err := bench.ParseThreshold(s)
+	if err != nil {
+		return err
+	}
+	*t = append(*t, th)
+	return nil
+}
+
+type stagesFlag []bench.Stage
+
+func (s *stagesFlag) String() string { return fmt.Sprint(len(*s)) }
+
+func (s *stagesFlag) Set(v string) error {
+	st, err := bench.ParseStages(v)
+	if err != nil {
+		return err
+	}
+	*s = st
+	return nil
+}
 
 type targetsFlag []bench.Target
 
@@ -33,12 +61,14 @@ func benchCommand() *ffcli.Command {
 	for _, sc := range bench.Scenarios {
 		subs = append(subs, benchScenarioCommand(sc))
 	}
+	subs = append(subs, benchAgentCommand())
 	return &ffcli.Command{
 		Name:       "bench",
 		ShortUsage: "throng bench <" + strings.Join(bench.Scenarios, "|") + "> [flags]",
 		ShortHelp:  "load-test throng or any echo / websocket-shootout server",
 		LongHelp: "throng bench drives WebSocket clients on an epoll event loop (about 19,000 per process;\n" +
-			"--workers for more) against one or more targets and prints a table per target.\n" +
+			"--workers for more on this machine, --agents for `throng bench agent`s on many) against\n" +
+			"one or more targets and prints a table per target.\n" +
 			"Every run is bounded in connections and time (--timeout) and stops by itself.",
 		Subcommands: subs,
 		Exec: func(context.Context, []string) error {
@@ -61,6 +91,8 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 		pid                  int
 		jsonFile, reportFile string
 		quiet                bool
+		thresholds           thresholdsFlag
+		stages               stagesFlag
 	)
 	fs := flag.NewFlagSet("throng bench "+scenario, flag.ContinueOnError)
 	fs.StringVar(&url, "url", "", "target WebSocket URL, such as ws://127.0.0.1:8080/echo (no path: the scenario's default)")
@@ -99,6 +131,14 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	fs.Float64Var(&c.ReconnectRate, "reconnect-rate", 0, "reconnect-storm: redials per second (0: all at once)")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 0, "connect plus upgrade deadline per connection (0: 10s)")
 	fs.DurationVar(&c.Timeout, "timeout", 0, "hard bound on the run against each target (0: 10m)")
+	fs.StringVar(&c.Agents, "agents", "", "NATS URL where `throng bench agent`s wait: run the load on them, spread by the capacity each reports (instead of --workers)")
+	fs.IntVar(&c.MinAgents, "min-agents", 0, "with --agents: wait until this many idle agents of this protocol version answer (0: 1); all that answer are used")
+	fs.DurationVar(&c.AgentWait, "agent-wait", 0, "with --agents: how long to wait for --min-agents (0: 30s)")
+	fs.DurationVar(&c.AgentTimeout, "agent-timeout", 0, "with --agents: an agent silent this long is lost (0: 5s)")
+	fs.StringVar(&c.OnAgentLoss, "on-agent-loss", "fail", "with --agents: fail the run when an agent is lost, or continue with the others (its connections counted as lost)")
+	fs.StringVar(&c.NATSPrefix, "nats-prefix", bench.DefaultNATSPrefix, "with --agents: the bench subjects' prefix, the same as the agents'")
+	fs.Var(&stages, "stages", "idle, echo, chat: ramp the connection count as duration:target stages, such as 30s:10000,2m:10000,30s:0 (replaces --conns and the ramp and hold)")
+	fs.Var(&thresholds, "threshold", "fail the run (exit status 1) unless metric op value holds, such as 'p99<50ms', 'errors==0', 'bytes_per_conn<800'; repeat for several. Metrics: "+strings.Join(bench.ThresholdMetrics(), ", "))
 	fs.StringVar(&jsonFile, "json", "", "write every figure to this JSON file")
 	fs.StringVar(&reportFile, "report", "", "write a self-contained HTML report with charts to this file")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line on stderr")
@@ -130,6 +170,16 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 				return errors.New("bench: --server-pid and --stats-url go with --url; use pid= and stats= in --target")
 			}
 			c.Targets = targets
+			c.Stages = stages
+			c.Thresholds = thresholds
+			c.Command = redactArgs(os.Args)
+			for _, f := range []string{jsonFile, reportFile} {
+				if f != "" {
+					if err := bench.CheckOutput(f); err != nil {
+						return err
+					}
+				}
+			}
 			if !quiet {
 				c.Progress = os.Stderr
 			}
@@ -154,9 +204,57 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 				return err
 			}
 			if rep.Failed() {
-				return errors.New("bench: a target's run failed (see the table)")
+				return errors.New("bench: a target's run failed or breached a threshold (see the table)")
 			}
 			return nil
+		},
+	}
+}
+
+// redactArgs is the command line with --jwt-secret's value and any URL's
+// credentials replaced, fit for a report.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		switch {
+		case strings.HasPrefix(a, "-") && name == "jwt-secret" && hasValue:
+			out[i] = a[:strings.IndexByte(a, '=')+1] + redact.Redacted
+		case i > 0 && strings.HasPrefix(args[i-1], "-") && strings.TrimLeft(args[i-1], "-") == "jwt-secret":
+			out[i] = redact.Redacted
+		default:
+			out[i] = redact.String(a)
+		}
+	}
+	return out
+}
+
+func benchAgentCommand() *ffcli.Command {
+	var o bench.AgentOptions
+	fs := flag.NewFlagSet("throng bench agent", flag.ContinueOnError)
+	fs.StringVar(&o.NATS, "nats", "", "NATS server URL(s), comma-separated, where coordinators find this agent (required)")
+	fs.StringVar(&o.Name, "name", "", "agent name, unique among the agents, one NATS subject token (default: host name and pid)")
+	fs.StringVar(&o.SourceIPs, "source-ips", "", "local addresses this agent dials from, such as 127.0.0.2-127.0.0.50 (replace the coordinator's --source-ips)")
+	fs.IntVar(&o.MaxConns, "max-conns", 0, "connections this agent holds at most, its weight when a run is spread (0 and at most: 19,500)")
+	fs.IntVar(&o.Loops, "loops", 0, "event loops (0: the coordinator's --loops, or GOMAXPROCS)")
+	fs.StringVar(&o.Prefix, "nats-prefix", bench.DefaultNATSPrefix, "the bench subjects' prefix, the same as the coordinator's")
+	return &ffcli.Command{
+		Name:       "agent",
+		ShortUsage: "throng bench agent --nats nats://host:4222 [flags]",
+		ShortHelp:  "wait on NATS for a coordinator's `throng bench <scenario> --agents` and generate its share of the load",
+		LongHelp: "throng bench agent runs on each load machine. It answers coordinators' discovery on NATS,\n" +
+			"serves one run at a time, and drops a run (closing its connections) whose coordinator goes silent.\n" +
+			"It stops on SIGINT or SIGTERM.",
+		FlagSet: fs,
+		Options: envOptions,
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("bench agent: unexpected arguments %q", args)
+			}
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			return bench.RunAgent(ctx, o)
 		},
 	}
 }
