@@ -79,7 +79,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 	// With --nats the node carries its rooms to and from the other nodes, and
 	// counts their connections against --max-conns-per-user.
 	var node *cluster.Node
+	var srv *server.Server // made below; the node reads it only once started
 	if co, ok := c.ClusterOptions(log); ok {
+		co.Conns = func() int { return srv.Conns() }
 		if node, err = cluster.New(co); err != nil {
 			return err
 		}
@@ -88,7 +90,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if node != nil {
 		sopts.UserConns = node
 	}
-	srv, err := server.New(sopts)
+	srv, err = server.New(sopts)
 	if err != nil {
 		return err
 	}
@@ -111,8 +113,19 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
+		var api *chat.API
+		if c.APIKey != "" {
+			api = &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv, Logger: log}
+			if err := api.Register(mux); err != nil {
+				return err
+			}
+		}
 		if node != nil {
 			ch.Cluster = node
+			if api != nil {
+				// The other nodes' operators' actions run here as this API's.
+				node.HandleActions(api.RunRemote)
+			}
 			if err := node.Start(rooms, ch); err != nil {
 				return fmt.Errorf("--nats: %w", err)
 			}
@@ -121,12 +134,6 @@ func serve(ctx context.Context, c *config.Serve) error {
 		}
 		srv.Handle("/ws", ch)
 		reg.MustRegister(ch.Collector())
-		if c.APIKey != "" {
-			api := &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv}
-			if err := api.Register(mux); err != nil {
-				return err
-			}
-		}
 	}
 	if endpoints["echo"] {
 		srv.Handle("/echo", &echo.Handler{RateLimit: c.RateLimit()})
