@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -77,18 +78,10 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.overview())
 }
 
-// apiError is the body of every API error.
-type apiError struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
+// writeAPIError answers with the HTTP listener's one error shape
+// (httplimit.ErrorBody).
 func writeAPIError(w http.ResponseWriter, status int, code, msg string) {
-	var e apiError
-	e.Error.Code, e.Error.Message = code, msg
-	writeJSON(w, status, e)
+	httplimit.WriteError(w, status, code, msg)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

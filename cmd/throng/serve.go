@@ -24,6 +24,7 @@ import (
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
 	"github.com/throng-ws/throng/httplimit"
+	"github.com/throng-ws/throng/internal/buildinfo"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 	"github.com/throng-ws/throng/shootout"
@@ -103,9 +104,10 @@ func serve(ctx context.Context, c *config.Serve) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		srv.Collector(),
+		buildInfoMetric(),
 	)
 	mux := srv.HTTPHandler()
-	hs, err := httplimit.New(server.LogRequests(log, mux), c.HTTPOptions(log))
+	hs, err := httplimit.New(server.LogRequests(log, httplimit.JSONErrors(mux)), c.HTTPOptions(log))
 	if err != nil {
 		return err
 	}
@@ -209,4 +211,16 @@ func dialable(a net.Addr) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// buildInfoMetric is throng_build_info: 1, labelled with the version, the VCS
+// revision and the Go version, so dashboards can tell the builds of a fleet
+// apart.
+func buildInfoMetric() prometheus.Collector {
+	bi := buildinfo.Read()
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "throng_build_info",
+		Help:        "1, labelled with the build's version, VCS revision and Go version.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.Go},
+	}, func() float64 { return 1 })
 }
