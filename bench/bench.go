@@ -14,6 +14,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -267,6 +268,22 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Targets) == 0 {
 		return errors.New("bench: no target: set --url or --target")
+	}
+	for _, n := range []struct {
+		name string
+		v    float64
+	}{
+		{"conns", float64(c.Conns)}, {"rate", c.Rate}, {"hold", float64(c.Hold)}, {"sample", float64(c.Sample)},
+		{"duration", float64(c.Duration)}, {"inflight", float64(c.Inflight)}, {"size", float64(c.Size)},
+		{"step-size", float64(c.StepSize)}, {"samples", float64(c.Samples)}, {"max-clients", float64(c.MaxClients)},
+		{"room-size", float64(c.RoomSize)}, {"room-rate", c.RoomRate}, {"churn-rate", c.ChurnRate},
+		{"reconnect-rate", c.ReconnectRate}, {"traffic", float64(c.Traffic)}, {"join-hold", float64(c.JoinHold)},
+		{"handshake-timeout", float64(c.HandshakeTimeout)}, {"timeout", float64(c.Timeout)}, {"workers", float64(c.Workers)},
+	} {
+		// Zero means the default; a negative value is a mistake, never the default.
+		if n.v < 0 {
+			return fmt.Errorf("bench: --%s must not be negative", n.name)
+		}
 	}
 	if c.Conns <= 0 {
 		c.Conns = 100
@@ -1107,4 +1124,76 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// MarshalJSON writes Config with its durations as strings ("10s"), as people
+// read and write them, rather than as nanoseconds.
+func (c Config) MarshalJSON() ([]byte, error) {
+	type plain Config // without this method
+	ds := func(d time.Duration) string {
+		if d == 0 {
+			return ""
+		}
+		return d.String()
+	}
+	return json.Marshal(struct {
+		plain
+		Hold             string `json:"hold"`
+		Traffic          string `json:"traffic,omitempty"`
+		JoinHold         string `json:"join_hold,omitempty"`
+		Duration         string `json:"duration"`
+		LimitRTT         string `json:"limit_rtt"`
+		HandshakeTimeout string `json:"handshake_timeout"`
+		Timeout          string `json:"timeout"`
+	}{plain(c), ds(c.Hold), ds(c.Traffic), ds(c.JoinHold), ds(c.Duration), ds(c.LimitRTT), ds(c.HandshakeTimeout), ds(c.Timeout)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes; a duration may also be a
+// number of nanoseconds, as older reports have it.
+func (c *Config) UnmarshalJSON(b []byte) error {
+	type plain Config
+	var aux struct {
+		*plain
+		Hold             json.RawMessage `json:"hold"`
+		Traffic          json.RawMessage `json:"traffic"`
+		JoinHold         json.RawMessage `json:"join_hold"`
+		Duration         json.RawMessage `json:"duration"`
+		LimitRTT         json.RawMessage `json:"limit_rtt"`
+		HandshakeTimeout json.RawMessage `json:"handshake_timeout"`
+		Timeout          json.RawMessage `json:"timeout"`
+	}
+	aux.plain = (*plain)(c)
+	if err := json.Unmarshal(b, &aux); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		raw json.RawMessage
+		dst *time.Duration
+	}{
+		{aux.Hold, &c.Hold}, {aux.Traffic, &c.Traffic}, {aux.JoinHold, &c.JoinHold}, {aux.Duration, &c.Duration},
+		{aux.LimitRTT, &c.LimitRTT}, {aux.HandshakeTimeout, &c.HandshakeTimeout}, {aux.Timeout, &c.Timeout},
+	} {
+		if len(d.raw) == 0 || string(d.raw) == "null" {
+			continue
+		}
+		var s string
+		if json.Unmarshal(d.raw, &s) == nil {
+			if s == "" {
+				*d.dst = 0
+				continue
+			}
+			v, err := time.ParseDuration(s)
+			if err != nil {
+				return fmt.Errorf("bench: config: %w", err)
+			}
+			*d.dst = v
+			continue
+		}
+		var n int64
+		if err := json.Unmarshal(d.raw, &n); err != nil {
+			return fmt.Errorf("bench: config: a duration: %w", err)
+		}
+		*d.dst = time.Duration(n)
+	}
+	return nil
 }

@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,5 +62,22 @@ func TestURLsSpreadConnections(t *testing.T) {
 		if got := s.Stats().Handshakes["ok"]; got != want {
 			t.Errorf("server %d upgraded %d connections, want %d", i, got, want)
 		}
+	}
+}
+
+// TestConfigJSONDurations: the report's config writes durations as strings.
+func TestConfigJSONDurations(t *testing.T) {
+	b, err := json.Marshal(Config{Scenario: ScenarioEcho, Duration: 30 * time.Second, Timeout: 10 * time.Minute, Conns: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{`"duration":"30s"`, `"timeout":"10m0s"`, `"conns":5`, `"scenario":"echo"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("config JSON %s lacks %s", s, want)
+		}
+	}
+	if strings.Contains(s, "30000000000") || strings.Contains(s, `"traffic"`) {
+		t.Errorf("config JSON %s", s)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -25,8 +27,13 @@ import (
 //	GET  /api/rooms/{id}               a room's members
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
 //	GET  /api/stats                    the Overview: connections, memory, counters
+//	POST   /api/users/{user}/disconnect         {"code":C,"reason":R}: close the user's connections
+//	DELETE /api/rooms/{id}/members/{user}       {"reason":R}: take the user out of the room
+//	DELETE /api/rooms/{id}                      {"reason":R}: take everyone out of the room
 //
-// Every request carries the key as a bearer token.
+// Every request carries the key as a bearer token. The last three are
+// operators' actions: in a cluster they act on every node, and each is logged
+// on every node with the caller's key id.
 type API struct {
 	// Key authenticates requests. It must not be empty.
 	Key string
@@ -39,6 +46,9 @@ type API struct {
 	Server *server.Server
 	// Now timestamps published messages. If nil, time.Now is used.
 	Now func() time.Time
+	// Logger receives a line for every operator's action, with the caller's
+	// key id. If nil, actions are not logged.
+	Logger *slog.Logger
 }
 
 // Paging limits for GET /api/rooms.
@@ -55,8 +65,11 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.Handle("GET /api/rooms", a.authed(a.listRooms))
 	mux.Handle("GET /api/rooms/{id}", a.authed(a.getRoom))
 	mux.Handle("POST /api/rooms/{id}/messages", a.authed(a.publish))
+	mux.Handle("DELETE /api/rooms/{id}/members/{user}", a.authed(a.removeMember))
+	mux.Handle("DELETE /api/rooms/{id}", a.authed(a.closeRoom))
 	if a.Server != nil {
 		mux.Handle("GET /api/stats", a.authed(a.stats))
+		mux.Handle("POST /api/users/{user}/disconnect", a.authed(a.disconnect))
 	}
 	return nil
 }
@@ -65,18 +78,10 @@ func (a *API) stats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.overview())
 }
 
-// apiError is the body of every API error.
-type apiError struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
+// writeAPIError answers with the HTTP listener's one error shape
+// (httplimit.ErrorBody).
 func writeAPIError(w http.ResponseWriter, status int, code, msg string) {
-	var e apiError
-	e.Error.Code, e.Error.Message = code, msg
-	writeJSON(w, status, e)
+	httplimit.WriteError(w, status, code, msg)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/throng-ws/throng/internal/metric"
 
+	"github.com/throng-ws/throng/internal/buildinfo"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -64,6 +65,8 @@ func constHistogram(desc *prometheus.Desc, h room.HistogramSnapshot) prometheus.
 // (server.Overview, whose fields it carries at the top level) and the chat's.
 type Overview struct {
 	server.Overview
+	// Build is the running binary's version and VCS revision.
+	Build buildinfo.Info `json:"build"`
 
 	RateLimited uint64 `json:"rate_limited"`
 	Bans        uint64 `json:"bans"`
@@ -77,7 +80,7 @@ type Overview struct {
 
 // overview gathers the transport's and the chat's essentials.
 func (a *API) overview() Overview {
-	o := Overview{Overview: a.Server.Overview()}
+	o := Overview{Overview: a.Server.Overview(), Build: buildinfo.Read()}
 	if a.Chat != nil {
 		cs := a.Chat.Stats()
 		o.RateLimited, o.Bans = cs.RateLimited, cs.Bans

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,7 +29,14 @@ type ChatConfig struct {
 	Out io.Writer
 	// SendTimeout bounds each line's send. If zero, 5s is used.
 	SendTimeout time.Duration
+	// Linger is how long RunChat waits at the end of In for the replies to
+	// what it sent, so that an error for the last line is printed. If zero,
+	// DefaultLinger is used.
+	Linger time.Duration
 }
+
+// DefaultLinger is ChatConfig.Linger's default.
+const DefaultLinger = 2 * time.Second
 
 // RunChat is `throng client`: it joins a room and pipes In to it and the room
 // to Out, until In ends (it then leaves the room and returns nil), ctx is
@@ -122,6 +130,13 @@ func RunChat(ctx context.Context, cfg ChatConfig) error {
 		case <-c.Done():
 			return c.Err()
 		case err := <-readDone:
+			// The server answers a connection's messages in order, so once a
+			// ping's pong is back, so is the error (if any) for the last line
+			// sent, and it has been printed. A banned connection's ping is
+			// ignored: the wait is bounded.
+			pctx, cancel := context.WithTimeout(ctx, cmp.Or(cfg.Linger, DefaultLinger))
+			c.Ping(pctx)
+			cancel()
 			lctx, cancel := context.WithTimeout(context.Background(), timeout)
 			c.Leave(lctx, room)
 			cancel()

@@ -118,3 +118,18 @@ func TestRunChatErrors(t *testing.T) {
 	}
 	waitOutput(t, out, "* joined r (1 here)")
 }
+
+// TestRunChatWaitsForLastReply: at the end of stdin, the error for the last
+// line sent is printed before RunChat returns.
+func TestRunChatWaitsForLastReply(t *testing.T) {
+	ts := startServer(t, serverConfig{auth: true})
+	out := &syncBuffer{}
+	err := RunChat(ctxT(t), ChatConfig{URL: ts.URL(), Room: "r", Options: Options{Token: ts.token("yan", time.Hour)},
+		In: strings.NewReader("fine\n" + strings.Repeat("y", 501) + "\n"), Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "! invalid_message") {
+		t.Fatalf("the last line's error was not printed before the end:\n%s", got)
+	}
+}

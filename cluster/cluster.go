@@ -84,6 +84,9 @@ type Options struct {
 	InboundQueue int
 	// Logger receives the node's logs. If nil, logs are discarded.
 	Logger *slog.Logger
+	// Conns, if set, is this node's open connections, announced with every
+	// heartbeat so the others can show them (PeerStatus.Conns).
+	Conns func() int
 }
 
 // Defaults for Options.
@@ -127,6 +130,11 @@ type Node struct {
 	stateSubj  string // PREFIX.state
 	syncPrefix string // PREFIX.sync.
 	syncSubj   string // PREFIX.sync.<id>
+	actSubj    string // PREFIX.control
+
+	// actor runs the operators' actions other nodes ask for; set by
+	// HandleActions before Start, read-only after.
+	actor func(ctx context.Context, action []byte) (int, error)
 
 	// Set by Start, before any goroutine starts; read-only after.
 	rooms   *room.Table
@@ -246,6 +254,7 @@ func New(o Options) (*Node, error) {
 		ncClosed:   make(chan struct{}),
 	}
 	n.syncSubj = n.syncPrefix + n.id
+	n.actSubj = o.Prefix + ".control"
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
@@ -359,6 +368,12 @@ func (n *Node) Start(rooms *room.Table, d Deliverer) error {
 	if _, err := nc.ChanSubscribe(n.syncSubj, n.state); err != nil {
 		nc.Close()
 		return fmt.Errorf("cluster: %w", err)
+	}
+	if n.actor != nil {
+		if _, err := nc.Subscribe(n.actSubj, n.onAction); err != nil {
+			nc.Close()
+			return fmt.Errorf("cluster: %w", err)
+		}
 	}
 	if !n.bg.Go(n.work) || !n.bg.Go(n.publish) || !n.bg.Go(n.inbound) {
 		nc.Close()

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,12 +93,14 @@ type nodeOptions struct {
 // test stops it first.
 func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	t.Helper()
+	n := &node{t: t, name: name}
 	cl, err := cluster.New(cluster.Options{
 		URLs:          []string{brokerURL},
 		NodeID:        name,
 		Heartbeat:     cmp.Or(o.heartbeat, 100*time.Millisecond),
 		DeadAfter:     cmp.Or(o.deadAfter, 2*time.Second),
 		ReconnectWait: 50 * time.Millisecond,
+		Conns:         func() int { return n.srv.Conns() },
 	})
 	if err != nil {
 		t.Fatalf("cluster.New: %v", err)
@@ -117,12 +120,18 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	n := &node{t: t, name: name, srv: srv, cl: cl}
+	n.srv, n.cl = srv, cl
 	n.rooms = room.New(srv.Loops(), room.Options{})
 	n.chat = &chat.Handler{Rooms: n.rooms, Auth: v, RateLimit: server.RateLimit{Rate: -1}, Cluster: cl}
 	if err := srv.Handle("/ws", n.chat); err != nil {
 		t.Fatal(err)
 	}
+	mux := srv.HTTPHandler()
+	api := &chat.API{Key: apiKey, Chat: n.chat, Rooms: n.rooms, Server: srv}
+	if err := api.Register(mux); err != nil {
+		t.Fatal(err)
+	}
+	cl.HandleActions(api.RunRemote)
 	if err := cl.Start(n.rooms, n.chat); err != nil {
 		srv.Close()
 		t.Fatalf("Start: %v", err)
@@ -134,11 +143,6 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 		t.Fatal(err)
 	}
 	n.addr = addr.String()
-	mux := srv.HTTPHandler()
-	api := &chat.API{Key: apiKey, Chat: n.chat, Rooms: n.rooms, Server: srv}
-	if err := api.Register(mux); err != nil {
-		t.Fatal(err)
-	}
 	n.api = httptest.NewServer(mux)
 	t.Cleanup(n.kill)
 	return n
@@ -166,6 +170,25 @@ func (n *node) url(user string) string {
 		u += "?token=" + url.QueryEscape(tok)
 	}
 	return u
+}
+
+// call sends a request to the node's API and decodes the JSON answer into v.
+func (n *node) call(method, path, body string, v any) int {
+	n.t.Helper()
+	req, _ := http.NewRequest(method, n.api.URL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			n.t.Fatalf("%s %s: %v in %s", method, path, err, b)
+		}
+	}
+	return resp.StatusCode
 }
 
 // get calls the node's API and decodes the JSON answer into v.
@@ -210,6 +233,7 @@ type msg struct {
 	UserCount int    `json:"userCount"`
 	Content   string `json:"content"`
 	Code      string `json:"code"`
+	Reason    string `json:"reason"`
 }
 
 // client is a gorilla/websocket client that records every message it gets.
@@ -221,6 +245,7 @@ type client struct {
 
 	mu   sync.Mutex
 	msgs []msg
+	err  error // what ended the read loop; guarded by mu
 	done chan struct{}
 }
 
@@ -261,6 +286,9 @@ func (c *client) read() {
 	for {
 		_, data, err := c.conn.ReadMessage()
 		if err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
 			return
 		}
 		var m msg

@@ -21,6 +21,9 @@ type stateMsg struct {
 	Seq  uint64 `json:"seq"`  // 1, 2, 3… within the incarnation
 	Sent int64  `json:"sent"` // unix ns, for the lag
 	Kind string `json:"kind"`
+	// Conns is the node's open connections, on heartbeats, for the
+	// operators' dashboard; 0 when Options.Conns is not set.
+	Conns int64 `json:"conns,omitempty"`
 	// First and Last mark a snapshot's first and last parts; a snapshot that
 	// fits one message has both.
 	First bool             `json:"first,omitempty"`
@@ -66,6 +69,7 @@ type peer struct {
 	// last part; nil when none is under way.
 	pendRooms, pendUsers map[string]int32
 
+	conns    int64         // open connections, as its last heartbeat said
 	lag      time.Duration // from its last message's send time to its receipt
 	received uint64        // state messages received
 	lost     uint64        // state messages missing from its sequence
@@ -123,6 +127,8 @@ func (t *peerTable) apply(m *stateMsg, now time.Time, askEvery time.Duration) (a
 		delete(t.m, m.Node)
 		a.left = true
 		return a
+	case kindHeartbeat:
+		p.conns = m.Conns
 	case kindDelta:
 		applyCounts(p.rooms, m.Rooms)
 		applyCounts(p.users, m.Users)
@@ -251,6 +257,9 @@ type PeerStatus struct {
 	Received, Lost uint64
 	// Rooms and Members are its announced rooms and their members.
 	Rooms, Members int
+	// Conns is its open connections, as its last heartbeat said (0 if it does
+	// not announce them).
+	Conns int64
 }
 
 // status lists the live nodes.
@@ -263,7 +272,7 @@ func (t *peerTable) status(now time.Time) []PeerStatus {
 			continue
 		}
 		s := PeerStatus{ID: p.id, Synced: p.synced, Silence: now.Sub(p.heard), Lag: p.lag,
-			Received: p.received, Lost: p.lost, Rooms: len(p.rooms)}
+			Received: p.received, Lost: p.lost, Rooms: len(p.rooms), Conns: p.conns}
 		for _, c := range p.rooms {
 			s.Members += int(c)
 		}
@@ -303,7 +312,11 @@ func (n *Node) work() {
 			}
 		case <-n.wake:
 		case <-t.C:
-			n.publishState(&stateMsg{Kind: kindHeartbeat})
+			hb := &stateMsg{Kind: kindHeartbeat}
+			if n.opts.Conns != nil {
+				hb.Conns = int64(n.opts.Conns())
+			}
+			n.publishState(hb)
 			for _, id := range n.peers.sweep(time.Now()) {
 				n.nodeGone(id, 0, true)
 				n.c.peersDead.Add(1)

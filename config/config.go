@@ -22,9 +22,9 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/pelletier/go-toml"
 	"github.com/peterbourgon/ff/v3"
-	"github.com/peterbourgon/ff/v3/fftoml"
-	"github.com/peterbourgon/ff/v3/ffyaml"
+	"gopkg.in/yaml.v2"
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
@@ -133,6 +133,10 @@ const (
 	// process's own start-up footprint would pass the high-water mark and no
 	// connection would ever be admitted.
 	MinMemoryLimit = 32 << 20
+	// MinJWTSecret is the shortest --jwt-secret accepted, in bytes; below
+	// GoodJWTSecret a warning is logged at start.
+	MinJWTSecret  = 16
+	GoodJWTSecret = 32
 )
 
 // FlagSet returns the flags of `throng serve`, bound to c's fields and set to
@@ -224,21 +228,67 @@ func Parse(fs *flag.FlagSet, args []string) error {
 	return ff.Parse(fs, args, Options(fs)...)
 }
 
-// fileParser picks the parser by the --config file's extension. ff does not
-// pass the name to the parser, but it has parsed the flags and the environment
-// by the time it reads the file, so the flag holds the name.
+// fileParser reads the --config file: TOML or YAML by its extension. Every
+// key must be a flag's name and hold one value (a string, number or bool); a
+// list or a table where one value belongs is an error, as is a value the flag
+// refuses, and every error names the file and the key.
 func fileParser(fs *flag.FlagSet) ff.ConfigFileParser {
 	return func(r io.Reader, set func(name, value string) error) error {
 		name := fs.Lookup("config").Value.String()
 		set = noConfigKey(set)
+		var m map[string]any
 		switch strings.ToLower(filepath.Ext(name)) {
 		case ".toml":
-			return fftoml.Parser(r, set)
+			t, err := toml.LoadReader(r)
+			if err != nil {
+				return fmt.Errorf("--config %s: %v", name, err)
+			}
+			m = t.ToMap()
 		case ".yaml", ".yml":
-			return ffyaml.Parser(r, set)
+			if err := yaml.NewDecoder(r).Decode(&m); err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("--config %s: %v", name, err)
+			}
+		default:
+			return fmt.Errorf("--config %s: the name must end in .toml, .yaml or .yml", name)
 		}
-		return fmt.Errorf("--config %s: the name must end in .toml, .yaml or .yml", name)
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			v, err := scalar(m[k])
+			if err == nil {
+				if fs.Lookup(k) == nil {
+					err = errors.New("no such setting (the keys are serve's flag names without dashes)")
+				} else {
+					err = set(k, v)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("--config %s: key %q: %v", name, k, err)
+			}
+		}
+		return nil
 	}
+}
+
+// scalar is a config file value as a flag reads it; lists and tables are
+// refused.
+func scalar(v any) (string, error) {
+	switch v := v.(type) {
+	case string:
+		return v, nil
+	case bool, int, int64, uint64, float64:
+		return fmt.Sprint(v), nil
+	case time.Time:
+		return "", errors.New("a date, where a string, number or bool belongs")
+	case nil:
+		return "", errors.New("no value")
+	case []any:
+		return "", errors.New("a list, where one value belongs (write several as one comma-separated string)")
+	}
+	return "", fmt.Errorf("a %T, where a string, number or bool belongs", v)
 }
 
 // noConfigKey refuses a config key in the config file, which would name a
@@ -291,14 +341,14 @@ func (c *Serve) Validate() error {
 		min  int
 	}{
 		{"--loops", c.Loops, 0},
-		{"--max-message-size", c.MaxMessageSize, 0},
-		{"--max-pending", c.MaxPending, 0},
-		{"--drain-rate", c.DrainRate, 0},
+		{"--max-message-size", c.MaxMessageSize, 1},
+		{"--max-pending", c.MaxPending, 1},
+		{"--drain-rate", c.DrainRate, 1},
 		{"--max-conns", c.MaxConns, 0},
 		{"--max-conns-per-user", c.MaxConnsPerUser, 0},
 		{"--max-rooms-per-conn", c.MaxRoomsPerConn, 1},
 		{"--max-room-members", c.MaxRoomMembers, 0},
-		{"--room-shards", c.RoomShards, 0},
+		{"--room-shards", c.RoomShards, 1},
 		{"--max-content", c.MaxContent, 1},
 		{"--burst", c.Burst, 1},
 		{"--ban-close-after", c.BanCloseAfter, 0},
@@ -312,6 +362,9 @@ func (c *Serve) Validate() error {
 	}
 	if c.UserRate == 0 {
 		bad("--user-rate must be more than 0, or negative for no per-user limit")
+	}
+	if c.Rate == 0 {
+		bad("--rate 0 would refuse every message: give a rate above 0, or a negative one for no limit")
 	}
 	if c.HandshakeRate < 0 {
 		bad("--handshake-rate must be at least 0, not %v", c.HandshakeRate)
@@ -414,6 +467,8 @@ func (c *Serve) Validate() error {
 			}
 		case c.JWTSecret == "" && !c.Dev:
 			bad("no token key: set --jwt-secret (THRONG_JWT_SECRET) or --jwt-public-key, or run with --auth=off or --dev")
+		case c.JWTSecret != "" && len(c.JWTSecret) < MinJWTSecret:
+			bad("--jwt-secret is %d bytes: an HMAC key needs at least %d, and should have 32 (openssl rand -hex 32)", len(c.JWTSecret), MinJWTSecret)
 		}
 	case "off":
 		if c.JWTSecret != "" || c.JWTPublicKey != "" {
@@ -459,7 +514,14 @@ func (c *Serve) Logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	o := &slog.HandlerOptions{Level: level, ReplaceAttr: redact.Attr}
+	o := &slog.HandlerOptions{Level: level, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		a = redact.Attr(groups, a)
+		// A duration reads "30s" in JSON too, not 30000000000.
+		if a.Value.Kind() == slog.KindDuration {
+			a.Value = slog.StringValue(a.Value.Duration().String())
+		}
+		return a
+	}}
 	switch c.LogFormat {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, o)), nil
@@ -508,6 +570,9 @@ func (c *Serve) Verifier(random io.Reader) (v *auth.Verifier, devSecret string, 
 // Warn logs, once at start, every setting that weakens the server on purpose,
 // so that it is in the log of every run rather than only in a config file.
 func (c *Serve) Warn(log *slog.Logger) {
+	if c.Auth == "on" && c.JWTSecret != "" && len(c.JWTSecret) < GoodJWTSecret {
+		log.Warn(fmt.Sprintf("--jwt-secret is %d bytes: a guessable HMAC key lets anyone mint tokens; use 32 random bytes (openssl rand -hex 32)", len(c.JWTSecret)))
+	}
 	if c.JWTAllowNoExp && c.Auth == "on" {
 		log.Warn("--jwt-allow-no-exp: tokens without exp are accepted and never expire; " +
 			"a leaked one is valid until the key is rotated, and a refresh with one lifts a connection's expiry")

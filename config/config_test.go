@@ -39,6 +39,8 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
+const testSecret = "0123456789abcdef0123456789abcdef"
+
 func parse(t *testing.T, args ...string) (*Serve, error) {
 	t.Helper()
 	var c Serve
@@ -138,6 +140,11 @@ func TestConfigFileErrors(t *testing.T) {
 		{"bad value", "c.toml", "ping-interval = \"soon\"\n", "ping-interval"},
 		{"bad size", "c.toml", "memory-limit = \"lots\"\n", "not a size"},
 		{"config in config", "c.toml", "config = \"other.toml\"\n", "cannot set config"},
+		{"YAML list for a string", "c.yaml", "ws-addr:\n  - \":8080\"\n  - \":8090\"\n", `c.yaml: key "ws-addr": a list, where one value belongs`},
+		{"YAML one-item list", "c.yaml", "origin: [\"https://a\"]\n", `key "origin": a list`},
+		{"TOML array", "c.toml", "origin = [\"https://a\", \"https://b\"]\n", `c.toml: key "origin": a list`},
+		{"TOML table", "c.toml", "[ws-addr]\nx = 1\n", `key "ws-addr": a map`},
+		{"names file and key", "c.toml", "drain-timeout = \"soon\"\n", `c.toml: key "drain-timeout": `},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clearEnv(t)
@@ -238,10 +245,17 @@ func TestValidate(t *testing.T) {
 		{"auth off with a secret", []string{"--auth", "off"}, "--auth=off conflicts"},
 		{"unknown auth", []string{"--auth", "maybe"}, "--auth must be on or off"},
 		{"unknown auth failure", []string{"--auth-failure", "maybe"}, "--auth-failure must be reject or close"},
+		// No value silently becomes a default.
+		{"zero drain rate", []string{"--drain-rate", "0"}, "--drain-rate must be at least 1, not 0"},
+		{"zero rate", []string{"--rate", "0"}, "--rate 0 would refuse every message"},
+		{"negative rate is unlimited", []string{"--rate", "-1"}, ""},
+		{"zero room shards", []string{"--room-shards", "0"}, "--room-shards must be at least 1, not 0"},
+		{"zero max message size", []string{"--max-message-size", "0"}, "--max-message-size must be at least 1, not 0"},
+		{"one-byte secret", []string{"--jwt-secret", "x"}, "--jwt-secret is 1 bytes: an HMAC key needs at least 16"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clearEnv(t)
-			c, err := parse(t, append([]string{"--jwt-secret", "s"}, tc.args...)...)
+			c, err := parse(t, append([]string{"--jwt-secret", testSecret}, tc.args...)...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -495,5 +509,66 @@ func TestServerOptions(t *testing.T) {
 	}
 	if ch := c.Chat(nil, nil, log); ch.Rate != server.DefaultRate || ch.Burst != server.DefaultBurst {
 		t.Errorf("chat %+v", ch)
+	}
+}
+
+func TestEffectiveAndSample(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("THRONG_MAX_CONNS", "5000")
+	file := writeFile(t, "c.toml", "drain-rate = 77\napi-key = \"supersecretkey\"\n")
+	args := []string{"--config", file, "--ws-addr", ":9999"}
+	var c Serve
+	fs := c.FlagSet()
+	if err := Parse(fs, args); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	WriteEffective(&b, fs, args, os.Environ())
+	out := b.String()
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`--ws-addr\s+:9999\s+flag\s+THRONG_WS_ADDR`),
+		regexp.MustCompile(`--max-conns\s+5000\s+env\s`),
+		regexp.MustCompile(`--drain-rate\s+77\s+file\s`),
+		regexp.MustCompile(`--api-key\s+\(set, 14 bytes\)\s+file\s`),
+		regexp.MustCompile(`--ping-interval\s+30s\s+default\s`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("effective settings lack %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "supersecretkey") {
+		t.Error("a secret was printed")
+	}
+	// The sample parses back to the defaults.
+	b.Reset()
+	WriteSample(&b, fs)
+	sample := b.String()
+	if !strings.Contains(sample, "# ping-interval = \"30s\"") || !strings.Contains(sample, "# max-conns = 0") {
+		t.Errorf("sample:\n%s", sample)
+	}
+	uncommented := regexp.MustCompile(`(?m)^# ([a-z-]+ = .*)$`).ReplaceAllString(sample, "$1")
+	clearEnv(t)
+	d, err := parse(t, "--config", writeFile(t, "s.toml", uncommented))
+	if err != nil {
+		t.Fatalf("the sample, uncommented, does not parse: %v", err)
+	}
+	def, _ := parse(t)
+	d.Config = ""
+	if *d != *def {
+		t.Errorf("the sample's values differ from the defaults:\n%+v\n%+v", d, def)
+	}
+}
+
+func TestLoggerDurationsAsStrings(t *testing.T) {
+	clearEnv(t)
+	c, _ := parse(t, "--log-format", "json")
+	var b strings.Builder
+	log, err := c.Logger(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("x", "drain_timeout", 30*time.Second)
+	if !strings.Contains(b.String(), `"drain_timeout":"30s"`) {
+		t.Errorf("log line %s", b.String())
 	}
 }

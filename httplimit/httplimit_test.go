@@ -3,12 +3,14 @@ package httplimit
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -358,5 +360,53 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestJSONErrors: the mux's 404 and 405 and http.Error answers become the one
+// JSON error shape, with their status and the 405's Allow; JSON answers and
+// successes pass untouched.
+func TestJSONErrors(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /thing", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	mux.HandleFunc("GET /broken", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusInternalServerError) })
+	mux.HandleFunc("GET /own", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusTeapot, "teapot", "short and stout")
+	})
+	srv := httptest.NewServer(JSONErrors(mux))
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		code, allow  string
+	}{
+		{"GET", "/nowhere", 404, "not_found", ""},
+		{"POST", "/thing", 405, "method_not_allowed", "GET, HEAD"},
+		{"DELETE", "/thing", 405, "method_not_allowed", "GET, HEAD"},
+		{"GET", "/broken", 500, "internal", ""},
+		{"GET", "/own", 418, "teapot", ""},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e ErrorBody
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != tc.status || e.Error.Code != tc.code || e.Error.Message == "" ||
+			resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d %+v %v, Content-Type %q, Allow %q", tc.method, tc.path, resp.StatusCode, e, err,
+				resp.Header.Get("Content-Type"), resp.Header.Get("Allow"))
+		}
+	}
+	resp, err := srv.Client().Get(srv.URL + "/thing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" {
+		t.Errorf("success changed: %d %q", resp.StatusCode, b)
 	}
 }

@@ -66,9 +66,11 @@ type (
 		Content   string    `json:"content"`
 		Timestamp time.Time `json:"timestamp"`
 	}
-	// Left answers Leave.
+	// Left answers Leave, or tells a member that an operator took it out of
+	// the room (Reason set: removed, or the room closed).
 	Left struct {
 		RoomID string `json:"roomId"`
+		Reason string `json:"reason,omitempty"`
 	}
 	// UserLeft tells a room's members that someone left or disconnected.
 	UserLeft struct {

@@ -416,3 +416,71 @@ func (t *Table) Members(id string) (members []MemberInfo, ok bool) {
 	wg.Wait()
 	return members, true
 }
+
+// Each calls fn for every member of room id, on the goroutine of the member's
+// loop, and waits until every loop has done so. fn may make the member Leave
+// (as an operator's removal does); members that joined after a loop's pass
+// began are not visited. It returns how many members fn reported true for, and
+// 0 if the room does not exist. It costs a job per loop and a copy of each
+// loop's member list: it is for rare actions, not for fan-out.
+func (t *Table) Each(id string, fn func(m *Member) bool) int {
+	sh := t.shard(id)
+	sh.mu.RLock()
+	r := sh.rooms[id]
+	sh.mu.RUnlock()
+	if r == nil {
+		return 0
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	for i, l := range t.loops {
+		wg.Add(1)
+		posted := l.Post(poller.FuncJob(func() {
+			defer wg.Done()
+			// A copy, as fn may take members out of the list it walks.
+			for _, m := range slices.Clone(r.parts[i].members) {
+				if m.room == r && fn(m) {
+					n.Add(1)
+				}
+			}
+		}))
+		if !posted {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	return int(n.Load())
+}
+
+// Largest returns up to k rooms with the most members, most first (ties in id
+// order). It reads every room's count under its shard's read lock and keeps
+// only the k best, so it costs one pass over the table and O(k) memory.
+func (t *Table) Largest(k int) []Info {
+	if k <= 0 {
+		return nil
+	}
+	better := func(a, b Info) bool {
+		return a.Members > b.Members || (a.Members == b.Members && a.ID < b.ID)
+	}
+	top := make([]Info, 0, k+1)
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		for id, r := range sh.rooms {
+			ri := Info{ID: id, Members: r.total}
+			if len(top) == k && !better(ri, top[k-1]) {
+				continue
+			}
+			j := len(top)
+			for j > 0 && better(ri, top[j-1]) {
+				j--
+			}
+			top = slices.Insert(top, j, ri)
+			if len(top) > k {
+				top = top[:k]
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	return top
+}

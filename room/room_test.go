@@ -730,3 +730,63 @@ func TestConcurrentJoinLeaveBroadcast(t *testing.T) {
 		t.Fatalf("Stats = %+v after everyone left", st)
 	}
 }
+
+// TestEachLeaves removes every member of a room from inside Each, on their
+// loops, the way an operator's close of a room does, and checks the room is
+// gone and other rooms untouched.
+func TestEachLeaves(t *testing.T) {
+	loops := startLoops(t, 3)
+	tab := New(loops, Options{})
+	for i := range 9 {
+		m, _ := newMember(fmt.Sprint("n", i))
+		join(t, tab, loops[i%3], "r", m)
+	}
+	other, _ := newMember("other")
+	join(t, tab, loops[0], "keep", other)
+
+	// Only the members fn picks count, and fn may make them leave.
+	n := tab.Each("r", func(m *Member) bool {
+		if m.Name == "n4" {
+			return false
+		}
+		tab.Leave(m)
+		return true
+	})
+	if n != 8 {
+		t.Fatalf("Each = %d, want 8", n)
+	}
+	if got, _ := tab.Members("r"); len(got) != 1 || got[0].Name != "n4" {
+		t.Fatalf("members left = %+v, want only n4", got)
+	}
+	if tab.Each("r", func(m *Member) bool { tab.Leave(m); return true }) != 1 || tab.Count("r") != 0 {
+		t.Fatalf("room not emptied: %d", tab.Count("r"))
+	}
+	if tab.Each("r", func(*Member) bool { return true }) != 0 {
+		t.Fatal("Each on a gone room visited someone")
+	}
+	if tab.Count("keep") != 1 {
+		t.Fatal("Each touched another room")
+	}
+}
+
+func TestLargest(t *testing.T) {
+	loops := startLoops(t, 2)
+	tab := New(loops, Options{Shards: 4})
+	sizes := map[string]int{"a": 3, "b": 7, "c": 1, "d": 7, "e": 5}
+	for id, n := range sizes {
+		for i := range n {
+			m, _ := newMember(fmt.Sprint(id, i))
+			join(t, tab, loops[i%2], id, m)
+		}
+	}
+	want := []Info{{"b", 7}, {"d", 7}, {"e", 5}}
+	if got := tab.Largest(3); !slices.Equal(got, want) {
+		t.Fatalf("Largest(3) = %+v, want %+v", got, want)
+	}
+	if got := tab.Largest(10); len(got) != 5 || got[4] != (Info{"c", 1}) {
+		t.Fatalf("Largest(10) = %+v", got)
+	}
+	if got := tab.Largest(0); got != nil {
+		t.Fatalf("Largest(0) = %+v", got)
+	}
+}

@@ -38,6 +38,9 @@ const (
 	ClosePolicy
 	// CloseInternal: the server failed (1011).
 	CloseInternal
+	// CloseOperator: an operator disconnected the user (Server.CloseUser),
+	// with the code and text the operator chose.
+	CloseOperator
 
 	numCloseReasons
 )
@@ -62,6 +65,7 @@ var closeReasons = [numCloseReasons]struct {
 	CloseRateLimited:  {ws.StatusPolicyViolation, "rate limited", "rate_limited"},
 	ClosePolicy:       {ws.StatusPolicyViolation, "policy violation", "policy"},
 	CloseInternal:     {ws.StatusInternalServerError, "internal error", "internal"},
+	CloseOperator:     {ws.StatusPolicyViolation, "disconnected by an operator", "operator"},
 }
 
 // Code is the close code sent for the reason.

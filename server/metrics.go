@@ -138,7 +138,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if r == ClosePeer {
 			continue
 		}
-		counter(d.closes, v, r.String(), strconv.Itoa(int(r.Code())))
+		code := strconv.Itoa(int(r.Code()))
+		if r == CloseOperator {
+			code = "chosen" // whatever code the operator gave
+		}
+		counter(d.closes, v, r.String(), code)
 	}
 	for j, v := range peerCodes {
 		counter(d.closes, v, ClosePeer.String(), peerCodeLabels[j])

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/httplimit"
 )
 
 //go:embed static
@@ -124,7 +125,8 @@ type handler struct {
 //	GET  /app.js, /style.css   the page's code and style
 //	GET  /config.json   Config: where the WebSocket listener is, never cached
 //	POST /token/verify  checks a token (the body): 200 {"userId","expiresAt"}
-//	                    or 401 {"error"} (and "reason" with Options.Reasons);
+//	                    or 401 {"error":{"code":"invalid_token",…}} (and
+//	                    "reason" with Options.Reasons), httplimit's error shape;
 //	                    429 past the per-address throttle; 404 without Options.Auth
 //	GET  /dev/token     mints a token; 404 without Options.DevSecret
 //
@@ -172,6 +174,13 @@ func (h *handler) serveAsset(w http.ResponseWriter, r *http.Request) {
 	// Assets change with the binary; revalidate (by Last-Modified) rather than
 	// keep a stale client.
 	hd.Set("Cache-Control", "no-cache")
+	if r.URL.Path == "/client.js" {
+		// The library is for any page to import (the README's cross-origin
+		// import): module scripts are fetched with CORS. It carries no
+		// credentials and reads none.
+		hd.Set("Access-Control-Allow-Origin", "*")
+		hd.Set("Cross-Origin-Resource-Policy", "cross-origin")
+	}
 	if r.URL.Path == "/" {
 		hd.Set("Content-Security-Policy", pageCSP)
 		hd.Set("Referrer-Policy", "no-referrer")
@@ -222,8 +231,6 @@ type verifyReply struct {
 	UserID    string     `json:"userId,omitempty"`
 	Name      string     `json:"name,omitempty"`
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
-	Error     string     `json:"error,omitempty"`
-	Reason    string     `json:"reason,omitempty"`
 }
 
 // serveVerify tells the page whether a token would be accepted: the browser
@@ -237,23 +244,23 @@ func (h *handler) serveVerify(w http.ResponseWriter, r *http.Request) {
 	}
 	if wait, ok := h.allow(r); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		writeJSON(w, http.StatusTooManyRequests, verifyReply{Error: "rate_limited"})
+		httplimit.WriteError(w, http.StatusTooManyRequests, "rate_limited", "too many token checks from this address; try again later")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTokenBody))
 	if err != nil {
-		writeJSON(w, http.StatusRequestEntityTooLarge, verifyReply{Error: "too_large"})
+		httplimit.WriteError(w, http.StatusRequestEntityTooLarge, "too_large", "a token is at most "+strconv.Itoa(maxTokenBody)+" bytes")
 		return
 	}
 	tok := strings.TrimSpace(string(body))
 	tok = strings.TrimPrefix(tok, "Bearer ")
 	claims, err := h.o.Auth.Verify(tok)
 	if err != nil {
-		rep := verifyReply{Error: "invalid_token"}
+		e := httplimit.ErrorBody{Error: httplimit.ErrorDetail{Code: "invalid_token", Message: "the server refuses this token"}}
 		if h.o.Reasons {
-			rep.Reason = auth.ReasonOf(err).String()
+			e.Error.Reason = auth.ReasonOf(err).String()
 		}
-		writeJSON(w, http.StatusUnauthorized, rep)
+		httplimit.WriteErrorBody(w, http.StatusUnauthorized, e)
 		return
 	}
 	rep := verifyReply{UserID: claims.Subject, Name: claims.Name}
@@ -323,7 +330,7 @@ func (h *handler) serveDevToken(w http.ResponseWriter, r *http.Request) {
 		sub = "guest-" + hex.EncodeToString(b[:])
 	}
 	if !subPattern.MatchString(sub) {
-		writeJSON(w, http.StatusBadRequest, verifyReply{Error: "invalid_sub", Reason: "sub must be 1 to 64 of A-Z a-z 0-9 . _ -"})
+		httplimit.WriteError(w, http.StatusBadRequest, "invalid_sub", "sub must be 1 to 64 of A-Z a-z 0-9 . _ -")
 		return
 	}
 	name := r.URL.Query().Get("name")
@@ -333,7 +340,7 @@ func (h *handler) serveDevToken(w http.ResponseWriter, r *http.Request) {
 	now := h.o.Now()
 	tok, err := auth.Mint(h.o.DevSecret, "HS256", sub, h.o.DevTokenTTL, name, now)
 	if err != nil {
-		writeJSON(w, http.StatusInternalServerError, verifyReply{Error: "mint_failed"})
+		httplimit.WriteError(w, http.StatusInternalServerError, "mint_failed", "the token could not be signed")
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")

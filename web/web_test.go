@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/httplimit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -147,15 +148,17 @@ func TestVerify(t *testing.T) {
 			w := get(t, h, "POST", "/token/verify", c.body)
 			var rep verifyReply
 			json.Unmarshal(w.Body.Bytes(), &rep)
+			var e httplimit.ErrorBody
+			json.Unmarshal(w.Body.Bytes(), &e)
 			want := c.reason
 			if !reasons {
 				want = ""
 			}
-			if w.Code != c.status || rep.Reason != want {
-				t.Errorf("reasons=%v: verify %.20q: %d %+v, want %d %q", reasons, c.body, w.Code, rep, c.status, want)
+			if w.Code != c.status || e.Error.Reason != want {
+				t.Errorf("reasons=%v: verify %.20q: %d %+v, want %d %q", reasons, c.body, w.Code, e, c.status, want)
 			}
-			if c.status == 401 && rep.Error != "invalid_token" {
-				t.Errorf("verify %.20q: error %q, want invalid_token", c.body, rep.Error)
+			if c.status == 401 && (e.Error.Code != "invalid_token" || e.Error.Message == "") {
+				t.Errorf("verify %.20q: error %+v, want invalid_token", c.body, e)
 			}
 			if c.status == 200 && (rep.UserID != "alice" || rep.ExpiresAt == nil) {
 				t.Errorf("verify good: %+v", rep)
@@ -282,4 +285,17 @@ func seedClientSource(t testing.TB) string {
 		s = s[strings.IndexByte(s, '\n')+1:]
 	}
 	return s
+}
+
+// TestClientJSCORS: /client.js may be imported by a page of another origin;
+// the page itself is not shared.
+func TestClientJSCORS(t *testing.T) {
+	h := Handler(Options{})
+	w := get(t, h, "GET", "/client.js", "", func(r *http.Request) { r.Header.Set("Origin", "http://other.example") })
+	if w.Code != 200 || w.Header().Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("/client.js: %d, Access-Control-Allow-Origin %q", w.Code, w.Header().Get("Access-Control-Allow-Origin"))
+	}
+	if w := get(t, h, "GET", "/", ""); w.Header().Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("the page is shared cross-origin")
+	}
 }

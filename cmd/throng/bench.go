@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
@@ -45,7 +47,12 @@ func (s *stagesFlag) Set(v string) error {
 
 type targetsFlag []bench.Target
 
-func (t *targetsFlag) String() string { return fmt.Sprint(len(*t)) }
+func (t *targetsFlag) String() string {
+	if t == nil || len(*t) == 0 {
+		return ""
+	}
+	return fmt.Sprint(len(*t), " targets")
+}
 
 func (t *targetsFlag) Set(s string) error {
 	tg, err := bench.ParseTarget(s)
@@ -102,42 +109,72 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	fs.IntVar(&pid, "server-pid", 0, "the --url server's process id: RSS and CPU are read from /proc")
 	fs.StringVar(&statsURL, "stats-url", "", "HTTP URL answering JSON with the server's RSS bytes (instead of --server-pid)")
 	fs.StringVar(&c.StatsField, "stats-field", "rss_bytes", "dotted JSON field of --stats-url holding RSS bytes")
-	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret: mint an HS256 token per client (sub bench-<i>)")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret: mint an HS256 token per client (sub bench-<i>); also THRONG_JWT_SECRET")
 	fs.BoolVar(&c.TokenInHeader, "token-in-header", false, "send tokens as Authorization: Bearer instead of ?token=")
 	fs.StringVar(&c.SourceIPs, "source-ips", "", "local addresses to spread connections over, such as 127.0.0.2-127.0.0.50")
 	fs.IntVar(&c.Workers, "workers", 0, "worker processes, each at most 19,500 connections (0: in this process)")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops per process (0: GOMAXPROCS)")
-	fs.IntVar(&c.Conns, "conns", 0, "connections (0: 1000 for idle and reconnect-storm, 100 otherwise)")
+	// Each scenario lists only its own flags, with the defaults it runs with;
+	// bench.Config's zero values mean the same defaults.
+	in := func(ss ...string) bool { return slices.Contains(ss, scenario) }
+	const (
+		idle, echo, broadcast, chat = bench.ScenarioIdle, bench.ScenarioEcho, bench.ScenarioBroadcast, bench.ScenarioChat
+		churn, storm                = bench.ScenarioChurn, bench.ScenarioStorm
+	)
+	conns := 100
+	if in(idle, storm) {
+		conns = 1000
+	}
+	fs.IntVar(&c.Conns, "conns", conns, "connections")
 	fs.Float64Var(&c.Rate, "rate", 1000, "connections opened per second while ramping up")
-	fs.DurationVar(&c.Hold, "hold", 0, "idle: how long to hold the connections (0: 10s)")
-	fs.DurationVar(&c.Traffic, "traffic", 0, "idle: after the hold, echo on every connection this long (one --size message in flight each), hold again and read server memory again (0: no traffic)")
-	fs.DurationVar(&c.JoinHold, "join-hold", 0, "chat: hold the joined, silent clients this long, then read server memory per member (0: no hold)")
-	fs.IntVar(&c.Sample, "sample", 100, "idle: connections pinged after the hold to check they are alive")
-	fs.DurationVar(&c.Duration, "duration", 0, "echo, chat, churn: how long to run (0: 10s)")
-	fs.IntVar(&c.Inflight, "inflight", 0, "echo: messages in flight per connection (0: 1); broadcast: broadcasts in flight (0: 4)")
-	fs.IntVar(&c.Inflight, "c", 0, "broadcast: broadcasts in flight, as websocket-bench's -c (same as --inflight)")
-	fs.IntVar(&c.Size, "size", 0, "payload bytes (0: 64; echo needs at least 32)")
-	fs.BoolVar(&c.Text, "text", false, "echo: send text frames instead of binary")
-	fs.StringVar(&c.Protocol, "protocol", "json", "broadcast: websocket-shootout form, json or binary")
-	fs.IntVar(&c.StepSize, "step-size", 0, "broadcast: clients added per step (0: 1000)")
-	fs.IntVar(&c.Samples, "samples", 0, "broadcast: broadcasts measured per step (0: 40)")
-	fs.IntVar(&c.Samples, "s", 0, "broadcast: as websocket-bench's -s (same as --samples)")
-	fs.IntVar(&c.MaxClients, "max-clients", 0, "broadcast: stop at this many clients (0: 10000)")
-	fs.Float64Var(&c.LimitPercentile, "limit-percentile", 95, "broadcast: the RTT percentile held against --limit-rtt")
-	fs.DurationVar(&c.LimitRTT, "limit-rtt", 0, "broadcast: stop once the percentile RTT passes this (0: 500ms)")
-	fs.IntVar(&c.RoomSize, "room-size", 0, "chat: members per room (0: 10)")
-	fs.Float64Var(&c.RoomRate, "room-rate", 0, "chat: messages per second per room (0: 1)")
-	fs.Float64Var(&c.ChurnRate, "churn-rate", 0, "churn: disconnects (each followed by a reconnect) per second (0: 10)")
-	fs.Float64Var(&c.ReconnectRate, "reconnect-rate", 0, "reconnect-storm: redials per second (0: all at once)")
-	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 0, "connect plus upgrade deadline per connection (0: 10s)")
-	fs.DurationVar(&c.Timeout, "timeout", 0, "hard bound on the run against each target (0: 10m)")
+	if in(idle) {
+		fs.DurationVar(&c.Hold, "hold", 10*time.Second, "how long to hold the connections")
+		fs.DurationVar(&c.Traffic, "traffic", 0, "after the hold, echo on every connection this long (one --size message in flight each), hold again and read server memory again (0: no traffic)")
+		fs.IntVar(&c.Sample, "sample", 100, "connections pinged after the hold to check they are alive")
+	}
+	if in(chat) {
+		fs.DurationVar(&c.JoinHold, "join-hold", 0, "hold the joined, silent clients this long, then read server memory per member (0: no hold)")
+		fs.IntVar(&c.RoomSize, "room-size", 10, "members per room")
+		fs.Float64Var(&c.RoomRate, "room-rate", 1, "messages per second per room")
+	}
+	if in(echo, chat, churn) {
+		fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to run")
+	}
+	if in(echo) {
+		fs.IntVar(&c.Inflight, "inflight", 1, "messages in flight per connection")
+		fs.BoolVar(&c.Text, "text", false, "send text frames instead of binary")
+	}
+	if in(idle, echo, broadcast, chat) {
+		fs.IntVar(&c.Size, "size", 64, "payload bytes (echo needs at least 32)")
+	}
+	if in(broadcast) {
+		fs.IntVar(&c.Inflight, "inflight", 4, "broadcasts in flight")
+		fs.IntVar(&c.Inflight, "c", 4, "as websocket-bench's -c (same as --inflight)")
+		fs.StringVar(&c.Protocol, "protocol", "json", "websocket-shootout form, json or binary")
+		fs.IntVar(&c.StepSize, "step-size", 1000, "clients added per step")
+		fs.IntVar(&c.Samples, "samples", 40, "broadcasts measured per step")
+		fs.IntVar(&c.Samples, "s", 40, "as websocket-bench's -s (same as --samples)")
+		fs.IntVar(&c.MaxClients, "max-clients", 10000, "stop at this many clients")
+		fs.Float64Var(&c.LimitPercentile, "limit-percentile", 95, "the RTT percentile held against --limit-rtt")
+		fs.DurationVar(&c.LimitRTT, "limit-rtt", 500*time.Millisecond, "stop once the percentile RTT passes this")
+	}
+	if in(churn) {
+		fs.Float64Var(&c.ChurnRate, "churn-rate", 10, "disconnects (each followed by a reconnect) per second")
+	}
+	if in(storm) {
+		fs.Float64Var(&c.ReconnectRate, "reconnect-rate", 0, "redials per second (0: all at once)")
+	}
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 10*time.Second, "connect plus upgrade deadline per connection")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "hard bound on the run against each target")
 	fs.StringVar(&c.Agents, "agents", "", "NATS URL where `throng bench agent`s wait: run the load on them, spread by the capacity each reports (instead of --workers)")
-	fs.IntVar(&c.MinAgents, "min-agents", 0, "with --agents: wait until this many idle agents of this protocol version answer (0: 1); all that answer are used")
-	fs.DurationVar(&c.AgentWait, "agent-wait", 0, "with --agents: how long to wait for --min-agents (0: 30s)")
-	fs.DurationVar(&c.AgentTimeout, "agent-timeout", 0, "with --agents: an agent silent this long is lost (0: 5s)")
+	fs.IntVar(&c.MinAgents, "min-agents", 1, "with --agents: wait until this many idle agents of this protocol version answer; all that answer are used")
+	fs.DurationVar(&c.AgentWait, "agent-wait", 30*time.Second, "with --agents: how long to wait for --min-agents")
+	fs.DurationVar(&c.AgentTimeout, "agent-timeout", 5*time.Second, "with --agents: an agent silent this long is lost")
 	fs.StringVar(&c.OnAgentLoss, "on-agent-loss", "fail", "with --agents: fail the run when an agent is lost, or continue with the others (its connections counted as lost)")
 	fs.StringVar(&c.NATSPrefix, "nats-prefix", bench.DefaultNATSPrefix, "with --agents: the bench subjects' prefix, the same as the agents'")
-	fs.Var(&stages, "stages", "idle, echo, chat: ramp the connection count as duration:target stages, such as 30s:10000,2m:10000,30s:0 (replaces --conns and the ramp and hold)")
+	if in(idle, echo, chat) {
+		fs.Var(&stages, "stages", "ramp the connection count as duration:target stages, such as 30s:10000,2m:10000,30s:0 (replaces --conns and the ramp and hold)")
+	}
 	fs.Var(&thresholds, "threshold", "fail the run (exit status 1) unless metric op value holds, such as 'p99<50ms', 'errors==0', 'bytes_per_conn<800'; repeat for several. Metrics: "+strings.Join(bench.ThresholdMetrics(), ", "))
 	fs.StringVar(&jsonFile, "json", "", "write every figure to this JSON file")
 	fs.StringVar(&reportFile, "report", "", "write a self-contained HTML report with charts to this file")
@@ -150,7 +187,10 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 		Options:    envOptions,
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
-				return fmt.Errorf("bench: unexpected arguments %q", args)
+				return usageError{fmt.Sprintf("bench %s: unexpected arguments %q", scenario, args)}
+			}
+			if err := positive(fs, "traffic", "join-hold", "reconnect-rate", "workers", "loops", "server-pid", "sample"); err != nil {
+				return usageError{"bench " + scenario + ": " + err.Error()}
 			}
 			switch {
 			case urls != "" && (url != "" || pid != 0):
@@ -257,4 +297,39 @@ func benchAgentCommand() *ffcli.Command {
 			return bench.RunAgent(ctx, o)
 		},
 	}
+}
+
+// positive checks that every numeric flag of fs is above 0, except those
+// named, for which 0 means "none" and only a negative value is refused: none
+// of them silently becomes a default.
+func positive(fs *flag.FlagSet, zeroOK ...string) error {
+	var errs []string
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if !ok {
+			return
+		}
+		var n float64
+		switch x := g.Get().(type) {
+		case int:
+			n = float64(x)
+		case float64:
+			n = x
+		case time.Duration:
+			n = float64(x)
+		default:
+			return // not a number
+		}
+		v := f.Value.String()
+		switch {
+		case n < 0:
+			errs = append(errs, fmt.Sprintf("--%s must not be negative, not %s", f.Name, v))
+		case n == 0 && !slices.Contains(zeroOK, f.Name):
+			errs = append(errs, fmt.Sprintf("--%s must be more than 0, not %s", f.Name, v))
+		}
+	})
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
 }

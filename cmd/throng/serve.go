@@ -24,6 +24,7 @@ import (
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
 	"github.com/throng-ws/throng/httplimit"
+	"github.com/throng-ws/throng/internal/buildinfo"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 	"github.com/throng-ws/throng/shootout"
@@ -79,7 +80,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 	// With --nats the node carries its rooms to and from the other nodes, and
 	// counts their connections against --max-conns-per-user.
 	var node *cluster.Node
+	var srv *server.Server // made below; the node reads it only once started
 	if co, ok := c.ClusterOptions(log); ok {
+		co.Conns = func() int { return srv.Conns() }
 		if node, err = cluster.New(co); err != nil {
 			return err
 		}
@@ -88,7 +91,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if node != nil {
 		sopts.UserConns = node
 	}
-	srv, err := server.New(sopts)
+	srv, err = server.New(sopts)
 	if err != nil {
 		return err
 	}
@@ -101,9 +104,10 @@ func serve(ctx context.Context, c *config.Serve) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		srv.Collector(),
+		buildInfoMetric(),
 	)
 	mux := srv.HTTPHandler()
-	hs, err := httplimit.New(server.LogRequests(log, mux), c.HTTPOptions(log))
+	hs, err := httplimit.New(server.LogRequests(log, httplimit.JSONErrors(mux)), c.HTTPOptions(log))
 	if err != nil {
 		return err
 	}
@@ -111,8 +115,19 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
+		var api *chat.API
+		if c.APIKey != "" {
+			api = &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv, Logger: log}
+			if err := api.Register(mux); err != nil {
+				return err
+			}
+		}
 		if node != nil {
 			ch.Cluster = node
+			if api != nil {
+				// The other nodes' operators' actions run here as this API's.
+				node.HandleActions(api.RunRemote)
+			}
 			if err := node.Start(rooms, ch); err != nil {
 				return fmt.Errorf("--nats: %w", err)
 			}
@@ -121,12 +136,6 @@ func serve(ctx context.Context, c *config.Serve) error {
 		}
 		srv.Handle("/ws", ch)
 		reg.MustRegister(ch.Collector())
-		if c.APIKey != "" {
-			api := &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv}
-			if err := api.Register(mux); err != nil {
-				return err
-			}
-		}
 	}
 	if endpoints["echo"] {
 		srv.Handle("/echo", &echo.Handler{RateLimit: c.RateLimit()})
@@ -202,4 +211,16 @@ func dialable(a net.Addr) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// buildInfoMetric is throng_build_info: 1, labelled with the version, the VCS
+// revision and the Go version, so dashboards can tell the builds of a fleet
+// apart.
+func buildInfoMetric() prometheus.Collector {
+	bi := buildinfo.Read()
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "throng_build_info",
+		Help:        "1, labelled with the build's version, VCS revision and Go version.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision, "goversion": bi.Go},
+	}, func() float64 { return 1 })
 }

@@ -137,7 +137,7 @@ async function getToken(name) {
     // The reason comes only from a --dev server; others say no more than
     // the WebSocket listener's 401 does.
     const j = await r.json().catch(() => ({}));
-    throw new UserError(`Bad token: ${tokenReasons[j.reason] || "the server refuses it"}.`);
+    throw new UserError(`Bad token: ${tokenReasons[j.error?.reason] || "the server refuses it"}.`);
   }
   if (r.status === 429) {
     const wait = r.headers.get("Retry-After") || "a few";
