@@ -198,16 +198,19 @@ func (h *Handler) allow(cc *chatConn) bool {
 		h.RateLimit.StartBan(&cc.rate, now)
 		v = server.BanStarted
 	}
-	switch v {
-	case server.Allowed:
+	if v == server.Allowed {
 		return true
+	}
+	// Counted before the client can see the answer, so whoever reads the
+	// counters after it sees them moved.
+	h.counts.rateLimited.Add(1)
+	switch v {
 	case server.BanStarted:
 		h.counts.bans.Add(1)
 		h.sendError(cc.c, protocol.CodeRateLimited, protocol.TextRateLimited, "")
 	case server.BanExceeded:
 		cc.c.Close(server.CloseRateLimited)
 	}
-	h.counts.rateLimited.Add(1)
 	return false
 }
 
