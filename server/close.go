@@ -38,6 +38,9 @@ const (
 	ClosePolicy
 	// CloseInternal: the server failed (1011).
 	CloseInternal
+	// CloseBadDeflate: a compressed message (permessage-deflate) does not
+	// inflate (1007).
+	CloseBadDeflate
 
 	numCloseReasons
 )
@@ -62,6 +65,7 @@ var closeReasons = [numCloseReasons]struct {
 	CloseRateLimited:  {ws.StatusPolicyViolation, "rate limited", "rate_limited"},
 	ClosePolicy:       {ws.StatusPolicyViolation, "policy violation", "policy"},
 	CloseInternal:     {ws.StatusInternalServerError, "internal error", "internal"},
+	CloseBadDeflate:   {ws.StatusInvalidFramePayloadData, "invalid compressed data", "bad_deflate"},
 }
 
 // Code is the close code sent for the reason.

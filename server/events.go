@@ -17,6 +17,9 @@ type loopState struct {
 	l  *poller.Loop
 	hs handshake
 	c  counters
+	// inflater inflates the compressed messages of the loop's connections,
+	// one at a time.
+	inflater inflater
 
 	draining  []*poller.Conn // snapshot taken when Shutdown starts
 	drainLeft atomic.Int64
@@ -92,6 +95,9 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	c.state = stateClosed
 	c.releaseMsg()
 	c.ctr().open.Add(-1)
+	if c.deflate != 0 {
+		c.ctr().deflateOpen.Add(-1)
+	}
 	if c.counted {
 		s.perUser.Release(c.user)
 		c.counted = false

@@ -21,7 +21,16 @@ type counters struct {
 	closes       [numCloseReasons]atomic.Uint64
 	peerCodes    [numPeerCodes]atomic.Uint64    // ClosePeer closes by the peer's code
 	slow         [numSlowPolicies]atomic.Uint64 // closed connections, dropped messages
-	_            [64]byte                       // keep the next loop's counters off this cache line
+	// permessage-deflate: connections open with it, messages sent compressed
+	// with their bytes before and after, and messages received compressed with
+	// their bytes on the wire (bytesIn and bytesOut count them inflated).
+	deflateOpen    atomic.Int64
+	deflateMsgsOut atomic.Uint64
+	deflateRawOut  atomic.Uint64
+	deflateWireOut atomic.Uint64
+	deflateMsgsIn  atomic.Uint64
+	deflateWireIn  atomic.Uint64
+	_              [64]byte // keep the next loop's counters off this cache line
 }
 
 // Stats is a snapshot of the server's counters.
@@ -31,8 +40,8 @@ type Stats struct {
 	Sockets      int               // sockets open now, handshakes included
 	MessagesIn   uint64            // data messages received
 	MessagesOut  uint64            // messages sent
-	BytesIn      uint64            // payload bytes received
-	BytesOut     uint64            // payload bytes sent
+	BytesIn      uint64            // payload bytes received, compressed ones as received
+	BytesOut     uint64            // payload bytes sent, compressed ones as sent
 	Handshakes   map[string]uint64 // by HandshakeResult
 	AuthFailures map[string]uint64 // by auth.Reason
 	Closes       map[string]uint64 // by CloseReason
@@ -40,6 +49,15 @@ type Stats struct {
 	OpenPerLoop  []int64           // upgraded connections open now, per loop
 	SlowClosed   uint64            // connections closed as slow consumers
 	SlowDropped  uint64            // messages dropped for slow consumers
+
+	// permessage-deflate (Options.Compression). BytesIn and BytesOut count
+	// these messages' payloads inflated; the Wire fields count them as sent.
+	DeflateOpen    int64  // connections open that negotiated it
+	DeflateMsgsOut uint64 // messages sent compressed
+	DeflateRawOut  uint64 // their payload bytes before compression
+	DeflateWireOut uint64 // their payload bytes as sent
+	DeflateMsgsIn  uint64 // compressed messages received
+	DeflateWireIn  uint64 // their payload bytes as received
 }
 
 // Stats sums the loops' counters.
@@ -71,6 +89,9 @@ func (s *Server) Stats() Stats {
 		}
 		st.SlowClosed += c.slow[SlowClose].Load()
 		st.SlowDropped += c.slow[SlowDrop].Load()
+		st.DeflateOpen += c.deflateOpen.Load()
+		st.DeflateMsgsOut += c.deflateMsgsOut.Load()
+		st.DeflateMsgsIn += c.deflateMsgsIn.Load()
 		for i := range c.closes {
 			st.Closes[CloseReason(i).String()] += c.closes[i].Load()
 		}
