@@ -63,15 +63,18 @@ type Serve struct {
 	// --netpoll-buffer-size: netpoll's input buffer per connection
 	NetpollBufferSize int
 
-	MaxMessageSize   int           // --max-message-size
-	MaxPending       int           // --max-pending
-	SlowConsumer     string        // --slow-consumer: close or drop
-	HandshakeTimeout time.Duration // --handshake-timeout
-	PingInterval     time.Duration // --ping-interval
-	IdleTimeout      time.Duration // --idle-timeout
-	DrainRate        int           // --drain-rate
-	DrainTimeout     time.Duration // --drain-timeout
-	Origins          string        // --origin: comma-separated patterns
+	MaxMessageSize int    // --max-message-size
+	Compression    string // --compression: on or off (permessage-deflate)
+	// --compression-min-size: shorter messages are sent plain
+	CompressionMinSize int
+	MaxPending         int           // --max-pending
+	SlowConsumer       string        // --slow-consumer: close or drop
+	HandshakeTimeout   time.Duration // --handshake-timeout
+	PingInterval       time.Duration // --ping-interval
+	IdleTimeout        time.Duration // --idle-timeout
+	DrainRate          int           // --drain-rate
+	DrainTimeout       time.Duration // --drain-timeout
+	Origins            string        // --origin: comma-separated patterns
 
 	MaxConns        int      // --max-conns
 	MaxConnsPerUser int      // --max-conns-per-user
@@ -152,6 +155,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.IntVar(&c.NetpollBufferSize, "netpoll-buffer-size", poller.DefaultNetpollBufferSize, "netpoll backend: input buffer bytes per connection, kept while it lives; larger reads grow it")
 
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
+	fs.StringVar(&c.Compression, "compression", "on", "permessage-deflate (RFC 7692): on accepts browsers' and clients' offers, without context takeover, so an idle connection keeps no compression state; off leaves it out of every handshake")
+	fs.IntVar(&c.CompressionMinSize, "compression-min-size", server.DefaultCompressionMinSize, "messages shorter than this many bytes are sent uncompressed")
 	fs.IntVar(&c.MaxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
 	fs.StringVar(&c.SlowConsumer, "slow-consumer", "close", "what happens past --max-pending: close (1008) or drop (messages dropped, client told the count)")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "time allowed to send the whole upgrade request")
@@ -378,6 +383,12 @@ func (c *Serve) Validate() error {
 	} else if !eps["ws"] && c.NATS != "" {
 		bad("--nats carries chat rooms: --endpoints must include ws")
 	}
+	if c.Compression != "on" && c.Compression != "off" {
+		bad("--compression must be on or off, not %q", c.Compression)
+	}
+	if c.CompressionMinSize < 1 {
+		bad("--compression-min-size must be at least 1, not %d", c.CompressionMinSize)
+	}
 	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
 		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
 	}
@@ -529,6 +540,10 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 	if c.AuthFailure == "close" {
 		o.AuthFailure = server.AuthFailClose
 	}
+	if c.Compression == "on" {
+		o.Compression = server.CompressionOn
+	}
+	o.CompressionMinSize = c.CompressionMinSize
 	if c.SlowConsumer == "drop" {
 		o.SlowConsumer = server.SlowDrop
 	}

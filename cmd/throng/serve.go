@@ -111,6 +111,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
+		ch.Deflater = srv.Deflater()
 		if node != nil {
 			ch.Cluster = node
 			if err := node.Start(rooms, ch); err != nil {
@@ -133,7 +134,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	}
 	if endpoints["shootout"] {
 		// A room table of its own, so no chat room can share its room's name.
-		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit()})
+		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit(), Deflater: srv.Deflater()})
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	wsAddr, err := srv.Listen(c.WSAddr)
