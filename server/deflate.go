@@ -2,8 +2,6 @@ package server
 
 import (
 	"bytes"
-	"errors"
-	"io"
 	"strconv"
 	"sync"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // permessage-deflate (RFC 7692), always without context takeover in both
@@ -20,9 +19,9 @@ import (
 // connection keeps no compression state between messages. The response to
 // every accepted offer carries server_no_context_takeover and
 // client_no_context_takeover (a server may add both to any offer). A
-// compressor is taken from a pool for one message and put back; an inflater is
-// the loop's, used inside one OnData call. An idle connection holds one byte:
-// the window it negotiated.
+// compressor is taken from a pool for one message and put back; an inflater
+// (wsframe.Inflater) is the loop's, used inside one OnData call. An idle
+// connection holds one byte: the window it negotiated.
 
 // Compression says whether the server negotiates permessage-deflate.
 type Compression uint8
@@ -51,14 +50,9 @@ const DefaultCompressionMinSize = 128
 // but on its loops.
 const DeflateLevel = flate.BestSpeed
 
-// deflateTail is what RFC 7692 section 7.2.1 strips from a compressed message
-// (the LEN and NLEN of the empty stored block a sync flush ends with), and
-// section 7.2.2 puts back before inflating.
-var deflateTail = []byte{0x00, 0x00, 0xff, 0xff}
-
 // ErrBadDeflate is the OnError cause for a compressed message that does not
 // inflate: the connection is closed with 1007.
-var ErrBadDeflate = errors.New("server: compressed message does not inflate")
+var ErrBadDeflate = wsframe.ErrBadDeflate
 
 // deflateOffer is the outcome of reading a Sec-WebSocket-Extensions header:
 // bits is the server's LZ77 window (8 to 15) of the first acceptable
@@ -201,101 +195,10 @@ func appendDeflated(dst, payload []byte, bits uint8) (out []byte, ok bool) {
 	out = d.out
 	d.out = nil
 	deflaters[bits-8].Put(d)
-	if len(out)-len(dst)-len(deflateTail) >= len(payload) || !bytes.HasSuffix(out, deflateTail) {
+	if len(out)-len(dst)-len(wsframe.DeflateTail) >= len(payload) || !bytes.HasSuffix(out, wsframe.DeflateTail) {
 		return out[:len(dst)], false
 	}
-	return out[:len(out)-len(deflateTail)], true
-}
-
-// inflater is a loop's decompressor: the loop inflates one message at a time,
-// inside OnData, so one serves every connection of the loop and none is kept
-// per connection.
-type inflater struct {
-	r   io.ReadCloser // a flate reader; flate.Resetter
-	src tailReader
-	// consumed is how many compressed bytes the last inflate read.
-	consumed int
-}
-
-// tailReader reads a compressed payload followed by deflateTail. It is an
-// io.ByteReader, so flate reads it without a bufio.Reader of its own.
-type tailReader struct {
-	p    []byte
-	tail int // bytes of deflateTail read
-}
-
-func (t *tailReader) Read(b []byte) (int, error) {
-	if len(t.p) > 0 {
-		n := copy(b, t.p)
-		t.p = t.p[n:]
-		return n, nil
-	}
-	if t.tail == len(deflateTail) {
-		return 0, io.EOF
-	}
-	n := copy(b, deflateTail[t.tail:])
-	t.tail += n
-	return n, nil
-}
-
-func (t *tailReader) ReadByte() (byte, error) {
-	if len(t.p) > 0 {
-		c := t.p[0]
-		t.p = t.p[1:]
-		return c, nil
-	}
-	if t.tail == len(deflateTail) {
-		return 0, io.EOF
-	}
-	c := deflateTail[t.tail]
-	t.tail++
-	return c, nil
-}
-
-// inflate appends the message compressed in src to dst, reading at most limit
-// bytes of it: past limit it stops, without inflating the rest, and returns
-// ErrMessageTooBig. A stream that does not inflate gives ErrBadDeflate.
-func (z *inflater) inflate(dst *bytebufferpool.ByteBuffer, src []byte, limit int) (err error) {
-	z.src = tailReader{p: src}
-	defer func() {
-		z.consumed = len(src) - len(z.src.p)
-		z.src = tailReader{} // keep no reference to the message
-	}()
-	if z.r == nil {
-		z.r = flate.NewReader(&z.src)
-	} else {
-		z.r.(flate.Resetter).Reset(&z.src, nil)
-	}
-	start := len(dst.B)
-	for {
-		if len(dst.B) == cap(dst.B) {
-			// Grow by doubling, but never past the limit and one byte more,
-			// which is enough to see that a message is over it.
-			grow := min(max(cap(dst.B)-start, 512), limit+1-(len(dst.B)-start))
-			if grow <= 0 {
-				return ErrMessageTooBig
-			}
-			dst.B = append(dst.B, make([]byte, grow)...)[:len(dst.B)]
-		}
-		n, err := z.r.Read(dst.B[len(dst.B):min(cap(dst.B), start+limit+1)])
-		dst.B = dst.B[:len(dst.B)+n]
-		if len(dst.B)-start > limit {
-			return ErrMessageTooBig
-		}
-		switch {
-		case err == nil:
-		case err == io.ErrUnexpectedEOF && len(z.src.p) == 0 && z.src.tail == len(deflateTail):
-			// The stream ends at the empty stored block of its sync flush:
-			// flate asks for a next block header and finds the end of the
-			// input.
-			return nil
-		case err == io.EOF && len(z.src.p) == 0:
-			// It ended with a final block (BFINAL), before the tail.
-			return nil
-		default:
-			return ErrBadDeflate
-		}
-	}
+	return out[:len(out)-len(wsframe.DeflateTail)], true
 }
 
 // Deflater encodes messages shared between connections (a room's broadcast)

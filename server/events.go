@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // loopState is the server's per-loop scratch: everything here is used only by
@@ -19,7 +20,7 @@ type loopState struct {
 	c  counters
 	// inflater inflates the compressed messages of the loop's connections,
 	// one at a time.
-	inflater inflater
+	inflater wsframe.Inflater
 
 	draining  []*poller.Conn // snapshot taken when Shutdown starts
 	drainLeft atomic.Int64

@@ -163,8 +163,10 @@ func (s *Server) inflated(c *Conn, op ws.OpCode, src []byte) {
 	ls := s.loopOf(c.pc)
 	out := bytebufferpool.Get()
 	defer bytebufferpool.Put(out)
-	switch err := ls.inflater.inflate(out, src, s.opts.MaxMessageSize); {
-	case errors.Is(err, ErrMessageTooBig):
+	var err error
+	out.B, err = ls.inflater.Inflate(out.B[:0], src, s.opts.MaxMessageSize)
+	switch {
+	case errors.Is(err, wsframe.ErrInflateLimit):
 		c.fail(CloseTooBig, ErrMessageTooBig)
 		return
 	case err != nil:
