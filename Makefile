@@ -62,20 +62,21 @@ bench: build
 	./$(BIN) bench broadcast $$T --jwt-secret $(BENCH_SECRET) --step-size 1000 --max-clients 5000 -c 4 -s 40 --quiet --json bench-out/broadcast.json --report bench-out/broadcast.html; \
 	./$(BIN) bench reconnect-storm $$T --jwt-secret $(BENCH_SECRET) --conns 10000 --source-ips 127.0.0.2-127.0.0.50 --quiet --json bench-out/storm.json --report bench-out/storm.html
 
-# Autobahn|Testsuite's fuzzingclient against /echo on the epoll backend, with
-# compression on: cases 1-10 and a subset of 12 and 13 (permessage-deflate)
-# that covers each data set, fragmenting, and every window and context offer,
-# in about two minutes. AUTOBAHN_CASES='["*"]' runs everything (about 35
-# minutes). It needs Debian's python3-twisted, python3-autobahn and
+# Autobahn|Testsuite's fuzzingclient against /echo on the epoll backend
+# (AUTOBAHN_POLLER=netpoll for the other), with compression on: cases 1-10
+# and a subset of 12 and 13 (permessage-deflate) that covers each data set,
+# fragmenting, and every window and context offer, in a few minutes.
+# AUTOBAHN_CASES='["*"]' runs everything (about 30 minutes). It needs Debian's python3-twisted, python3-autobahn and
 # python3-jinja2 (see ../shared/autobahn/README.md) and fails if any case
 # fails. Reports in bench-out/autobahn/.
 AUTOBAHN ?= ../shared/autobahn
 AUTOBAHN_PORT ?= 18400
+AUTOBAHN_POLLER ?= epoll
 AUTOBAHN_CASES ?= ["1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*","12.1.1","12.1.5","12.1.11","12.1.18","12.2.4","12.3.9","12.4.16","12.5.14","13.1.3","13.2.10","13.3.5","13.3.12","13.4.8","13.5.6","13.5.17","13.6.11","13.7.2","13.7.15"]
 autobahn: build
 	mkdir -p bench-out/autobahn
 	printf '{"outdir": "./reports", "servers": [{"agent": "throng", "url": "ws://127.0.0.1:$(AUTOBAHN_PORT)/echo"}], "cases": %s, "exclude-cases": [], "exclude-agent-cases": {}}\n' '$(AUTOBAHN_CASES)' > bench-out/autobahn/fuzzingclient.json
-	set -e; ./$(BIN) serve --endpoints echo --auth off --compression on --rate -1 --max-message-size 16777216 \
+	set -e; ./$(BIN) serve --poller $(AUTOBAHN_POLLER) --endpoints echo --auth off --compression on --rate -1 --max-message-size 16777216 \
 		--ws-addr 127.0.0.1:$(AUTOBAHN_PORT) --http-addr 127.0.0.1:$$(($(AUTOBAHN_PORT)+1)) --log-level warn --stats-interval 0 & s=$$!; \
 	trap 'kill $$s' EXIT; sleep 1; \
 	cd bench-out/autobahn && PYTHONPATH=$(abspath $(AUTOBAHN)) /usr/bin/python3 -c 'from autobahntestsuite.wstest import run; run()' \
