@@ -63,18 +63,18 @@ type Serve struct {
 	// --netpoll-buffer-size: netpoll's input buffer per connection
 	NetpollBufferSize int
 
-	MaxMessageSize int    // --max-message-size
-	Compression    string // --compression: on or off (permessage-deflate)
-	// --compression-min-size: shorter messages are sent plain
-	CompressionMinSize int
-	MaxPending         int           // --max-pending
-	SlowConsumer       string        // --slow-consumer: close or drop
-	HandshakeTimeout   time.Duration // --handshake-timeout
-	PingInterval       time.Duration // --ping-interval
-	IdleTimeout        time.Duration // --idle-timeout
-	DrainRate          int           // --drain-rate
-	DrainTimeout       time.Duration // --drain-timeout
-	Origins            string        // --origin: comma-separated patterns
+	MaxMessageSize   int           // --max-message-size
+	MaxPending       int           // --max-pending
+	SlowConsumer     string        // --slow-consumer: close or drop
+	HandshakeTimeout time.Duration // --handshake-timeout
+	PingInterval     time.Duration // --ping-interval
+	IdleTimeout      time.Duration // --idle-timeout
+	DrainRate        int           // --drain-rate
+	DrainTimeout     time.Duration // --drain-timeout
+	Origins          string        // --origin: comma-separated patterns
+
+	Compression        string // --compression: on or off (permessage-deflate)
+	CompressionMinSize int    // --compression-min-size: shorter messages are sent plain
 
 	MaxConns        int      // --max-conns
 	MaxConnsPerUser int      // --max-conns-per-user
