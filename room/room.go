@@ -109,14 +109,15 @@ type shard struct {
 // per loop, each owned by that loop's goroutine.
 type Room struct {
 	id    string
-	total int // guarded by the shard lock
-	// deflate counts the members with Member.Deflate; guarded by the shard
-	// lock.
-	deflate int
-	parts   []part // parts[i] belongs to loop i
+	total int    // guarded by the shard lock
+	parts []part // parts[i] belongs to loop i
 	// seq counts the broadcasts posted. It is written under order inside the
 	// shard's read lock, and read by Join under the write lock.
 	seq uint64
+
+	// deflate counts the members with Member.Deflate; guarded by the shard
+	// lock.
+	deflate int
 
 	// order is held while a broadcast posts its jobs, so that every loop receives
 	// this room's frames in one order. It is taken inside the shard lock.
@@ -304,13 +305,14 @@ func (t *Table) BroadcastDeflated(id string, f, deflated *poller.Frame, except S
 
 // deliverJob is one loop's share of a broadcast.
 type deliverJob struct {
-	t        *Table
-	room     *Room
-	f        *poller.Frame
+	t      *Table
+	room   *Room
+	f      *poller.Frame
+	except Sink
+	fan    *fanout
+	seq    uint64 // the broadcast's Room.seq: members who joined later are skipped
+
 	deflated *poller.Frame // for members with Deflate; nil if none
-	except   Sink
-	fan      *fanout
-	seq      uint64 // the broadcast's Room.seq: members who joined later are skipped
 }
 
 // Run writes the frame to the loop's members of the room. It walks the list

@@ -38,16 +38,17 @@ type Conn struct {
 	utf8    utf8Stream
 	state   connState
 	fragOp  ws.OpCode // the opcode of the fragmented message in progress, or 0
-	// deflate is the LZ77 window bits (8 to 15) the server may use towards
-	// the peer under permessage-deflate, or 0 if it was not negotiated. It is
-	// all the compression state a connection keeps.
-	deflate uint8
-	inflate bool // the fragmented message in progress is compressed
-	told    bool // the handler's OnClose has run
-	counted bool // holds one of the user's MaxConnsPerUser
+	told    bool      // the handler's OnClose has run
+	counted bool      // holds one of the user's MaxConnsPerUser
 	// dropped counts messages refused under SlowDrop since the handler was last
 	// told.
 	dropped uint32
+
+	// deflate is the LZ77 window bits (8 to 15) the server may use towards
+	// the peer under permessage-deflate, or 0 if it was not negotiated: all
+	// the compression state a connection keeps.
+	deflate uint8
+	inflate bool // the fragmented message in progress is compressed
 }
 
 type connState uint8
@@ -135,7 +136,7 @@ func (c *Conn) WriteMessage(op ws.OpCode, p []byte) error {
 			n := putHeaderRSV(h[:], op, len(out), true)
 			err := c.checkWrite(c.pc.Write2(h[:n], out), len(out))
 			if err == nil {
-				c.ctr().deflateMsgsOut.Add(1)
+				c.ctr().deflateOut.Add(1)
 			}
 			return err
 		}
@@ -154,7 +155,7 @@ func (c *Conn) WriteFrame(f *poller.Frame) error {
 	b := f.Bytes()
 	err := c.checkWrite(c.pc.WriteFrame(f), framePayloadLen(b))
 	if err == nil && len(b) > 0 && b[0]&0x40 != 0 {
-		c.ctr().deflateMsgsOut.Add(1)
+		c.ctr().deflateOut.Add(1)
 	}
 	return err
 }

@@ -176,7 +176,7 @@ func (s *Server) inflated(c *Conn, op ws.OpCode, src []byte) {
 	ctr := c.ctr()
 	ctr.msgsIn.Add(1)
 	ctr.bytesIn.Add(uint64(len(src)))
-	ctr.deflateMsgsIn.Add(1)
+	ctr.deflateIn.Add(1)
 	if op == ws.OpText && !utf8.Valid(out.B) {
 		c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
 		return

@@ -102,22 +102,23 @@ type handshake struct {
 // request is one upgrade request's state, filled in by the Upgrader's
 // callbacks.
 type request struct {
-	pc      *poller.Conn
-	route   *route
-	token   []byte
-	user    string
-	claims  auth.Claims
-	authErr error
-	proto   int // 1 + the index in Options.Subprotocols of the choice; 0 for none
-	// deflate is the server's window bits of the accepted permessage-deflate
-	// offer (8 to 15), 0 for none.
-	deflate    uint8
+	pc         *poller.Conn
+	route      *route
+	token      []byte
+	user       string
+	claims     auth.Claims
+	authErr    error
+	proto      int // 1 + the index in Options.Subprotocols of the choice; 0 for none
 	retryAfter time.Duration
 	counted    bool // the user's connection count was taken
 	reserved   bool // one of Options.MaxConns was taken
 	// uri is the request URI, kept only when debug logging is on; it may hold a
 	// token, so it is logged only through redact.String.
 	uri []byte
+
+	// deflate is the server's window bits of the accepted permessage-deflate
+	// offer (8 to 15), 0 for none.
+	deflate uint8
 }
 
 // reset starts a request on pc (nil when it is over), keeping only the

@@ -118,8 +118,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		slowClosed += k.slow[SlowClose].Load()
 		slowDropped += k.slow[SlowDrop].Load()
 		deflateConns += k.deflateOpen.Load()
-		deflateOut += k.deflateMsgsOut.Load()
-		deflateIn += k.deflateMsgsIn.Load()
+		deflateOut += k.deflateOut.Load()
+		deflateIn += k.deflateIn.Load()
 		for j := range handshakes {
 			handshakes[j] += k.handshakes[j].Load()
 		}

@@ -21,16 +21,10 @@ type counters struct {
 	closes       [numCloseReasons]atomic.Uint64
 	peerCodes    [numPeerCodes]atomic.Uint64    // ClosePeer closes by the peer's code
 	slow         [numSlowPolicies]atomic.Uint64 // closed connections, dropped messages
-	// permessage-deflate: connections open with it, messages sent compressed
-	// with their bytes before and after, and messages received compressed with
-	// their bytes on the wire (bytesIn and bytesOut count them inflated).
-	deflateOpen    atomic.Int64
-	deflateMsgsOut atomic.Uint64
-	deflateRawOut  atomic.Uint64
-	deflateWireOut atomic.Uint64
-	deflateMsgsIn  atomic.Uint64
-	deflateWireIn  atomic.Uint64
-	_              [64]byte // keep the next loop's counters off this cache line
+	deflateOpen  atomic.Int64                   // connections open with permessage-deflate
+	deflateOut   atomic.Uint64                  // messages sent compressed (bytesOut counts them so)
+	deflateIn    atomic.Uint64                  // messages received compressed (bytesIn counts them so)
+	_            [64]byte                       // keep the next loop's counters off this cache line
 }
 
 // Stats is a snapshot of the server's counters.
@@ -40,8 +34,8 @@ type Stats struct {
 	Sockets      int               // sockets open now, handshakes included
 	MessagesIn   uint64            // data messages received
 	MessagesOut  uint64            // messages sent
-	BytesIn      uint64            // payload bytes received, compressed ones as received
-	BytesOut     uint64            // payload bytes sent, compressed ones as sent
+	BytesIn      uint64            // payload bytes received
+	BytesOut     uint64            // payload bytes sent
 	Handshakes   map[string]uint64 // by HandshakeResult
 	AuthFailures map[string]uint64 // by auth.Reason
 	Closes       map[string]uint64 // by CloseReason
@@ -50,14 +44,11 @@ type Stats struct {
 	SlowClosed   uint64            // connections closed as slow consumers
 	SlowDropped  uint64            // messages dropped for slow consumers
 
-	// permessage-deflate (Options.Compression). BytesIn and BytesOut count
-	// these messages' payloads inflated; the Wire fields count them as sent.
+	// permessage-deflate. BytesIn and BytesOut count the compressed
+	// messages' payloads as they travelled, compressed.
 	DeflateOpen    int64  // connections open that negotiated it
 	DeflateMsgsOut uint64 // messages sent compressed
-	DeflateRawOut  uint64 // their payload bytes before compression
-	DeflateWireOut uint64 // their payload bytes as sent
-	DeflateMsgsIn  uint64 // compressed messages received
-	DeflateWireIn  uint64 // their payload bytes as received
+	DeflateMsgsIn  uint64 // messages received compressed
 }
 
 // Stats sums the loops' counters.
@@ -90,8 +81,8 @@ func (s *Server) Stats() Stats {
 		st.SlowClosed += c.slow[SlowClose].Load()
 		st.SlowDropped += c.slow[SlowDrop].Load()
 		st.DeflateOpen += c.deflateOpen.Load()
-		st.DeflateMsgsOut += c.deflateMsgsOut.Load()
-		st.DeflateMsgsIn += c.deflateMsgsIn.Load()
+		st.DeflateMsgsOut += c.deflateOut.Load()
+		st.DeflateMsgsIn += c.deflateIn.Load()
 		for i := range c.closes {
 			st.Closes[CloseReason(i).String()] += c.closes[i].Load()
 		}
