@@ -24,9 +24,7 @@ func TestMain(m *testing.M) {
 	if ok, code := WorkerMain(); ok {
 		os.Exit(code)
 	}
-	// nbio's package-level task pool starts at init and never stops; the nbio
-	// peer's tests bring it in.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/lesismal/nbio/taskpool.New.func3"))
+	goleak.VerifyTestMain(m)
 }
 
 var testSecret = "0123456789abcdef0123456789abcdef"
