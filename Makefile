@@ -43,7 +43,8 @@ test:
 	$(GO) test -race -shuffle=on -count=1 ./...
 	$(MAKE) autobahn
 
-# Autobahn|Testsuite's cases 1-10 against /echo on both backends; 0 FAILED or
+# Autobahn|Testsuite's cases 1-10 and a subset of the compression cases 12 and
+# 13 against /echo on both backends, compression on; 0 FAILED or
 # it fails (scripts/autobahn.sh says what it needs, and skips without it
 # unless AUTOBAHN_REQUIRED=1, as in CI).
 autobahn:

@@ -44,6 +44,7 @@ type agentConfig struct {
 	Protocol         string        `json:"protocol"`
 	JWTSecret        string        `json:"jwt_secret,omitempty"`
 	TokenInHeader    bool          `json:"token_in_header,omitempty"`
+	Compression      bool          `json:"compression,omitempty"`
 	SourceIPs        []string      `json:"source_ips,omitempty"`
 	Loops            int           `json:"loops,omitempty"`
 	Base             int           `json:"base"` // global id of the agent's first connection
@@ -119,6 +120,7 @@ type snapshot struct {
 	Recv      uint64                 `json:"recv"`
 	BytesSent uint64                 `json:"bytes_sent"`
 	BytesRecv uint64                 `json:"bytes_recv"`
+	WireRecv  uint64                 `json:"wire_recv"` // bytes read from the sockets, frames and handshakes included
 	Mismatch  uint64                 `json:"mismatch"`
 	Receipts  uint64                 `json:"receipts"` // broadcasts and chat messages delivered
 	Errors    map[string]uint64      `json:"errors,omitempty"`
@@ -137,6 +139,7 @@ type stepReport struct {
 	Duplicates uint64                 `json:"duplicates"`
 	Late       uint64                 `json:"late"`
 	Listeners  [2]int                 `json:"listeners"` // min and max listenerCount seen
+	Wire       uint64                 `json:"wire"`      // bytes read from the sockets during the step
 	RTT        *hdrhistogram.Snapshot `json:"rtt,omitempty"`
 }
 
@@ -212,6 +215,7 @@ type agent struct {
 	receipts atomic.Uint64
 	dups     atomic.Uint64
 	late     atomic.Uint64
+	stepWire uint64 // the client's WireBytes when the step started
 	results  atomic.Int64
 	churning atomic.Int64 // peers closed by churn whose redial has not opened or failed
 
@@ -286,6 +290,7 @@ func newAgent(cfg agentConfig) (*agent, error) {
 		URL:              cfg.URL,
 		URLs:             cfg.URLs,
 		TokenInHeader:    cfg.TokenInHeader,
+		Compression:      cfg.Compression,
 		SourceIPs:        ips,
 		Loops:            cfg.Loops,
 		HandshakeTimeout: cfg.HandshakeTimeout,
@@ -297,11 +302,34 @@ func newAgent(cfg agentConfig) (*agent, error) {
 	for range cl.Loops() {
 		a.loops = append(a.loops, &agentLoop{lat: newHist(), hs: newHist()})
 	}
-	a.pad = []byte(strings.Repeat("x", max(cfg.Size, 64)))
+	a.pad = padText(max(cfg.Size, 64))
 	return a, nil
 }
 
 func (a *agent) close() { a.cl.Close() }
+
+// padText is n bytes of words drawn from a small vocabulary with a fixed
+// seed: text that compresses about as chat does (to roughly half with
+// permessage-deflate), where a run of one letter would compress to almost
+// nothing and flatter --compression. It holds no character JSON escapes.
+func padText(n int) []byte {
+	words := strings.Fields(`the a to and of in is it you that he was for on are with as I his they be at one have
+		this from or had by hot word but what some we can out other were all there when up use your how said an each
+		she which do their time if will way about many then them write would like so these her long make thing see him
+		two has look more day could go come did number sound no most people my over know water than call first who may
+		down side been now find any new work part take get place made live where after back little only round man year
+		came show every good me give our under name very through just form sentence great think say help low line
+		differ turn cause much mean before move right boy old too same tell does set three want air well also play small
+		end put home read hand port large spell add even land here must big high such follow act why ask men change went
+		light kind off need house picture try us again animal point mother world near build self earth father head stand`)
+	r := rand.New(rand.NewPCG(1, 2))
+	b := make([]byte, 0, n+16)
+	for len(b) < n {
+		b = append(b, words[r.IntN(len(words))]...)
+		b = append(b, ' ')
+	}
+	return b[:n]
+}
 
 // do runs one command to completion.
 func (a *agent) do(ctx context.Context, cmd command) (r reply) {
@@ -809,6 +837,7 @@ func (a *agent) stepStart(step, total int) {
 	a.late.Store(0)
 	a.results.Store(0)
 	a.mu.Lock()
+	a.stepWire = a.cl.WireBytes()
 	a.rtt.Reset()
 	a.lmin, a.lmax = -1, -1
 	a.mu.Unlock()
@@ -999,6 +1028,7 @@ func (a *agent) verify(ctx context.Context, total int, d time.Duration) *stepRep
 	a.mu.Lock()
 	r.RTT = export(a.rtt)
 	r.Listeners = [2]int{a.lmin, a.lmax}
+	r.Wire = a.cl.WireBytes() - a.stepWire
 	a.mu.Unlock()
 	return r
 }
@@ -1357,6 +1387,7 @@ func (a *agent) snapshot() *snapshot {
 		Recv:      a.recv.Load(),
 		BytesSent: a.bsent.Load(),
 		BytesRecv: a.brecv.Load(),
+		WireRecv:  a.cl.WireBytes(),
 		Mismatch:  a.mismatch.Load(),
 		Receipts:  a.receipts.Load(),
 		Lat:       export(lat),

@@ -204,6 +204,10 @@ type Config struct {
 	JWTSecret string `json:"-"`
 	// TokenInHeader sends tokens as an Authorization header, not ?token=.
 	TokenInHeader bool `json:"token_in_header,omitempty"`
+	// Compression offers permessage-deflate (without context takeover) on
+	// every connection and inflates what the server compresses; chat and
+	// broadcast then report the bytes on the wire per delivery.
+	Compression bool `json:"compression,omitempty"`
 	// SourceIPs are local addresses to spread connections over, such as
 	// "127.0.0.2-127.0.0.50" or "127.0.0.2,127.0.0.3".
 	SourceIPs string `json:"source_ips,omitempty"`
@@ -636,6 +640,7 @@ func (r *run) startParts(ctx context.Context) error {
 		Protocol:         cfg.protocol(),
 		JWTSecret:        cfg.JWTSecret,
 		TokenInHeader:    cfg.TokenInHeader,
+		Compression:      cfg.Compression,
 		SourceIPs:        ips,
 		Loops:            cfg.Loops,
 		Size:             cfg.Size,
@@ -992,6 +997,7 @@ func (r *run) snapshot() (sum snapshot, lat *hdrhistogram.Histogram) {
 		sum.BytesRecv += s.BytesRecv
 		sum.Mismatch += s.Mismatch
 		sum.Receipts += s.Receipts
+		sum.WireRecv += s.WireRecv
 		sum.CPU += s.CPU
 		for k, v := range s.Errors {
 			sum.Errors[k] += v

@@ -100,6 +100,10 @@ type ClientOptions struct {
 	MaxMessageSize int
 	// Origin, if set, is sent as the Origin header.
 	Origin string
+	// Compression offers permessage-deflate (RFC 7692) without context
+	// takeover either way, and inflates the server's compressed messages.
+	// The client sends its own messages plain, which the extension allows.
+	Compression bool
 }
 
 // Client defaults.
@@ -125,6 +129,15 @@ type Client struct {
 
 	scratch  [][]byte // per loop, owned by that loop: the frame being encoded
 	nextAddr atomic.Uint32
+	loops    []clientLoop
+}
+
+// clientLoop is one loop's own state.
+type clientLoop struct {
+	inflater wsframe.Inflater // owned by the loop
+	inflated []byte           // owned by the loop: the last message inflated
+	wire     atomic.Uint64    // bytes read from the loop's sockets
+	_        [64]byte         // keep the next loop's counter off this cache line
 }
 
 // endpoint is one server the client dials, with its upgrade request made
@@ -155,10 +168,14 @@ type Conn struct {
 	// answered: the close handshake is complete, only the server's end of
 	// TCP is awaited.
 	answered bool
-	fragOp   ws.OpCode
-	frag     []byte
-	err      error // why we closed it, handed to OnClose
-	token    string
+	// deflate: the server accepted permessage-deflate; fragZ: the
+	// fragmented message in progress is compressed.
+	deflate bool
+	fragZ   bool
+	fragOp  ws.OpCode
+	frag    []byte
+	err     error // why we closed it, handed to OnClose
+	token   string
 }
 
 type connState uint8
@@ -189,7 +206,7 @@ func NewClient(h ClientHandler, o ClientOptions) (*Client, error) {
 		urls = []string{o.URL}
 	}
 	for _, s := range urls {
-		ep, err := newEndpoint(s, o.Origin)
+		ep, err := newEndpoint(s, o.Origin, o.Compression)
 		if err != nil {
 			return nil, err
 		}
@@ -201,10 +218,11 @@ func NewClient(h ClientHandler, o ClientOptions) (*Client, error) {
 	}
 	cl.p = p
 	cl.scratch = make([][]byte, len(p.Loops()))
+	cl.loops = make([]clientLoop, len(p.Loops()))
 	return cl, nil
 }
 
-func newEndpoint(s, origin string) (endpoint, error) {
+func newEndpoint(s, origin string, compression bool) (endpoint, error) {
 	var ep endpoint
 	u, err := url.Parse(s)
 	if err != nil {
@@ -228,6 +246,9 @@ func newEndpoint(s, origin string) (endpoint, error) {
 	rest := " HTTP/1.1\r\nHost: " + u.Host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
 	if origin != "" {
 		rest += "Origin: " + origin + "\r\n"
+	}
+	if compression {
+		rest += "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
 	}
 	ep.rest = append(ep.rest, rest+"Sec-WebSocket-Key: "...)
 	return ep, nil
@@ -368,6 +389,22 @@ func (cl *Client) keep(loop int, b []byte) {
 
 // OnData implements poller.Handler.
 func (cl *Client) OnData(pc *poller.Conn, data []byte) int {
+	n := cl.onData(pc, data)
+	cl.loops[pc.Loop().Index()].wire.Add(uint64(max(n, 0)))
+	return n
+}
+
+// WireBytes is how many bytes the client has read from its sockets: frames
+// as they travel, compressed ones compressed, handshakes included.
+func (cl *Client) WireBytes() uint64 {
+	var n uint64
+	for i := range cl.loops {
+		n += cl.loops[i].wire.Load()
+	}
+	return n
+}
+
+func (cl *Client) onData(pc *poller.Conn, data []byte) int {
 	c := pc.Context().(*Conn)
 	off := 0
 	if c.state == stateUpgrading {
@@ -428,6 +465,12 @@ func (c *Conn) upgrade(data []byte) (int, error) {
 			connection = hasToken(v, "upgrade")
 		case bytes.EqualFold(k, []byte("Sec-WebSocket-Accept")):
 			accept = bytes.Equal(v, want[:])
+		case bytes.EqualFold(k, []byte("Sec-WebSocket-Extensions")):
+			name, _, _ := bytes.Cut(v, []byte(";"))
+			if !c.cl.opts.Compression || !bytes.Equal(bytes.TrimSpace(name), []byte("permessage-deflate")) {
+				return 0, fmt.Errorf("%w: extension %q not offered", ErrBadHandshake, v)
+			}
+			c.deflate = true
 		}
 	}
 	switch {
@@ -472,10 +515,15 @@ func (c *Conn) frames(data []byte) int {
 	off := 0
 	for off < len(data) && !c.pc.Closed() {
 		h, n, ok, err := wsframe.ParseHeader(data[off:])
+		compressed := false
 		if err == nil && ok {
 			st := ws.StateClientSide
 			if c.fragOp != 0 {
 				st |= ws.StateFragmented
+			}
+			if h.Rsv&0x4 != 0 && c.deflate && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary) {
+				h.Rsv &^= 0x4 // permessage-deflate's "compressed"
+				compressed = true
 			}
 			err = ws.CheckHeader(h, st)
 		}
@@ -493,7 +541,7 @@ func (c *Conn) frames(data []byte) int {
 		if end > len(data) {
 			break
 		}
-		c.frame(h, data[off+n:end])
+		c.frame(h, data[off+n:end], compressed)
 		off = end
 	}
 	if c.pc.Closed() {
@@ -502,7 +550,7 @@ func (c *Conn) frames(data []byte) int {
 	return off
 }
 
-func (c *Conn) frame(h ws.Header, p []byte) {
+func (c *Conn) frame(h ws.Header, p []byte, compressed bool) {
 	switch h.OpCode {
 	case ws.OpPing:
 		if c.state == stateOpen {
@@ -520,11 +568,12 @@ func (c *Conn) frame(h ws.Header, p []byte) {
 		return
 	}
 	if h.OpCode != ws.OpContinuation && h.Fin {
-		c.cl.h.OnMessage(c, h.OpCode, p)
+		c.message(h.OpCode, p, compressed)
 		return
 	}
 	if h.OpCode != ws.OpContinuation {
 		c.fragOp = h.OpCode
+		c.fragZ = compressed
 		c.frag = c.frag[:0]
 	}
 	c.frag = append(c.frag, p...)
@@ -533,8 +582,24 @@ func (c *Conn) frame(h ws.Header, p []byte) {
 	}
 	op := c.fragOp
 	c.fragOp = 0
-	c.cl.h.OnMessage(c, op, c.frag)
+	c.message(op, c.frag, c.fragZ)
 	c.frag = nil
+}
+
+// message hands a whole message to the handler, inflated if it came
+// compressed.
+func (c *Conn) message(op ws.OpCode, p []byte, compressed bool) {
+	if compressed {
+		cl := &c.cl.loops[c.Loop().Index()]
+		var err error
+		cl.inflated, err = cl.inflater.Inflate(cl.inflated[:0], p, c.cl.opts.MaxMessageSize)
+		if err != nil {
+			c.fail(fmt.Errorf("%w: %v", ErrProtocol, err))
+			return
+		}
+		p = cl.inflated
+	}
+	c.cl.h.OnMessage(c, op, p)
 }
 
 func (c *Conn) closeFrame(p []byte) {

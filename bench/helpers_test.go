@@ -43,10 +43,17 @@ var testSecret = "0123456789abcdef0123456789abcdef"
 // rooms on /ws and Shootout on /shootout, and returns its ws:// base URL.
 func startThrong(t *testing.T, withAuth bool) string {
 	t.Helper()
+	return startThrongOpts(t, withAuth, server.CompressionOff)
+}
+
+// startThrongOpts is startThrong with compression on or off.
+func startThrongOpts(t *testing.T, withAuth bool, compression server.Compression) string {
+	t.Helper()
 	o := server.Options{
 		Handlers:     map[string]server.Handler{"/echo": &echo.Handler{RateLimit: server.RateLimit{Rate: -1}}},
 		Loops:        2,
 		TickInterval: 50 * time.Millisecond,
+		Compression:  compression,
 	}
 	if withAuth {
 		v, err := auth.New(auth.Options{Secret: []byte(testSecret)})
@@ -60,10 +67,10 @@ func startThrong(t *testing.T, withAuth bool) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.Handle("/ws", &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), RateLimit: server.RateLimit{Rate: -1}}); err != nil {
+	if err := s.Handle("/ws", &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), RateLimit: server.RateLimit{Rate: -1}, Deflater: s.Deflater()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Handle("/shootout", &shootout.Handler{RateLimit: server.RateLimit{Rate: -1}, Rooms: room.New(s.Loops(), room.Options{Shards: 1})}); err != nil {
+	if err := s.Handle("/shootout", &shootout.Handler{RateLimit: server.RateLimit{Rate: -1}, Rooms: room.New(s.Loops(), room.Options{Shards: 1}), Deflater: s.Deflater()}); err != nil {
 		t.Fatal(err)
 	}
 	addr, err := s.Listen("127.0.0.1:0")

@@ -199,6 +199,11 @@ type Step struct {
 	// a PID.
 	ServerCPUSeconds           float64 `json:"server_cpu_seconds,omitempty"`
 	ServerCPUMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	// WireBytes is what the clients read from their sockets during the step,
+	// and WireBytesPerDelivery that over the receipts: the frames as they
+	// travel, compressed or not (--compression).
+	WireBytes            uint64  `json:"wire_bytes"`
+	WireBytesPerDelivery float64 `json:"wire_bytes_per_delivery"`
 }
 
 // ChatStats is the chat scenario's deliveries.
@@ -213,6 +218,11 @@ type ChatStats struct {
 	// ServerCPUMicrosPerDelivery is the server's CPU time over the messages
 	// and their delivery, over the deliveries. Zero without a PID.
 	ServerCPUMicrosPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	// WireBytes is what the clients read from their sockets while the
+	// messages went out, and WireBytesPerDelivery that over the deliveries:
+	// the frames as they travel, compressed or not (--compression).
+	WireBytes            uint64  `json:"wire_bytes"`
+	WireBytesPerDelivery float64 `json:"wire_bytes_per_delivery"`
 }
 
 // ChurnStats is the churn scenario's reconnects.
@@ -403,6 +413,12 @@ func (rep *Report) rows() []row {
 			return ""
 		}
 		return fmt.Sprintf("%.3f", r.Chat.ServerCPUMicrosPerDelivery)
+	})
+	add("wire bytes per delivery", func(r *Result) string {
+		if r.Chat == nil || r.Chat.WireBytesPerDelivery == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%.1f", r.Chat.WireBytesPerDelivery)
 	})
 	add("echoes/s", func(r *Result) string {
 		if r.Echo == nil {
@@ -599,7 +615,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if len(r.Steps) > 0 {
 			fmt.Fprintf(w, "\n%s broadcast steps:\n", r.Target)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\tserver µs/delivery\t\n")
+			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\tserver µs/delivery\twire B/delivery\t\n")
 			for _, s := range r.Steps {
 				if s.RTT == nil {
 					continue
@@ -608,9 +624,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				if s.ServerCPUMicrosPerDelivery > 0 {
 					cpu = fmt.Sprintf("%.3f", s.ServerCPUMicrosPerDelivery)
 				}
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t\n", s.Clients, s.Samples,
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.1f\t\n", s.Clients, s.Samples,
 					fmtMS(s.RTT.Min), fmtMS(s.RTT.P50), fmtMS(s.RTT.P95), fmtMS(s.RTT.P99), fmtMS(s.RTT.Max),
-					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates, cpu)
+					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates, cpu, s.WireBytesPerDelivery)
 			}
 			tw.Flush()
 		}

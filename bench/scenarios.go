@@ -468,6 +468,10 @@ func (r *run) step(ctx context.Context, step, clients int) (*Step, error) {
 			st.MinListeners = sr.Listeners[0]
 		}
 		st.MaxListeners = max(st.MaxListeners, sr.Listeners[1])
+		st.WireBytes += sr.Wire
+	}
+	if st.Receipts > 0 {
+		st.WireBytesPerDelivery = float64(st.WireBytes) / float64(st.Receipts)
 	}
 	if cpu1, ok := r.serverCPU(); ok && cpuOK {
 		st.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
@@ -561,6 +565,10 @@ func (r *run) chat(ctx context.Context) error {
 		Expected:   expected,
 		Deliveries: got,
 		PerSec:     float64(got) / el.Seconds(),
+		WireBytes:  after.WireRecv - before.WireRecv,
+	}
+	if got > 0 {
+		r.res.Chat.WireBytesPerDelivery = float64(r.res.Chat.WireBytes) / float64(got)
 	}
 	if cpu1, ok := r.serverCPU(); ok && cpuOK && got > 0 {
 		r.res.Chat.ServerCPUMicrosPerDelivery = (cpu1 - cpu0).Seconds() * 1e6 / float64(got)

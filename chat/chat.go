@@ -67,6 +67,10 @@ type Handler struct {
 	// UserBurst is how many messages a user may send at once across its
 	// connections. If zero, DefaultUserBurst is used.
 	UserBurst int
+	// Deflater compresses a room's broadcasts, once each, for its members
+	// that negotiated permessage-deflate (the server's Server.Deflater). If
+	// nil, every member gets the plain frame.
+	Deflater *server.Deflater
 
 	parsers   fastjson.ParserPool
 	counts    chatCounters
@@ -283,7 +287,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
-	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name)}
+	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name), Deflate: c.SharesDeflated()}
 	roomID := string(id)
 	count, err := h.Rooms.Join(c.Loop().Index(), roomID, m)
 	if err != nil {
@@ -329,13 +333,21 @@ func (h *Handler) presence(m *room.Member, roomID, typ string, count int, except
 	bytebufferpool.Put(b)
 }
 
-// broadcast frames payload once and fans the same bytes out to the room.
+// broadcast frames payload once, and once compressed if the room has members
+// that take it, and fans the same bytes out to the room.
 func (h *Handler) broadcast(roomID string, payload []byte, except room.Sink) int {
 	f := poller.NewFrame()
 	fb := f.Buffer()
 	fb.B = server.AppendFrame(fb.B, ws.OpText, payload)
-	n := h.Rooms.Broadcast(roomID, f, except, nil)
+	var z *poller.Frame
+	if h.Deflater != nil && h.Rooms.Deflaters(roomID) > 0 {
+		z = h.Deflater.Frame(ws.OpText, payload)
+	}
+	n := h.Rooms.BroadcastDeflated(roomID, f, z, except, nil)
 	f.Release()
+	if z != nil {
+		z.Release()
+	}
 	return n
 }
 

@@ -106,7 +106,7 @@ func startChatServer(t testing.TB, o server.Options, configure func(*Handler)) *
 	}
 	ts := &testServer{Server: s, t: t}
 	ts.Rooms = room.New(s.Loops(), room.Options{})
-	ts.Chat = &Handler{Auth: o.Auth, Rooms: ts.Rooms}
+	ts.Chat = &Handler{Auth: o.Auth, Rooms: ts.Rooms, Deflater: s.Deflater()}
 	if configure != nil {
 		configure(ts.Chat)
 	}

@@ -142,6 +142,13 @@ type Options struct {
 	HandshakeTimeout time.Duration
 	// ReadLimit bounds a received message. If zero, DefaultReadLimit is used.
 	ReadLimit int64
+	// NoCompression leaves permessage-deflate (RFC 7692) out of the
+	// handshake. By default it is offered without context takeover, which
+	// throng asks for anyway: messages are compressed and inflated one at a
+	// time and the client keeps no compressor between them. The client
+	// compresses what it sends from CompressionMinSize bytes, as the server
+	// does by default.
+	NoCompression bool
 
 	// RefreshToken returns a fresh token for the same user. If set, the client
 	// calls it RefreshBefore ahead of the token's exp and sends the result as a
@@ -206,6 +213,10 @@ const (
 	// refreshTimeout bounds one automatic refresh: the hook and the reply.
 	refreshTimeout = 10 * time.Second
 )
+
+// CompressionMinSize is the shortest message the client sends compressed,
+// server.DefaultCompressionMinSize.
+const CompressionMinSize = 128
 
 // DefaultSubprotocols is offered when Options.Subprotocols is nil. throng picks
 // it, which browsers require once they offer "bearer.<token>".
@@ -334,7 +345,10 @@ func (c *Client) connect(ctx context.Context) (*websocket.Conn, *Connected, erro
 	token := c.token
 	c.mu.Unlock()
 	target := c.url
-	do := &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, Subprotocols: c.opts.Subprotocols}
+	do := &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, Subprotocols: c.opts.Subprotocols, CompressionMode: websocket.CompressionNoContextTakeover, CompressionThreshold: CompressionMinSize}
+	if c.opts.NoCompression {
+		do.CompressionMode = websocket.CompressionDisabled
+	}
 	if c.opts.Header != nil {
 		do.HTTPHeader = c.opts.Header.Clone()
 	}

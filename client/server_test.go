@@ -45,6 +45,8 @@ type serverConfig struct {
 	clock     *fakeClock          // with auth: the server's clock; nil for real time
 	failClose bool                // refused tokens: upgrade then close 1008, not 401
 	chat      func(*chat.Handler) // adjusts the /ws handler
+	// compression: the server negotiates permessage-deflate
+	compression bool
 }
 
 // testServer is a throng server on loopback that a test can stop and start
@@ -91,11 +93,14 @@ func (ts *testServer) start(addr string) {
 			o.AuthFailure = server.AuthFailClose
 		}
 	}
+	if ts.cfg.compression {
+		o.Compression = server.CompressionOn
+	}
 	s, err := server.New(o)
 	if err != nil {
 		ts.t.Fatal(err)
 	}
-	chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: v}
+	chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: v, Deflater: s.Deflater()}
 	if ts.cfg.chat != nil {
 		ts.cfg.chat(chat)
 	}
@@ -116,6 +121,13 @@ func (ts *testServer) start(addr string) {
 	ts.mu.Lock()
 	ts.srv, ts.Addr = s, a.String()
 	ts.mu.Unlock()
+}
+
+// stats is the server's counters.
+func (ts *testServer) stats() server.Stats {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.srv.Stats()
 }
 
 // URL is the chat endpoint's ws:// URL.

@@ -77,6 +77,9 @@ type Serve struct {
 	DrainTimeout     time.Duration // --drain-timeout
 	Origins          string        // --origin: comma-separated patterns
 
+	Compression        string // --compression: on or off (permessage-deflate)
+	CompressionMinSize int    // --compression-min-size: shorter messages are sent plain
+
 	MaxConns        int      // --max-conns
 	MaxConnsPerUser int      // --max-conns-per-user
 	HandshakeRate   float64  // --handshake-rate
@@ -162,6 +165,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.IntVar(&c.NetpollBufferSize, "netpoll-buffer-size", poller.DefaultNetpollBufferSize, "netpoll backend: input buffer bytes per connection, kept while it lives; larger reads grow it")
 
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", server.DefaultMaxMessageSize, "largest message in bytes, fragments summed; larger closes with 1009")
+	fs.StringVar(&c.Compression, "compression", "on", "permessage-deflate (RFC 7692): on accepts browsers' and clients' offers, without context takeover, so an idle connection keeps no compression state; off leaves it out of every handshake")
+	fs.IntVar(&c.CompressionMinSize, "compression-min-size", server.DefaultCompressionMinSize, "messages shorter than this many bytes are sent uncompressed")
 	fs.IntVar(&c.MaxPending, "max-pending", server.DefaultMaxPending, "unsent bytes per connection before it is a slow consumer")
 	fs.StringVar(&c.SlowConsumer, "slow-consumer", "close", "what happens past --max-pending: close (1008) or drop (messages dropped, client told the count)")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "time allowed to send the whole upgrade request")
@@ -443,6 +448,12 @@ func (c *Serve) Validate() error {
 	} else if !eps["ws"] && c.NATS != "" {
 		bad("--nats carries chat rooms: --endpoints must include ws")
 	}
+	if c.Compression != "on" && c.Compression != "off" {
+		bad("--compression must be on or off, not %q", c.Compression)
+	}
+	if c.CompressionMinSize < 1 {
+		bad("--compression-min-size must be at least 1, not %d", c.CompressionMinSize)
+	}
 	if c.SlowConsumer != "close" && c.SlowConsumer != "drop" {
 		bad("--slow-consumer must be close or drop, not %q", c.SlowConsumer)
 	}
@@ -606,6 +617,10 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 	if c.AuthFailure == "close" {
 		o.AuthFailure = server.AuthFailClose
 	}
+	if c.Compression == "on" {
+		o.Compression = server.CompressionOn
+	}
+	o.CompressionMinSize = c.CompressionMinSize
 	if c.SlowConsumer == "drop" {
 		o.SlowConsumer = server.SlowDrop
 	}

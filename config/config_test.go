@@ -234,6 +234,8 @@ func TestValidate(t *testing.T) {
 		{"negative netpoll buffer", []string{"--netpoll-buffer-size", "-1"}, "--netpoll-buffer-size must be between 0 and 1048576 bytes, not -1"},
 		{"huge netpoll buffer", []string{"--netpoll-buffer-size", "2097152"}, "--netpoll-buffer-size must be between"},
 		{"unknown slow-consumer", []string{"--slow-consumer", "ignore"}, "--slow-consumer must be close or drop"},
+		{"unknown compression", []string{"--compression", "gzip"}, "--compression must be on or off"},
+		{"compression min size 0", []string{"--compression-min-size", "0"}, "--compression-min-size must be at least 1"},
 		{"unknown log format", []string{"--log-format", "xml"}, "--log-format must be text or json"},
 		{"unknown log level", []string{"--log-level", "loud"}, "--log-level must be debug, info, warn or error"},
 		{"bad origin", []string{"--origin", "https://[x"}, "--origin"},
@@ -506,6 +508,16 @@ func TestServerOptions(t *testing.T) {
 	}
 	if r := c.RoomOptions(); r.Shards != 64 {
 		t.Errorf("room options %+v", r)
+	}
+	if o.Compression != server.CompressionOn || o.CompressionMinSize != server.DefaultCompressionMinSize {
+		t.Errorf("compression %v, min size %d; want on by default", o.Compression, o.CompressionMinSize)
+	}
+	off, err := parse(t, "--compression", "off", "--compression-min-size", "512")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := off.ServerOptions(nil, log); o.Compression != server.CompressionOff || o.CompressionMinSize != 512 {
+		t.Errorf("--compression off --compression-min-size 512: %v, %d", o.Compression, o.CompressionMinSize)
 	}
 	if ch := c.Chat(nil, nil, log); ch.Rate != server.DefaultRate || ch.Burst != server.DefaultBurst {
 		t.Errorf("chat %+v", ch)

@@ -38,17 +38,21 @@ var (
 
 // Sink receives a room's frames for one member. Deliver is called on the goroutine
 // of the member's loop and must not block; it must not keep f past the call
-// without f.Retain.
+// without f.Retain. A member with Member.Deflate gets a broadcast's compressed
+// frame when it has one.
 type Sink interface {
 	Deliver(f *poller.Frame)
 }
 
 // Member is one connection's membership in one room. The caller fills in Sink,
-// UserID and Name before Join and must not change them while joined.
+// UserID, Name and Deflate before Join and must not change them while joined.
 type Member struct {
 	Sink   Sink
 	UserID string
 	Name   string
+	// Deflate: the member takes a broadcast's compressed frame when it has one
+	// (BroadcastDeflated), as its connection negotiated permessage-deflate.
+	Deflate bool
 
 	room *Room // nil when not joined
 	loop int32
@@ -111,6 +115,10 @@ type Room struct {
 	// shard's read lock, and read by Join under the write lock.
 	seq uint64
 
+	// deflate counts the members with Member.Deflate; guarded by the shard
+	// lock.
+	deflate int
+
 	// order is held while a broadcast posts its jobs, so that every loop receives
 	// this room's frames in one order. It is taken inside the shard lock.
 	order sync.Mutex
@@ -165,6 +173,9 @@ func (t *Table) Join(loop int, id string, m *Member) (int, error) {
 	}
 	r.total++
 	r.parts[loop].count++
+	if m.Deflate {
+		r.deflate++
+	}
 	n, since := r.total, r.seq
 	sh.mu.Unlock()
 
@@ -197,6 +208,9 @@ func (t *Table) Leave(m *Member) int {
 	sh.mu.Lock()
 	r.total--
 	p.count--
+	if m.Deflate {
+		r.deflate--
+	}
 	n := r.total
 	if n == 0 && sh.rooms[r.id] == r {
 		delete(sh.rooms, r.id)
@@ -216,6 +230,19 @@ func (t *Table) Count(id string) int {
 	return 0
 }
 
+// Deflaters is the number of room id's members with Member.Deflate: a
+// broadcaster compresses a message for them (BroadcastDeflated) only if there
+// are any.
+func (t *Table) Deflaters(id string) int {
+	sh := t.shard(id)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	if r := sh.rooms[id]; r != nil {
+		return r.deflate
+	}
+	return 0
+}
+
 // Broadcast delivers f to every member of room id except the one whose Sink is
 // except (nil for none), and returns the number of members it goes to. It takes
 // its own reference to f for each loop, so the caller still releases its own.
@@ -224,6 +251,15 @@ func (t *Table) Count(id string) int {
 // there is no such room). Broadcast may be called from any goroutine; it never
 // writes to a socket itself.
 func (t *Table) Broadcast(id string, f *poller.Frame, except Sink, done func(recipients int)) int {
+	return t.BroadcastDeflated(id, f, nil, except, done)
+}
+
+// BroadcastDeflated is Broadcast of one message in two encodings: deflated,
+// the message compressed, goes to the members with Member.Deflate, and f to
+// the others. Each encoding is made once and its bytes shared by all its
+// members. deflated may be nil, and then f goes to everyone; the caller keeps
+// and releases its references to both.
+func (t *Table) BroadcastDeflated(id string, f, deflated *poller.Frame, except Sink, done func(recipients int)) int {
 	sh := t.shard(id)
 	sh.mu.RLock()
 	r := sh.rooms[id]
@@ -252,6 +288,10 @@ func (t *Table) Broadcast(id string, f *poller.Frame, except Sink, done func(rec
 		j := t.jobs.Get().(*deliverJob)
 		j.t, j.room, j.f, j.except, j.fan, j.seq = t, r, f, except, fan, r.seq
 		f.Retain()
+		if deflated != nil && r.deflate > 0 {
+			j.deflated = deflated
+			deflated.Retain()
+		}
 		fan.left.Add(1)
 		if !t.loops[i].Post(j) {
 			j.finish()
@@ -271,6 +311,8 @@ type deliverJob struct {
 	except Sink
 	fan    *fanout
 	seq    uint64 // the broadcast's Room.seq: members who joined later are skipped
+
+	deflated *poller.Frame // for members with Deflate; nil if none
 }
 
 // Run writes the frame to the loop's members of the room. It walks the list
@@ -284,7 +326,11 @@ func (j *deliverJob) Run(l *poller.Loop) {
 			continue
 		}
 		if m := ms[i]; m.Sink != j.except && m.since < j.seq {
-			m.Sink.Deliver(j.f)
+			if m.Deflate && j.deflated != nil {
+				m.Sink.Deliver(j.deflated)
+			} else {
+				m.Sink.Deliver(j.f)
+			}
 		}
 	}
 	j.finish()
@@ -293,6 +339,9 @@ func (j *deliverJob) Run(l *poller.Loop) {
 func (j *deliverJob) finish() {
 	t, fan := j.t, j.fan
 	j.f.Release()
+	if j.deflated != nil {
+		j.deflated.Release()
+	}
 	*j = deliverJob{}
 	t.jobs.Put(j)
 	if fan != nil {

@@ -41,6 +41,9 @@ const (
 	// CloseOperator: an operator disconnected the user (Server.CloseUser),
 	// with the code and text the operator chose.
 	CloseOperator
+	// CloseBadDeflate: a compressed message (permessage-deflate) does not
+	// inflate (1007).
+	CloseBadDeflate
 
 	numCloseReasons
 )
@@ -66,6 +69,7 @@ var closeReasons = [numCloseReasons]struct {
 	ClosePolicy:       {ws.StatusPolicyViolation, "policy violation", "policy"},
 	CloseInternal:     {ws.StatusInternalServerError, "internal error", "internal"},
 	CloseOperator:     {ws.StatusPolicyViolation, "disconnected by an operator", "operator"},
+	CloseBadDeflate:   {ws.StatusInvalidFramePayloadData, "invalid compressed data", "bad_deflate"},
 }
 
 // Code is the close code sent for the reason.

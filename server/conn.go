@@ -43,6 +43,12 @@ type Conn struct {
 	// dropped counts messages refused under SlowDrop since the handler was last
 	// told.
 	dropped uint32
+
+	// deflate is the LZ77 window bits (8 to 15) the server may use towards
+	// the peer under permessage-deflate, or 0 if it was not negotiated: all
+	// the compression state a connection keeps.
+	deflate uint8
+	inflate bool // the fragmented message in progress is compressed
 }
 
 type connState uint8
@@ -113,24 +119,55 @@ func (c *Conn) RemoteAddr() netip.AddrPort { return c.pc.RemoteAddr() }
 func (c *Conn) WriteText(p []byte) error { return c.WriteMessage(ws.OpText, p) }
 
 // WriteMessage sends one unfragmented message. A write that would pass the
-// pending limit closes the connection as a slow consumer.
+// pending limit closes the connection as a slow consumer. Under
+// permessage-deflate a message of at least Options.CompressionMinSize bytes is
+// sent compressed if that makes it shorter.
 func (c *Conn) WriteMessage(op ws.OpCode, p []byte) error {
 	if c.state != stateOpen {
 		return poller.ErrClosed
 	}
 	var h [ws.MaxHeaderSize]byte
+	if c.deflate != 0 && len(p) >= c.srv().deflater.minSize {
+		z := bytebufferpool.Get()
+		defer bytebufferpool.Put(z)
+		out, ok := appendDeflated(z.B[:0], p, c.deflate)
+		z.B = out
+		if ok {
+			n := putHeaderRSV(h[:], op, len(out), true)
+			err := c.checkWrite(c.pc.Write2(h[:n], out), len(out))
+			if err == nil {
+				c.ctr().deflateOut.Add(1)
+			}
+			return err
+		}
+	}
 	n := putHeader(h[:], op, len(p))
 	return c.checkWrite(c.pc.Write2(h[:n], p), len(p))
 }
 
-// WriteFrame sends a frame already encoded (see AppendFrame) and shared between
-// connections, without copying it.
+// WriteFrame sends a frame already encoded and shared between connections
+// (see AppendFrame and Deflater.Frame), without copying it. A compressed frame
+// may go only to a connection that takes it (SharesDeflated).
 func (c *Conn) WriteFrame(f *poller.Frame) error {
 	if c.state != stateOpen {
 		return poller.ErrClosed
 	}
-	return c.checkWrite(c.pc.WriteFrame(f), framePayloadLen(f.Bytes()))
+	b := f.Bytes()
+	err := c.checkWrite(c.pc.WriteFrame(f), framePayloadLen(b))
+	if err == nil && len(b) > 0 && b[0]&0x40 != 0 {
+		c.ctr().deflateOut.Add(1)
+	}
+	return err
 }
+
+// Deflate reports whether the connection negotiated permessage-deflate.
+func (c *Conn) Deflate() bool { return c.deflate != 0 }
+
+// SharesDeflated reports whether the connection takes a Deflater's shared
+// compressed frames: it negotiated permessage-deflate with the full window
+// they are compressed with. A peer that limited the server's window gets the
+// plain frame of a broadcast, and its own messages compressed to its window.
+func (c *Conn) SharesDeflated() bool { return c.deflate == 15 }
 
 // framePayloadLen is the payload length of an encoded frame, for the sent-bytes
 // counter, which counts payloads as the received one does.
@@ -232,6 +269,7 @@ func (c *Conn) releaseMsg() {
 		c.msg = nil
 	}
 	c.fragOp = 0
+	c.inflate = false
 	c.utf8.reset()
 }
 

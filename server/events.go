@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/throng-ws/throng/poller"
+	"github.com/throng-ws/throng/wsframe"
 )
 
 // loopState is the server's per-loop scratch: everything here is used only by
@@ -17,6 +18,9 @@ type loopState struct {
 	l  *poller.Loop
 	hs handshake
 	c  counters
+	// inflater inflates the compressed messages of the loop's connections,
+	// one at a time.
+	inflater wsframe.Inflater
 
 	draining  []*poller.Conn // snapshot taken when Shutdown starts
 	drainLeft atomic.Int64
@@ -92,6 +96,9 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	c.state = stateClosed
 	c.releaseMsg()
 	c.ctr().open.Add(-1)
+	if c.deflate != 0 {
+		c.ctr().deflateOpen.Add(-1)
+	}
 	if c.counted {
 		s.perUser.Release(c.user)
 		c.counted = false

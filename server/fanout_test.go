@@ -30,6 +30,7 @@ func (s *memberSink) Deliver(f *poller.Frame) { s.c.WriteFrame(f) }
 func (h *roomMember) OnOpen(c *Conn) {
 	s := &memberSink{c: c}
 	s.m.Sink = s
+	s.m.Deflate = c.SharesDeflated()
 	c.SetData(s)
 	h.rooms.Join(c.Loop().Index(), "r", &s.m)
 }
@@ -41,18 +42,30 @@ func (h *roomMember) OnClose(c *Conn, _ ws.StatusCode, _ string) {
 // fanOutRig is a server whose members all sit in one room, read by raw sockets
 // that count the bytes they get.
 type fanOutRig struct {
-	rooms *room.Table
-	got   atomic.Int64
-	wg    sync.WaitGroup
+	rooms    *room.Table
+	deflater *Deflater // nil unless members negotiated compression
+	deflated int       // members that negotiated it
+	got      atomic.Int64
+	wg       sync.WaitGroup
 }
 
 func newFanOutRig(tb testing.TB, members int) *fanOutRig {
+	return newFanOutRigDeflate(tb, members, 0)
+}
+
+// newFanOutRigDeflate is newFanOutRig with the first deflated members
+// negotiating permessage-deflate.
+func newFanOutRigDeflate(tb testing.TB, members, deflated int) *fanOutRig {
 	tb.Helper()
-	s, err := newTestServer(Options{Loops: 2})
+	o := Options{Loops: 2}
+	if deflated > 0 {
+		o.Compression = CompressionOn
+	}
+	s, err := newTestServer(o)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rig := &fanOutRig{rooms: room.New(s.Loops(), room.Options{})}
+	rig := &fanOutRig{rooms: room.New(s.Loops(), room.Options{}), deflater: s.Deflater(), deflated: deflated}
 	s.Handle("/r", &roomMember{rooms: rig.rooms})
 	addr, err := s.Listen("127.0.0.1:0")
 	if err != nil {
@@ -60,7 +73,11 @@ func newFanOutRig(tb testing.TB, members int) *fanOutRig {
 	}
 	conns := make([]*rawConn, members)
 	for i := range conns {
-		conns[i] = rawDialB(tb, addr.String(), "/r")
+		if i < deflated {
+			conns[i] = rawDialB(tb, addr.String(), "/r", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+		} else {
+			conns[i] = rawDialB(tb, addr.String(), "/r")
+		}
 		conns[i].SetDeadline(time.Time{})
 	}
 	for rig.rooms.Count("r") != members {
@@ -93,11 +110,19 @@ func newFanOutRig(tb testing.TB, members int) *fanOutRig {
 // publish broadcasts one frame of payload and waits until every member has read
 // it.
 func (rig *fanOutRig) publish(payload []byte, members int) {
-	want := rig.got.Load() + int64(members*(len(payload)+2))
 	f := poller.NewFrame()
 	f.Buffer().B = AppendFrame(f.Buffer().B, ws.OpText, payload)
-	rig.rooms.Broadcast("r", f, nil, nil)
+	want := rig.got.Load() + int64(members*len(f.Bytes()))
+	var z *poller.Frame
+	if rig.deflater != nil && rig.rooms.Deflaters("r") > 0 {
+		z = rig.deflater.Frame(ws.OpText, payload)
+		want -= int64(rig.deflated * (len(f.Bytes()) - len(z.Bytes())))
+	}
+	rig.rooms.BroadcastDeflated("r", f, z, nil, nil)
 	f.Release()
+	if z != nil {
+		z.Release()
+	}
 	for rig.got.Load() < want {
 		runtime.Gosched()
 	}
@@ -120,5 +145,32 @@ func TestFanOutSocketsNoAlloc(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { rig.publish(payload, members) }); n != 0 {
 		t.Fatalf("%.2f allocations per broadcast to %d sockets, want 0", n, members)
+	}
+}
+
+// TestFanOutSocketsDeflatedNoAlloc is TestFanOutSocketsNoAlloc with half the
+// members on permessage-deflate: each broadcast is compressed once, and the
+// compressed bytes shared by those members as the plain ones are by the
+// rest, so a broadcast still allocates nothing.
+func TestFanOutSocketsDeflatedNoAlloc(t *testing.T) {
+	if raceEnabled || testing.CoverMode() != "" {
+		t.Skip("allocation counts are not meaningful under -race or -cover")
+	}
+	const members = 200
+	rig := newFanOutRigDeflate(t, members, members/2)
+	if n := rig.rooms.Deflaters("r"); n != members/2 {
+		t.Fatalf("%d members take compressed frames, want %d", n, members/2)
+	}
+	payload := []byte(`{"type":"message","roomId":"general","userId":"u-1","userName":"Alice","content":"hello, hello, hello, is anyone there?","timestamp":"2026-12-02T08:00:00.000Z"}`)
+	if z := rig.deflater.Frame(ws.OpText, payload); z == nil {
+		t.Fatal("the payload does not compress")
+	} else {
+		z.Release()
+	}
+	for range 20 {
+		rig.publish(payload, members)
+	}
+	if n := testing.AllocsPerRun(100, func() { rig.publish(payload, members) }); n != 0 {
+		t.Fatalf("%.2f allocations per broadcast to %d sockets, half compressed, want 0", n, members)
 	}
 }

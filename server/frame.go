@@ -31,16 +31,34 @@ func (s *Server) frames(c *Conn, data []byte) int {
 		if c.fragOp != 0 {
 			st |= ws.StateFragmented
 		}
+		// RSV1 is permessage-deflate's "compressed" bit, on the first frame of
+		// a data message only (RFC 7692 section 6); without the extension,
+		// CheckHeader refuses it with the other RSV bits.
+		compressed := false
+		if h.Rsv&0x4 != 0 && c.deflate != 0 {
+			if h.OpCode != ws.OpText && h.OpCode != ws.OpBinary {
+				c.fail(CloseProtocol, errRSV1)
+				return len(data)
+			}
+			h.Rsv &^= 0x4
+			compressed = true
+		}
 		if err := ws.CheckHeader(h, st); err != nil {
 			c.fail(CloseProtocol, err)
 			return len(data)
 		}
 		if h.OpCode.IsData() || h.OpCode == ws.OpContinuation {
-			have := 0
+			have, limit := 0, s.opts.MaxMessageSize
 			if c.msg != nil {
 				have = len(c.msg.B)
 			}
-			if h.Length > int64(s.opts.MaxMessageSize-have) {
+			if compressed || (h.OpCode == ws.OpContinuation && c.inflate) {
+				// Compressed bytes are bounded too, so an assembled message
+				// stays in proportion to what it may inflate to; the inflated
+				// size is checked as it inflates.
+				limit = maxCompressedSize(limit)
+			}
+			if h.Length > int64(limit-have) {
 				c.fail(CloseTooBig, ErrMessageTooBig)
 				return len(data)
 			}
@@ -53,7 +71,7 @@ func (s *Server) frames(c *Conn, data []byte) int {
 		off = end
 		ws.Cipher(payload, h.Mask, 0)
 		c.pc.SetStamp(s.nowMillis())
-		s.frame(c, h, payload)
+		s.frame(c, h, payload, compressed)
 	}
 	if c.state != stateOpen {
 		// After our close frame only the peer's close matters; data is dropped.
@@ -65,7 +83,7 @@ func (s *Server) frames(c *Conn, data []byte) int {
 	return off
 }
 
-func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
+func (s *Server) frame(c *Conn, h ws.Header, p []byte, compressed bool) {
 	switch h.OpCode {
 	case ws.OpClose:
 		s.closeFrame(c, p)
@@ -86,9 +104,13 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 		return
 	}
 	ctr := c.ctr()
-	ctr.msgsIn.Add(1)
-	ctr.bytesIn.Add(uint64(len(p)))
 	if h.OpCode != ws.OpContinuation && h.Fin {
+		if compressed {
+			s.inflated(c, h.OpCode, p)
+			return
+		}
+		ctr.msgsIn.Add(1)
+		ctr.bytesIn.Add(uint64(len(p)))
 		if h.OpCode == ws.OpText && !utf8.Valid(p) {
 			c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
 			return
@@ -99,7 +121,23 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 	if h.OpCode != ws.OpContinuation {
 		c.fragOp = h.OpCode
 		c.msg = bytebufferpool.Get()
+		c.inflate = compressed
 	}
+	if c.inflate {
+		// A compressed message is inflated whole once its last fragment is
+		// in; until then it is held compressed.
+		c.msg.Write(p)
+		if !h.Fin {
+			return
+		}
+		op, msg := c.fragOp, c.msg
+		c.msg, c.fragOp, c.inflate = nil, 0, false
+		s.inflated(c, op, msg.B)
+		bytebufferpool.Put(msg)
+		return
+	}
+	ctr.msgsIn.Add(1)
+	ctr.bytesIn.Add(uint64(len(p)))
 	if c.fragOp == ws.OpText && !c.utf8.write(p) {
 		c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
 		return
@@ -118,6 +156,41 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte) {
 	c.route.h.OnMessage(c, op, msg.B)
 	bytebufferpool.Put(msg)
 }
+
+// inflated inflates a compressed message with the loop's inflater, at most
+// MaxMessageSize bytes of it, and hands it to the handler.
+func (s *Server) inflated(c *Conn, op ws.OpCode, src []byte) {
+	ls := s.loopOf(c.pc)
+	out := bytebufferpool.Get()
+	defer bytebufferpool.Put(out)
+	var err error
+	out.B, err = ls.inflater.Inflate(out.B[:0], src, s.opts.MaxMessageSize)
+	switch {
+	case errors.Is(err, wsframe.ErrInflateLimit):
+		c.fail(CloseTooBig, ErrMessageTooBig)
+		return
+	case err != nil:
+		c.fail(CloseBadDeflate, err)
+		return
+	}
+	ctr := c.ctr()
+	ctr.msgsIn.Add(1)
+	ctr.bytesIn.Add(uint64(len(src)))
+	ctr.deflateIn.Add(1)
+	if op == ws.OpText && !utf8.Valid(out.B) {
+		c.fail(CloseInvalidUTF8, ErrInvalidUTF8)
+		return
+	}
+	c.route.h.OnMessage(c, op, out.B)
+}
+
+// errRSV1 is the OnError cause for a compressed bit where RFC 7692 forbids it.
+var errRSV1 = errors.New("server: RSV1 set on a control frame or a continuation")
+
+// maxCompressedSize bounds a compressed message's bytes for a message limit
+// of n inflated bytes: deflate can grow incompressible data by an eighth at
+// worst (fixed Huffman codes), plus its block headers.
+func maxCompressedSize(n int) int { return n + n/8 + 1024 }
 
 // closeFrame handles the peer's close: it answers with the peer's own code
 // unless the frame is malformed, and ends the connection once both sides have

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/valyala/bytebufferpool"
 
@@ -89,6 +90,9 @@ type handshake struct {
 	// protoHeaders[i] is the response line selecting Options.Subprotocols[i],
 	// made once so that a handshake does not allocate it.
 	protoHeaders []ws.HandshakeHeader
+	// resp holds the response's extra lines when there are two: a
+	// subprotocol and permessage-deflate.
+	resp responseHeaders
 
 	// req is the request in progress, reset as a whole for each (reset), so
 	// nothing of one request's is left for the next.
@@ -111,6 +115,10 @@ type request struct {
 	// uri is the request URI, kept only when debug logging is on; it may hold a
 	// token, so it is logged only through redact.String.
 	uri []byte
+
+	// deflate is the server's window bits of the accepted permessage-deflate
+	// offer (8 to 15), 0 for none.
+	deflate uint8
 }
 
 // reset starts a request on pc (nil when it is over), keeping only the
@@ -127,6 +135,9 @@ func (hs *handshake) init(s *Server, loop int) {
 		OnHeader:        hs.onHeader,
 		ProtocolCustom:  hs.onProtocol,
 		OnBeforeUpgrade: hs.beforeUpgrade,
+	}
+	if s.opts.Compression == CompressionOn {
+		hs.up.ExtensionCustom = hs.onExtensions
 	}
 	for _, p := range s.opts.Subprotocols {
 		hs.protoHeaders = append(hs.protoHeaders, ws.HandshakeHeaderString("Sec-WebSocket-Protocol: "+p+"\r\n"))
@@ -206,13 +217,52 @@ func (hs *handshake) onProtocol(v []byte) (string, bool) {
 	return "", true
 }
 
-// beforeUpgrade adds the chosen subprotocol to a successful upgrade.
+// onExtensions reads a Sec-WebSocket-Extensions line (there may be several)
+// and keeps the first acceptable permessage-deflate offer; the response line is
+// written by beforeUpgrade. A line that is not valid syntax fails the
+// handshake with 400; offers the server declines only leave the extension out.
+func (hs *handshake) onExtensions(v []byte, exts []httphead.Option) ([]httphead.Option, bool) {
+	bits, ok := parseDeflateOffers(v)
+	if ok && hs.req.deflate == 0 {
+		hs.req.deflate = bits
+	}
+	return exts, ok
+}
+
+// beforeUpgrade adds the chosen subprotocol and the accepted permessage-deflate
+// parameters to a successful upgrade.
 func (hs *handshake) beforeUpgrade() (ws.HandshakeHeader, error) {
 	h, err := hs.onBeforeUpgrade()
-	if err == nil && h == nil && hs.req.proto > 0 {
-		h = hs.protoHeaders[hs.req.proto-1]
+	if err != nil || h != nil {
+		return h, err
 	}
-	return h, err
+	var proto, ext ws.HandshakeHeader
+	if hs.req.proto > 0 {
+		proto = hs.protoHeaders[hs.req.proto-1]
+	}
+	if hs.req.deflate != 0 {
+		ext = deflateResponses[hs.req.deflate-8]
+	}
+	switch {
+	case proto == nil:
+		return ext, nil
+	case ext == nil:
+		return proto, nil
+	}
+	hs.resp = responseHeaders{proto, ext}
+	return &hs.resp, nil
+}
+
+// responseHeaders writes two response lines.
+type responseHeaders [2]ws.HandshakeHeader
+
+func (r *responseHeaders) WriteTo(w io.Writer) (int64, error) {
+	n, err := r[0].WriteTo(w)
+	if err != nil {
+		return n, err
+	}
+	m, err := r[1].WriteTo(w)
+	return n + m, err
 }
 
 func (hs *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
@@ -302,6 +352,10 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 
 	c := s.newConn(pc, hs.req.route, hs.req.user, hs.req.claims.Deadline)
 	c.counted = hs.req.counted
+	if hs.req.deflate != 0 {
+		c.deflate = hs.req.deflate
+		s.stats(hs.loop).deflateOpen.Add(1)
+	}
 	if hs.req.authErr != nil {
 		// AuthFailClose: the browser can read this reason, unlike a 401.
 		c.told = true

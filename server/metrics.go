@@ -31,6 +31,7 @@ type metricDescs struct {
 	slowClosed, slowDropped, slowPolicy       *prometheus.Desc
 	rss, baseline, bytesPerConn               *prometheus.Desc
 	memLimit, memHigh, memLow, memRefusing    *prometheus.Desc
+	deflateConns, deflateOut, deflateIn       *prometheus.Desc
 }
 
 func newMetricDescs() *metricDescs {
@@ -62,6 +63,9 @@ func newMetricDescs() *metricDescs {
 		memHigh:      d("memory_high_water_bytes", "RSS at which new connections are refused."),
 		memLow:       d("memory_low_water_bytes", "RSS below which new connections are admitted again."),
 		memRefusing:  d("memory_refusing", "1 while new connections are refused because RSS passed the high-water mark."),
+		deflateConns: d("deflate_connections", "Open connections that negotiated permessage-deflate."),
+		deflateOut:   d("deflate_messages_sent_total", "Data messages sent compressed (permessage-deflate); sent_bytes_total counts them compressed."),
+		deflateIn:    d("deflate_messages_received_total", "Data messages received compressed; received_bytes_total counts them compressed."),
 	}
 }
 
@@ -76,6 +80,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		d.conns, d.sockets, d.maxConns, d.accepted, d.acceptErrors, d.shed, d.ready, d.handshakes, d.authFailures, d.closes,
 		d.msgsIn, d.msgsOut, d.bytesIn, d.bytesOut, d.slowClosed, d.slowDropped, d.slowPolicy,
 		d.rss, d.baseline, d.bytesPerConn, d.memLimit, d.memHigh, d.memLow, d.memRefusing,
+		d.deflateConns, d.deflateOut, d.deflateIn,
 	} {
 		ch <- x
 	}
@@ -90,6 +95,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	// Straight from the per-loop counters, by label index, rather than through
 	// Stats and its maps.
 	var accepted, msgsIn, msgsOut, bytesIn, bytesOut, slowClosed, slowDropped uint64
+	var deflateConns int64
+	var deflateOut, deflateIn uint64
 	var handshakes [numHandshakeResults]uint64
 	var authFailures [auth.NumReasons]uint64
 	var closes [numCloseReasons]uint64
@@ -106,6 +113,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		bytesOut += k.bytesOut.Load()
 		slowClosed += k.slow[SlowClose].Load()
 		slowDropped += k.slow[SlowDrop].Load()
+		deflateConns += k.deflateOpen.Load()
+		deflateOut += k.deflateOut.Load()
+		deflateIn += k.deflateIn.Load()
 		for j := range handshakes {
 			handshakes[j] += k.handshakes[j].Load()
 		}
@@ -154,6 +164,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(d.slowClosed, slowClosed)
 	counter(d.slowDropped, slowDropped)
 	gauge(d.slowPolicy, 1, s.opts.SlowConsumer.String())
+	gauge(d.deflateConns, float64(deflateConns))
+	counter(d.deflateOut, deflateOut)
+	counter(d.deflateIn, deflateIn)
 
 	m := s.Memory()
 	gauge(d.rss, float64(m.RSS))
@@ -204,6 +217,12 @@ type Overview struct {
 	SlowConsumer string            `json:"slow_consumer_policy"`
 	SlowClosed   uint64            `json:"slow_closed"`
 	SlowDropped  uint64            `json:"slow_dropped"`
+	// permessage-deflate: "on" or "off", the connections that negotiated
+	// it, and the messages sent and received compressed.
+	Compression    string `json:"compression"`
+	DeflateConns   int64  `json:"deflate_connections"`
+	DeflateMsgsOut uint64 `json:"deflate_messages_out"`
+	DeflateMsgsIn  uint64 `json:"deflate_messages_in"`
 }
 
 // Overview gathers the transport's essentials. It reads RSS and the Go
@@ -239,6 +258,10 @@ func (s *Server) Overview() Overview {
 		SlowConsumer:       s.opts.SlowConsumer.String(),
 		SlowClosed:         st.SlowClosed,
 		SlowDropped:        st.SlowDropped,
+		Compression:        s.opts.Compression.String(),
+		DeflateConns:       st.DeflateOpen,
+		DeflateMsgsOut:     st.DeflateMsgsOut,
+		DeflateMsgsIn:      st.DeflateMsgsIn,
 	}
 	samples := []metrics.Sample{
 		{Name: "/memory/classes/heap/objects:bytes"},

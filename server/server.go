@@ -135,6 +135,16 @@ type Options struct {
 	// steadily while the count holds: a leak signal (leakWatch defines it). If
 	// zero, no line is logged.
 	StatsInterval time.Duration
+	// Compression chooses whether permessage-deflate (RFC 7692) is
+	// negotiated. If zero (CompressionOff), it is left out of every
+	// handshake. The server compresses and inflates each message on its own
+	// (no context takeover), so a connection keeps no compression state
+	// between messages.
+	Compression Compression
+	// CompressionMinSize is the shortest message sent compressed to a
+	// connection that negotiated permessage-deflate; shorter ones go plain.
+	// If zero, DefaultCompressionMinSize is used.
+	CompressionMinSize int
 	// Subprotocols are the subprotocols the server may select, in preference
 	// order. A "bearer.<token>" entry carries a token and is never selected.
 	Subprotocols []string
@@ -228,6 +238,7 @@ type Server struct {
 	closed   atomic.Bool
 	closeMu  sync.Mutex
 
+	deflater Deflater                // minSize is 0 while Options.Compression is off
 	ipLimit  *KeyedLimit[netip.Addr] // nil without Options.HandshakeRate
 	perUser  UserConns               // nil without Options.MaxConnsPerUser
 	admitted atomic.Int64            // connections holding one of Options.MaxConns
@@ -309,6 +320,13 @@ func New(o Options) (*Server, error) {
 			s.perUser = NewUserCounts()
 		}
 	}
+	if o.CompressionMinSize < 0 || o.Compression > CompressionOn {
+		return nil, errors.New("server: bad compression options")
+	}
+	if o.CompressionMinSize == 0 {
+		o.CompressionMinSize = DefaultCompressionMinSize
+	}
+	s.deflater.minSize = o.CompressionMinSize
 	if o.IdleTimeout <= o.PingInterval {
 		return nil, fmt.Errorf("server: idle timeout %v must exceed ping interval %v", o.IdleTimeout, o.PingInterval)
 	}
@@ -397,6 +415,16 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 		s.baseline.Store(s.opts.MemoryReader())
 	}
 	return s.p.Listen(addr)
+}
+
+// Deflater compresses messages shared between connections, such as a room's
+// broadcasts, for those that negotiated permessage-deflate; see
+// Conn.WriteShared. It is nil when Options.Compression is off.
+func (s *Server) Deflater() *Deflater {
+	if s.opts.Compression != CompressionOn {
+		return nil
+	}
+	return &s.deflater
 }
 
 // Now is the server's clock.

@@ -21,6 +21,9 @@ type counters struct {
 	closes       [numCloseReasons]atomic.Uint64
 	peerCodes    [numPeerCodes]atomic.Uint64    // ClosePeer closes by the peer's code
 	slow         [numSlowPolicies]atomic.Uint64 // closed connections, dropped messages
+	deflateOpen  atomic.Int64                   // connections open with permessage-deflate
+	deflateOut   atomic.Uint64                  // messages sent compressed (bytesOut counts them so)
+	deflateIn    atomic.Uint64                  // messages received compressed (bytesIn counts them so)
 	_            [64]byte                       // keep the next loop's counters off this cache line
 }
 
@@ -40,6 +43,12 @@ type Stats struct {
 	OpenPerLoop  []int64           // upgraded connections open now, per loop
 	SlowClosed   uint64            // connections closed as slow consumers
 	SlowDropped  uint64            // messages dropped for slow consumers
+
+	// permessage-deflate. BytesIn and BytesOut count the compressed
+	// messages' payloads as they travelled, compressed.
+	DeflateOpen    int64  // connections open that negotiated it
+	DeflateMsgsOut uint64 // messages sent compressed
+	DeflateMsgsIn  uint64 // messages received compressed
 }
 
 // Stats sums the loops' counters.
@@ -71,6 +80,9 @@ func (s *Server) Stats() Stats {
 		}
 		st.SlowClosed += c.slow[SlowClose].Load()
 		st.SlowDropped += c.slow[SlowDrop].Load()
+		st.DeflateOpen += c.deflateOpen.Load()
+		st.DeflateMsgsOut += c.deflateOut.Load()
+		st.DeflateMsgsIn += c.deflateIn.Load()
 		for i := range c.closes {
 			st.Closes[CloseReason(i).String()] += c.closes[i].Load()
 		}

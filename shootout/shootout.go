@@ -36,6 +36,10 @@ type Handler struct {
 	// it is closed with 1008. Its zero value is the server's defaults; a
 	// negative Rate, no limit.
 	RateLimit server.RateLimit
+	// Deflater compresses each broadcast, once, for the connections that
+	// negotiated permessage-deflate (the server's Server.Deflater). If nil,
+	// every connection gets the plain frame.
+	Deflater *server.Deflater
 
 	parsers fastjson.ParserPool
 }
@@ -56,6 +60,7 @@ func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}
 	sc.m.Sink = sc
 	sc.m.UserID = c.UserID()
+	sc.m.Deflate = c.SharesDeflated()
 	c.SetData(sc)
 	h.Rooms.Join(c.Loop().Index(), shootoutRoom, &sc.m)
 }
@@ -141,7 +146,11 @@ func (h *Handler) fanOut(c *server.Conn, op ws.OpCode, payload []byte, res *byte
 	f := poller.NewFrame()
 	fb := f.Buffer()
 	fb.B = server.AppendFrame(fb.B, op, payload)
-	h.Rooms.Broadcast(shootoutRoom, f, nil, func(listeners int) {
+	var z *poller.Frame
+	if h.Deflater != nil && h.Rooms.Deflaters(shootoutRoom) > 0 {
+		z = h.Deflater.Frame(op, payload)
+	}
+	h.Rooms.BroadcastDeflated(shootoutRoom, f, z, nil, func(listeners int) {
 		posted := c.Post(func() {
 			if finish != nil {
 				res.B = finish(res.B, listeners)
@@ -154,4 +163,7 @@ func (h *Handler) fanOut(c *server.Conn, op ws.OpCode, payload []byte, res *byte
 		}
 	})
 	f.Release()
+	if z != nil {
+		z.Release()
+	}
 }

@@ -79,7 +79,8 @@ type wsServer struct {
 func (w *wsServer) start(addr string) {
 	w.t.Helper()
 	for range 20 {
-		o := server.Options{Loops: 2, TickInterval: 10 * time.Millisecond, Auth: w.v, Subprotocols: []string{"throng.v1"}}
+		// Compression on, as throng serve's default.
+		o := server.Options{Loops: 2, TickInterval: 10 * time.Millisecond, Auth: w.v, Subprotocols: []string{"throng.v1"}, Compression: server.CompressionOn}
 		if w.cfg.failClose {
 			o.AuthFailure = server.AuthFailClose
 		}
@@ -87,7 +88,7 @@ func (w *wsServer) start(addr string) {
 		if err != nil {
 			w.t.Fatal(err)
 		}
-		chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: w.v}
+		chat := &chat.Handler{Rooms: room.New(s.Loops(), room.Options{}), Auth: w.v, Deflater: s.Deflater()}
 		if w.cfg.chat != nil {
 			w.cfg.chat(chat)
 		}
@@ -407,6 +408,47 @@ func TestBrowser(t *testing.T) {
 		bob.wait(`!document.getElementById("join-panel").hidden`, "Bob back at the form")
 		bob.waitText("#status", "Not connected")
 		alice.screenshot("chat-after-leave")
+	})
+
+	t.Run("compression with Chromium's offer", func(t *testing.T) {
+		s := newStack(t, stackConfig{auth: "dev"})
+		alice := open(t, browser, s.URL+"/")
+		bob := open(t, browser, s.URL+"/")
+		alice.joinRoom("Alice", "deflate")
+		bob.joinRoom("Bob", "deflate")
+		alice.waitText("#members", "2 members")
+		s.ws.mu.Lock()
+		srv := s.ws.srv
+		s.ws.mu.Unlock()
+		if st := srv.Stats(); st.DeflateOpen != 2 {
+			t.Fatalf("%d of %d pages negotiated permessage-deflate, want 2", st.DeflateOpen, st.Open)
+		}
+		long := strings.TrimSpace(strings.Repeat("Chromium inflates what the server compressed once. ", 8))
+		alice.say(long)
+		bob.waitText("#messages", long)
+		alice.waitText("#messages", long)
+		// The server counts a message after writing it, perhaps after the
+		// page showed it.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			st := srv.Stats()
+			if st.DeflateMsgsOut >= 2 && st.DeflateMsgsIn >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("compressed: %d sent, %d received; want the message compressed both ways", st.DeflateMsgsOut, st.DeflateMsgsIn)
+			}
+		}
+		// What the browser itself reports for its own offer.
+		tok, err := auth.Mint(testSecret, "", "probe", time.Hour, "", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ext string
+		alice.eval(fmt.Sprintf(`new Promise(r => { const w = new WebSocket(%s); w.onopen = () => { r(w.extensions); w.close(); }; w.onerror = () => r("error"); })`,
+			js("ws://"+s.ws.Addr+"/ws?token="+tok)), &ext)
+		if ext != "permessage-deflate; server_no_context_takeover; client_no_context_takeover" {
+			t.Fatalf("WebSocket.extensions = %q", ext)
+		}
 	})
 
 	t.Run("server restart: pages reconnect and rejoin", func(t *testing.T) {

@@ -111,6 +111,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	fs.StringVar(&c.StatsField, "stats-field", "rss_bytes", "dotted JSON field of --stats-url holding RSS bytes")
 	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret: mint an HS256 token per client (sub bench-<i>); also THRONG_JWT_SECRET")
 	fs.BoolVar(&c.TokenInHeader, "token-in-header", false, "send tokens as Authorization: Bearer instead of ?token=")
+	fs.BoolVar(&c.Compression, "compression", false, "offer permessage-deflate (no context takeover) on every connection and inflate what the server compresses; chat and broadcast report bytes on the wire per delivery")
 	fs.StringVar(&c.SourceIPs, "source-ips", "", "local addresses to spread connections over, such as 127.0.0.2-127.0.0.50")
 	fs.IntVar(&c.Workers, "workers", 0, "worker processes, each at most 19,500 connections (0: in this process)")
 	fs.IntVar(&c.Loops, "loops", 0, "event loops per process (0: GOMAXPROCS)")

@@ -115,6 +115,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
+		ch.Deflater = srv.Deflater()
 		var api *chat.API
 		if c.APIKey != "" {
 			api = &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv, Logger: log}
@@ -142,7 +143,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	}
 	if endpoints["shootout"] {
 		// A room table of its own, so no chat room can share its room's name.
-		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit()})
+		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit(), Deflater: srv.Deflater()})
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	wsAddr, err := srv.Listen(c.WSAddr)

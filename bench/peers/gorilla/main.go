@@ -16,10 +16,14 @@ import (
 
 func main() {
 	addr := flag.String("addr", ":8090", "listen address")
+	compression := flag.Bool("compression", false, "accept permessage-deflate")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	peer := gorillapeer.New()
+	if *compression {
+		peer.EnableCompression()
+	}
 	srv := &http.Server{Addr: *addr, Handler: peer, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

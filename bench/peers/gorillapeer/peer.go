@@ -55,6 +55,11 @@ func New() *Server {
 	return s
 }
 
+// EnableCompression has the peer accept permessage-deflate, as gorilla does it:
+// no context takeover, BestSpeed, and a broadcast compressed once for all
+// (its PreparedMessage keeps one compressed frame). Call it before serving.
+func (s *Server) EnableCompression() { s.up.EnableCompression = true }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 

@@ -16,8 +16,12 @@ import (
 
 func main() {
 	addr := flag.String("addr", ":8091", "listen address")
+	compression := flag.Bool("compression", false, "accept permessage-deflate")
 	flag.Parse()
 	s := nbiopeer.New(*addr)
+	if *compression {
+		s.EnableCompression()
+	}
 	if err := s.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "nbio peer:", err)
 		os.Exit(1)

@@ -62,6 +62,14 @@ func New(addr string) *Server {
 	return s
 }
 
+// EnableCompression has the peer accept permessage-deflate, as nbio does it:
+// no context takeover, and each message compressed per recipient at nbio's
+// default level. Call it before Start.
+func (s *Server) EnableCompression() {
+	s.echo.EnableCompression(true)
+	s.shoot.EnableCompression(true)
+}
+
 // Start listens and starts the engine's loops.
 func (s *Server) Start() error { return s.engine.Start() }
 
