@@ -24,6 +24,7 @@ import (
 //	GET  /api/rooms?after=ID&limit=N   rooms with member counts, in id order
 //	GET  /api/rooms/{id}               a room's members
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
+//	GET  /api/rooms/{id}/history?before=O&limit=N   a page of the room's history
 //	GET  /api/stats                    the Overview: connections, memory, counters
 //
 // Every request carries the key as a bearer token.
@@ -55,6 +56,7 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.Handle("GET /api/rooms", a.authed(a.listRooms))
 	mux.Handle("GET /api/rooms/{id}", a.authed(a.getRoom))
 	mux.Handle("POST /api/rooms/{id}/messages", a.authed(a.publish))
+	mux.Handle("GET /api/rooms/{id}/history", a.authed(a.getHistory))
 	if a.Server != nil {
 		mux.Handle("GET /api/stats", a.authed(a.stats))
 	}

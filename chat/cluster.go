@@ -79,3 +79,14 @@ func (h *Handler) changed(roomID string, local int) int {
 	h.Cluster.Changed(roomID)
 	return local + h.Cluster.Remote(roomID)
 }
+
+// ClusterHistory is implemented by a Cluster that keeps the rooms' history
+// (package cluster, in NATS JetStream). With it the cluster numbers the
+// messages, and every node delivers them in the history's order.
+type ClusterHistory interface {
+	// HistoryOn reports whether the cluster keeps history.
+	HistoryOn() bool
+	// Page reads up to limit of room id's messages before offset before (0:
+	// the newest), oldest first. It blocks for a broker round trip or more.
+	Page(id string, before uint64, limit int) (epoch string, latest uint64, msgs [][]byte, more bool, err error)
+}

@@ -20,6 +20,15 @@ func (h *Handler) Collector() prometheus.Collector {
 		members:     d("room_members", "Chat room memberships (a connection in two rooms counts twice)."),
 		fanSize:     d("broadcast_recipients", "Members each room broadcast went to."),
 		fanTime:     d("broadcast_duration_seconds", "Time from a room broadcast until the last event loop had written it to its members."),
+		recoveries:  prometheus.NewDesc("throng_history_recoveries_total", "Joins that asked to recover (since), by result: recovered (every missed message sent) or not.", []string{"result"}, nil),
+		replayed:    d("history_replayed_messages_total", "Messages sent from history before a joined (recovered or recent)."),
+		pages:       d("history_pages_total", "History requests answered."),
+		hRooms:      d("history_rooms", "Rooms with a history log on this node."),
+		hMessages:   d("history_messages", "Messages kept in the rooms' history on this node."),
+		hBytes:      d("history_bytes", "Bytes of the rooms' history on this node: payloads plus a fixed overhead per message."),
+		hLimit:      d("history_memory_limit_bytes", "The history's memory budget (--history-memory)."),
+		hEvicted:    prometheus.NewDesc("throng_history_evictions_total", "Messages dropped from history, by reason: size (--history-size), ttl (--history-ttl) or memory (--history-memory).", []string{"reason"}, nil),
+		hForgot:     d("history_rooms_forgotten_total", "Room logs forgotten (no message, no member, idle for the TTL); such a room starts a new epoch."),
 	}
 }
 
@@ -27,11 +36,25 @@ type collector struct {
 	h                                 *Handler
 	rateLimited, bans, rooms, members *prometheus.Desc
 	fanSize, fanTime                  *prometheus.Desc
+	recoveries, replayed, pages       *prometheus.Desc
+	hRooms, hMessages, hBytes, hLimit *prometheus.Desc
+	hEvicted, hForgot                 *prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.rateLimited
 	ch <- c.bans
+	ch <- c.recoveries
+	ch <- c.replayed
+	ch <- c.pages
+	if c.h.History != nil {
+		ch <- c.hRooms
+		ch <- c.hMessages
+		ch <- c.hBytes
+		ch <- c.hLimit
+		ch <- c.hEvicted
+		ch <- c.hForgot
+	}
 	if c.h.Rooms != nil {
 		ch <- c.rooms
 		ch <- c.members
@@ -44,6 +67,21 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.h.Stats()
 	ch <- prometheus.MustNewConstMetric(c.rateLimited, prometheus.CounterValue, float64(st.RateLimited))
 	ch <- prometheus.MustNewConstMetric(c.bans, prometheus.CounterValue, float64(st.Bans))
+	ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.CounterValue, float64(st.Recovered), "recovered")
+	ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.CounterValue, float64(st.Unrecovered), "not_recovered")
+	ch <- prometheus.MustNewConstMetric(c.replayed, prometheus.CounterValue, float64(st.Replayed))
+	ch <- prometheus.MustNewConstMetric(c.pages, prometheus.CounterValue, float64(st.HistoryPages))
+	if hs := c.h.History; hs != nil {
+		hst := hs.Stats()
+		ch <- prometheus.MustNewConstMetric(c.hRooms, prometheus.GaugeValue, float64(hst.Rooms))
+		ch <- prometheus.MustNewConstMetric(c.hMessages, prometheus.GaugeValue, float64(hst.Messages))
+		ch <- prometheus.MustNewConstMetric(c.hBytes, prometheus.GaugeValue, float64(hst.Bytes))
+		ch <- prometheus.MustNewConstMetric(c.hLimit, prometheus.GaugeValue, float64(hst.Limit))
+		ch <- prometheus.MustNewConstMetric(c.hEvicted, prometheus.CounterValue, float64(hst.EvictedSize), "size")
+		ch <- prometheus.MustNewConstMetric(c.hEvicted, prometheus.CounterValue, float64(hst.EvictedTTL), "ttl")
+		ch <- prometheus.MustNewConstMetric(c.hEvicted, prometheus.CounterValue, float64(hst.EvictedMemory), "memory")
+		ch <- prometheus.MustNewConstMetric(c.hForgot, prometheus.CounterValue, float64(hst.Forgot))
+	}
 	if t := c.h.Rooms; t != nil {
 		rs := t.Stats()
 		ch <- prometheus.MustNewConstMetric(c.rooms, prometheus.GaugeValue, float64(rs.Rooms))

@@ -23,6 +23,7 @@ import (
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
+	"github.com/throng-ws/throng/history"
 	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -111,6 +112,15 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
 		ch := c.Chat(rooms, verifier, log)
+		if ho, ok := c.HistoryOptions(); ok && node == nil {
+			// A room's log is kept while the room has members here.
+			ho.Live = func(id string) bool { return rooms.Count(id) > 0 }
+			ch.History = history.New(ho)
+			if err := ch.History.Start(); err != nil {
+				return err
+			}
+			defer ch.History.Close()
+		}
 		if node != nil {
 			ch.Cluster = node
 			if err := node.Start(rooms, ch); err != nil {
