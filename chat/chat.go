@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -73,6 +74,12 @@ type Handler struct {
 
 	parsers fastjson.ParserPool
 	counts  chatCounters
+
+	// In a cluster with history: the rooms' delivery cursors, and the joins
+	// waiting for the stream (by connection and room; guarded by pmu).
+	cur     cursors
+	pmu     sync.Mutex
+	pending map[pendingJoin]bool
 }
 
 // Defaults for Handler.
@@ -86,6 +93,7 @@ type chatCounters struct {
 	unrecovered atomic.Uint64 // joins with since that did not
 	replayed    atomic.Uint64 // messages sent from history before joined
 	pages       atomic.Uint64 // history requests answered
+	liveOnly    atomic.Uint64 // messages the cluster's history did not take
 }
 
 // Stats are the endpoint's counters.
@@ -100,13 +108,16 @@ type Stats struct {
 	Replayed uint64
 	// HistoryPages counts history requests answered.
 	HistoryPages uint64
+	// LiveOnly counts messages delivered without the cluster's history
+	// (unreachable, or its queue full): they have no offset.
+	LiveOnly uint64
 }
 
 // Stats returns the endpoint's counters.
 func (h *Handler) Stats() Stats {
 	return Stats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load(),
 		Recovered: h.counts.recovered.Load(), Unrecovered: h.counts.unrecovered.Load(),
-		Replayed: h.counts.replayed.Load(), HistoryPages: h.counts.pages.Load()}
+		Replayed: h.counts.replayed.Load(), HistoryPages: h.counts.pages.Load(), LiveOnly: h.counts.liveOnly.Load()}
 }
 
 // chatConn is one connection's chat state, made at its first message, so a
@@ -259,7 +270,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeUnavailable, protocol.TextUnavailable, "")
 		return
 	}
-	if _, m := cc.member(id); m != nil {
+	if _, m := cc.member(id); m != nil || (h.pending != nil && h.pendingRoom(cc, id)) {
 		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
@@ -274,7 +285,14 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		err   error
 		rec   recovered
 	)
-	if h.History != nil && h.Cluster == nil {
+	hc := h.clusterHistory()
+	switch {
+	case hc != nil && (req.since || req.recent > 0):
+		h.joinAsync(hc, cc, m, roomID, req)
+		return
+	case hc != nil:
+		count, rec, err = h.joinSync(hc, cc, m, roomID)
+	case h.History != nil && h.Cluster == nil:
 		// Under the room's log: every message appended before the join is in
 		// what it reads, every later one reaches the member live.
 		l := h.History.Lock(roomID)
@@ -283,13 +301,20 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 			rec = h.recover(l, req)
 		}
 		l.Unlock()
-	} else {
+	default:
 		count, err = h.Rooms.Join(c.Loop().Index(), roomID, m)
 	}
 	if err != nil {
 		h.sendError(c, protocol.CodeRoomFull, protocol.TextRoomFull, "")
 		return
 	}
+	h.finishJoin(cc, m, roomID, count, rec, req)
+}
+
+// finishJoin records a join that happened, tells the room, and sends the
+// joiner its history and joined.
+func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count int, rec recovered, req recoveryRequest) {
+	c := cc.c
 	cc.rooms = append(cc.rooms, m)
 	count = h.changed(roomID, count)
 
@@ -464,6 +489,16 @@ func (h *Handler) Publish(roomID, userID, userName, content string, at time.Time
 // publish is Publish, telling where the message went.
 
 func (h *Handler) publish(roomID, userID, userName, content string, at time.Time) delivery {
+	if hc := h.clusterHistory(); hc != nil {
+		b := bytebufferpool.Get()
+		b.B = appendMessage(b.B, roomID, userID, userName, content, at)
+		d := h.publishStream(hc, roomID, b.B)
+		bytebufferpool.Put(b)
+		if d.published {
+			d.remote = h.Cluster.Remote(roomID)
+		}
+		return d
+	}
 	if h.History != nil && h.Cluster == nil {
 		// Numbered, kept and handed to the room in one step under the room's
 		// log, so offsets follow the order members receive messages in.
@@ -614,6 +649,9 @@ func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	cc, ok := c.Data().(*chatConn)
 	if !ok {
 		return
+	}
+	if h.pending != nil {
+		h.dropPending(cc)
 	}
 	for len(cc.rooms) > 0 {
 		h.drop(cc, len(cc.rooms)-1)

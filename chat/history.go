@@ -1,8 +1,10 @@
 package chat
 
 import (
+	"context"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/valyala/bytebufferpool"
 	"github.com/valyala/fastjson"
@@ -28,14 +30,38 @@ func (h *Handler) history(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeNotInRoom, protocol.TextNotInRoom, "")
 		return
 	}
-	p, code := h.page(string(id), q)
+	roomID := string(id)
+	answer := func() {
+		p, code := h.page(roomID, q)
+		// On the connection's loop: the answer is written in order with the
+		// room's messages.
+		h.post(cc, func() {
+			if code != "" {
+				h.sendPageError(c, code)
+				return
+			}
+			h.counts.pages.Add(1)
+			b := bytebufferpool.Get()
+			b.B = appendPage(b.B, roomID, p)
+			c.WriteText(b.B)
+			bytebufferpool.Put(b)
+		})
+	}
+	if hc := h.clusterHistory(); hc != nil {
+		// The stream is a few broker round trips away: never on a loop.
+		if !hc.Go(answer) {
+			h.sendPageError(c, protocol.CodeUnavailable)
+		}
+		return
+	}
+	p, code := h.page(roomID, q)
 	if code != "" {
 		h.sendPageError(c, code)
 		return
 	}
 	h.counts.pages.Add(1)
 	b := bytebufferpool.Get()
-	b.B = appendPage(b.B, string(id), p)
+	b.B = appendPage(b.B, roomID, p)
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
 }
@@ -100,14 +126,25 @@ func (h *Handler) page(id string, q pageQuery) (page, string) {
 	var p page
 	switch {
 	case h.Cluster != nil && h.History == nil:
-		hc, ok := h.Cluster.(ClusterHistory)
-		if !ok || !hc.HistoryOn() {
+		hc := h.clusterHistory()
+		if hc == nil {
 			return p, protocol.CodeUnavailable
 		}
-		var err error
-		p.epoch, p.latest, p.msgs, p.more, err = hc.Page(id, q.before, q.limit)
+		p.epoch = hc.HistoryEpoch()
+		if q.epoch != "" && q.epoch != p.epoch {
+			return p, protocol.CodeUnknownEpoch
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		msgs, latest, more, err := hc.ReadBefore(ctx, id, q.before, q.limit)
 		if err != nil {
 			return p, protocol.CodeUnavailable
+		}
+		p.latest, p.more = latest, more
+		for _, sm := range msgs {
+			if len(sm.Payload) >= 2 {
+				p.msgs = append(p.msgs, appendPosition(append([]byte(nil), sm.Payload[:len(sm.Payload)-1]...), sm.Seq, p.epoch))
+			}
 		}
 	case h.History != nil:
 		var ok bool

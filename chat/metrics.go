@@ -37,6 +37,7 @@ type collector struct {
 	rateLimited, bans, rooms, members *prometheus.Desc
 	fanSize, fanTime                  *prometheus.Desc
 	recoveries, replayed, pages       *prometheus.Desc
+	liveOnly                          *prometheus.Desc
 	hRooms, hMessages, hBytes, hLimit *prometheus.Desc
 	hEvicted, hForgot                 *prometheus.Desc
 }
@@ -47,6 +48,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.recoveries
 	ch <- c.replayed
 	ch <- c.pages
+	ch <- c.liveOnly
 	if c.h.History != nil {
 		ch <- c.hRooms
 		ch <- c.hMessages
@@ -71,6 +73,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.recoveries, prometheus.CounterValue, float64(st.Unrecovered), "not_recovered")
 	ch <- prometheus.MustNewConstMetric(c.replayed, prometheus.CounterValue, float64(st.Replayed))
 	ch <- prometheus.MustNewConstMetric(c.pages, prometheus.CounterValue, float64(st.HistoryPages))
+	ch <- prometheus.MustNewConstMetric(c.liveOnly, prometheus.CounterValue, float64(st.LiveOnly))
 	if hs := c.h.History; hs != nil {
 		hst := hs.Stats()
 		ch <- prometheus.MustNewConstMetric(c.hRooms, prometheus.GaugeValue, float64(hst.Rooms))

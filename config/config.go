@@ -599,8 +599,18 @@ func (c *Serve) ClusterOptions(log *slog.Logger) (o cluster.Options, ok bool) {
 		NodeID:    c.NodeID,
 		Heartbeat: c.ClusterHeartbeat,
 		DeadAfter: c.ClusterDeadAfter,
+		History:   c.clusterHistory(),
 		Logger:    log,
 	}, true
+}
+
+// clusterHistory is the history settings for a cluster's JetStream stream,
+// nil with --history-size 0.
+func (c *Serve) clusterHistory() *cluster.HistoryOptions {
+	if c.HistorySize <= 0 {
+		return nil
+	}
+	return &cluster.HistoryOptions{Size: c.HistorySize, TTL: c.HistoryTTL, Memory: int64(c.HistoryMemory)}
 }
 
 // Endpoints are the WebSocket endpoints --endpoints may name.
