@@ -23,6 +23,7 @@ func (h *Handler) Collector() prometheus.Collector {
 		recoveries:  prometheus.NewDesc("throng_history_recoveries_total", "Joins that asked to recover (since), by result: recovered (every missed message sent) or not.", []string{"result"}, nil),
 		replayed:    d("history_replayed_messages_total", "Messages sent from history before a joined (recovered or recent)."),
 		pages:       d("history_pages_total", "History requests answered."),
+		liveOnly:    d("history_live_only_messages_total", "Messages delivered without the cluster's history (JetStream unreachable or its queue full): no offset, not recoverable."),
 		hRooms:      d("history_rooms", "Rooms with a history log on this node."),
 		hMessages:   d("history_messages", "Messages kept in the rooms' history on this node."),
 		hBytes:      d("history_bytes", "Bytes of the rooms' history on this node: payloads plus a fixed overhead per message."),
