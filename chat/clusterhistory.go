@@ -56,6 +56,19 @@ func (h *Handler) cursor(id string, pos uint64) *cursor {
 // putCursor releases c, and forgets it if the room has no member here.
 func (h *Handler) putCursor(id string, c *cursor) {
 	c.mu.Unlock()
+	h.unpin(id, c)
+}
+
+// pin keeps room id's cursor while a join reads the stream, so the messages
+// the node delivers meanwhile move its lastMsg, which the join checks.
+func (h *Handler) pin(id string, pos uint64) *cursor {
+	c := h.cursor(id, pos)
+	c.mu.Unlock()
+	return c
+}
+
+// unpin drops a reference taken by cursor or pin.
+func (h *Handler) unpin(id string, c *cursor) {
 	h.cur.mu.Lock()
 	c.refs--
 	if c.refs == 0 && h.Rooms.Count(id) == 0 {
@@ -145,6 +158,7 @@ func (h *Handler) joinAsync(hc ClusterHistory, cc *chatConn, m *room.Member, roo
 	}
 	h.pending[key] = true
 	h.pmu.Unlock()
+	pinned := h.pin(roomID, hc.HistoryPosition())
 	epoch := hc.HistoryEpoch()
 	size := hc.HistorySize()
 	var (
@@ -183,7 +197,8 @@ func (h *Handler) joinAsync(hc ClusterHistory, cc *chatConn, m *room.Member, roo
 		delete(h.pending, key)
 		h.pmu.Unlock()
 		if !live {
-			return // the connection closed meanwhile
+			h.unpin(roomID, pinned) // the connection closed meanwhile
+			return
 		}
 		c := h.cursor(roomID, hc.HistoryPosition())
 		if c.lastMsg > upTo && round < 5 && err == nil {
@@ -195,9 +210,11 @@ func (h *Handler) joinAsync(hc ClusterHistory, cc *chatConn, m *room.Member, roo
 			h.pmu.Unlock()
 			if !hc.Go(func() { read(after, true); h.post(cc, func() { finish(round + 1) }) }) {
 				h.dropPending(cc)
+				h.unpin(roomID, pinned)
 			}
 			return
 		}
+		h.unpin(roomID, pinned) // c holds it now
 		count, jerr := h.Rooms.Join(cc.c.Loop().Index(), roomID, m)
 		rec := recovered{ok: complete && err == nil, epoch: epoch}
 		if jerr == nil {
@@ -227,6 +244,7 @@ func (h *Handler) joinAsync(hc ClusterHistory, cc *chatConn, m *room.Member, roo
 	}
 	if !hc.Go(func() { read(req.pos.Offset, false); h.post(cc, func() { finish(0) }) }) {
 		h.dropPending(cc)
+		h.unpin(roomID, pinned)
 		h.sendError(cc.c, protocol.CodeUnavailable, protocol.TextUnavailable, "")
 	}
 }

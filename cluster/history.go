@@ -153,8 +153,9 @@ func (n *Node) HistoryEpoch() string {
 	return ""
 }
 
-// HistoryPosition is the last stream sequence this node delivered: every
-// message at or before it has been handed to the members here.
+// HistoryPosition is the last stream sequence this node delivered, or is
+// delivering: every message of a room before it, and at it unless it is that
+// room's message being delivered, has been handed to the members here.
 func (n *Node) HistoryPosition() uint64 { return n.h.pos.Load() }
 
 // HistorySize is the most messages a room keeps in the stream.
@@ -315,10 +316,13 @@ func (n *Node) histSetup() (jetstream.ConsumeContext, error) {
 		if err != nil {
 			return
 		}
+		// The position moves first: a room's cursor made from it during the
+		// delivery is of another room, whose messages up to it are all
+		// delivered.
+		h.pos.Store(md.Sequence.Stream)
 		if id, ok := n.histRoom(m.Subject()); ok {
 			h.sd.DeliverStream(id, md.Sequence.Stream, epoch, m.Data())
 		}
-		h.pos.Store(md.Sequence.Stream)
 	})
 	if err != nil {
 		return nil, err
