@@ -77,9 +77,10 @@ type Handler struct {
 
 	// In a cluster with history: the rooms' delivery cursors, and the joins
 	// waiting for the stream (by connection and room; guarded by pmu).
-	cur     cursors
-	pmu     sync.Mutex
-	pending map[pendingJoin]bool
+	cur        cursors
+	pmu        sync.Mutex
+	pending    map[pendingJoin]bool
+	anyPending atomic.Bool // set once pending is first used: until then joins and closes skip pmu
 }
 
 // Defaults for Handler.
@@ -270,7 +271,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeUnavailable, protocol.TextUnavailable, "")
 		return
 	}
-	if _, m := cc.member(id); m != nil || (h.pending != nil && h.pendingRoom(cc, id)) {
+	if _, m := cc.member(id); m != nil || (h.anyPending.Load() && h.pendingRoom(cc, id)) {
 		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
@@ -650,7 +651,7 @@ func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	if !ok {
 		return
 	}
-	if h.pending != nil {
+	if h.anyPending.Load() {
 		h.dropPending(cc)
 	}
 	for len(cc.rooms) > 0 {

@@ -150,6 +150,7 @@ func (h *Handler) joinAsync(hc ClusterHistory, cc *chatConn, m *room.Member, roo
 	h.pmu.Lock()
 	if h.pending == nil {
 		h.pending = make(map[pendingJoin]bool)
+		h.anyPending.Store(true)
 	}
 	if h.pending[key] {
 		h.pmu.Unlock()
