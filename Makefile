@@ -21,13 +21,14 @@ CLUSTER_API_KEY ?= throng-dev
 $(NATS_SERVER):
 	GOBIN=$(CURDIR)/bin $(GO) install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
 
-# A local cluster: nats-server on 127.0.0.1:4222 and three dev nodes on it, ws
+# A local cluster: nats-server with JetStream (the rooms' history, stored in
+# bin/jetstream) on 127.0.0.1:4222 and three dev nodes on it, ws
 # 8080/8180/8280 and http 8081/8181/8281. Ctrl-C stops the nodes first (they
 # drain and leave the cluster), then the broker, which runs in a session of its
 # own so the terminal's Ctrl-C does not reach it before them.
 run-cluster: build $(NATS_SERVER)
 	@nodes=""; \
-	setsid ./$(NATS_SERVER) -a 127.0.0.1 -p 4222 & broker=$$!; \
+	setsid ./$(NATS_SERVER) -a 127.0.0.1 -p 4222 -js -sd $(CURDIR)/bin/jetstream & broker=$$!; \
 	trap 'kill $$nodes 2>/dev/null; wait $$nodes 2>/dev/null; kill $$broker 2>/dev/null; wait $$broker 2>/dev/null' EXIT INT TERM; \
 	for i in 0 1 2; do \
 		./$(BIN) serve --dev --jwt-secret $(CLUSTER_SECRET) --api-key $(CLUSTER_API_KEY) \

@@ -26,6 +26,7 @@ import (
 //	GET  /api/rooms?after=ID&limit=N   rooms with member counts, in id order
 //	GET  /api/rooms/{id}               a room's members
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
+//	GET  /api/rooms/{id}/history?before=O&limit=N   a page of the room's history
 //	GET  /api/stats                    the Overview: connections, memory, counters
 //	POST   /api/users/{user}/disconnect         {"code":C,"reason":R}: close the user's connections
 //	DELETE /api/rooms/{id}/members/{user}       {"reason":R}: take the user out of the room
@@ -67,6 +68,7 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.Handle("POST /api/rooms/{id}/messages", a.authed(a.publish))
 	mux.Handle("DELETE /api/rooms/{id}/members/{user}", a.authed(a.removeMember))
 	mux.Handle("DELETE /api/rooms/{id}", a.authed(a.closeRoom))
+	mux.Handle("GET /api/rooms/{id}/history", a.authed(a.getHistory))
 	if a.Server != nil {
 		mux.Handle("GET /api/stats", a.authed(a.stats))
 		mux.Handle("POST /api/users/{user}/disconnect", a.authed(a.disconnect))

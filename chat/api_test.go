@@ -27,7 +27,13 @@ type apiServer struct {
 
 func startAPI(t *testing.T) *apiServer {
 	t.Helper()
-	ts := startChatServer(t, server.Options{}, unlimitedChat)
+	return startAPIWith(t, unlimitedChat)
+}
+
+// startAPIWith is startAPI with the chat configured by configure.
+func startAPIWith(t *testing.T, configure func(*Handler)) *apiServer {
+	t.Helper()
+	ts := startChatServer(t, server.Options{}, configure)
 	now := time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC)
 	mux := ts.HTTPHandler()
 	api := &API{Key: testAPIKey, Chat: ts.Chat, Rooms: ts.Rooms, Now: func() time.Time { return now }}

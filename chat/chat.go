@@ -19,6 +19,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/history"
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/protocol"
 	"github.com/throng-ws/throng/room"
@@ -32,6 +33,11 @@ import (
 //	leave   {"type":"leave","roomId":R}              → left; others get user-left
 //	ping    {"type":"ping"}                          → pong
 //	refresh {"type":"refresh","token":T}             → refreshed
+//	history {"type":"history","roomId":R[,"before":O][,"limit":N][,"epoch":E]} → history-page
+//
+// With History, every message carries its offset and the room's epoch, and a
+// join may carry "since":{"offset":O,"epoch":E} (recover what was missed) and
+// "history":N (recent messages); those messages come before joined.
 //
 // A client is greeted with connected. Every message is validated; a bad one gets
 // an error with a code, and never costs another client its messages. Inbound
@@ -48,6 +54,13 @@ type Handler struct {
 	// from the other nodes of a cluster, and their members into every
 	// userCount. If nil, the rooms are this node's alone.
 	Cluster Cluster
+	// History keeps each room's recent messages for recovery and the history
+	// request. If nil, history is off: messages carry no offset, and joins
+	// and history requests get none.
+	History *history.Store
+	// JoinHistory is how many recent messages a join that names neither since
+	// nor history gets before joined. If zero, none: the seed's protocol.
+	JoinHistory int
 
 	// MaxRoomsPerConn bounds the rooms one connection is in. If zero,
 	// DefaultMaxRoomsPerConn is used.
@@ -77,6 +90,13 @@ type Handler struct {
 	usersOnce sync.Once
 	users     *server.KeyedLimit[string] // nil when UserRate < 0
 	lastPrune atomic.Int64               // unix ms users was last pruned
+
+	// In a cluster with history: the rooms' delivery cursors, and the joins
+	// waiting for the stream (by connection and room; guarded by pmu).
+	cur        cursors
+	pmu        sync.Mutex
+	pending    map[pendingJoin]bool
+	anyPending atomic.Bool // set once pending is first used: until then joins and closes skip pmu
 }
 
 // Defaults for Handler.
@@ -92,17 +112,35 @@ const (
 type chatCounters struct {
 	rateLimited atomic.Uint64 // messages refused by the rate limit
 	bans        atomic.Uint64 // bans started
+	recovered   atomic.Uint64 // joins with since that got every missed message
+	unrecovered atomic.Uint64 // joins with since that did not
+	replayed    atomic.Uint64 // messages sent from history before joined
+	pages       atomic.Uint64 // history requests answered
+	liveOnly    atomic.Uint64 // messages the cluster's history did not take
 }
 
 // Stats are the endpoint's counters.
 type Stats struct {
 	RateLimited uint64
 	Bans        uint64
+	// Recoveries by outcome: joins with since that got every message they
+	// missed, and those that did not (another epoch, a gap gone from the
+	// history, history unreachable).
+	Recovered, Unrecovered uint64
+	// Replayed counts messages sent from history before a joined.
+	Replayed uint64
+	// HistoryPages counts history requests answered.
+	HistoryPages uint64
+	// LiveOnly counts messages delivered without the cluster's history
+	// (unreachable, or its queue full): they have no offset.
+	LiveOnly uint64
 }
 
 // Stats returns the endpoint's counters.
 func (h *Handler) Stats() Stats {
-	return Stats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load()}
+	return Stats{RateLimited: h.counts.rateLimited.Load(), Bans: h.counts.bans.Load(),
+		Recovered: h.counts.recovered.Load(), Unrecovered: h.counts.unrecovered.Load(),
+		Replayed: h.counts.replayed.Load(), HistoryPages: h.counts.pages.Load(), LiveOnly: h.counts.liveOnly.Load()}
 }
 
 // chatConn is one connection's chat state, made at its first message, so a
@@ -179,6 +217,8 @@ func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
 		c.WriteText([]byte(`{"type":"pong"}`))
 	case "refresh":
 		h.refresh(c, v)
+	case "history":
+		h.history(cc, v)
 	default:
 		if !utf8.Valid(typ) || len(typ) > protocol.MaxEchoedType {
 			typ = typ[:0]
@@ -275,11 +315,15 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "userName")
 		return
 	}
+	req, ok := h.recovery(c, v)
+	if !ok {
+		return
+	}
 	if h.Rooms == nil {
 		h.sendError(c, protocol.CodeUnavailable, protocol.TextUnavailable, "")
 		return
 	}
-	if _, m := cc.member(id); m != nil {
+	if _, m := cc.member(id); m != nil || (h.anyPending.Load() && h.pendingRoom(cc, id)) {
 		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
@@ -289,11 +333,41 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 	}
 	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name), Deflate: c.SharesDeflated()}
 	roomID := string(id)
-	count, err := h.Rooms.Join(c.Loop().Index(), roomID, m)
+	var (
+		count int
+		err   error
+		rec   recovered
+	)
+	hc := h.clusterHistory()
+	switch {
+	case hc != nil && (req.since || req.recent > 0):
+		h.joinAsync(hc, cc, m, roomID, req)
+		return
+	case hc != nil:
+		count, rec, err = h.joinSync(hc, cc, m, roomID)
+	case h.History != nil && h.Cluster == nil:
+		// Under the room's log: every message appended before the join is in
+		// what it reads, every later one reaches the member live.
+		l := h.History.Lock(roomID)
+		count, err = h.Rooms.Join(c.Loop().Index(), roomID, m)
+		if err == nil {
+			rec = h.recover(l, req)
+		}
+		l.Unlock()
+	default:
+		count, err = h.Rooms.Join(c.Loop().Index(), roomID, m)
+	}
 	if err != nil {
 		h.sendError(c, protocol.CodeRoomFull, protocol.TextRoomFull, "")
 		return
 	}
+	h.finishJoin(cc, m, roomID, count, rec, req)
+}
+
+// finishJoin records a join that happened, tells the room, and sends the
+// joiner its history and joined.
+func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count int, rec recovered, req recoveryRequest) {
+	c := cc.c
 	cc.rooms = append(cc.rooms, m)
 	count = h.changed(roomID, count)
 
@@ -303,6 +377,20 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 	// anything the room sends it is delivered by a later job on this loop.
 	h.presence(m, roomID, "user-joined", count, cc)
 
+	// The history comes before joined and before anything live: live messages
+	// are written by later jobs of this loop.
+	for _, p := range rec.msgs {
+		c.WriteText(p)
+	}
+	h.counts.replayed.Add(uint64(len(rec.msgs)))
+	if req.since {
+		if rec.ok {
+			h.counts.recovered.Add(1)
+		} else {
+			h.counts.unrecovered.Add(1)
+		}
+	}
+
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"joined","roomId":`...)
 	b.B = protocol.AppendJSONString(b.B, roomID)
@@ -310,9 +398,85 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 	b.B = protocol.AppendJSONString(b.B, m.UserID)
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
+	if rec.epoch != "" {
+		b.B = append(b.B, `,"epoch":`...)
+		b.B = protocol.AppendJSONString(b.B, rec.epoch)
+		b.B = append(b.B, `,"offset":`...)
+		b.B = strconv.AppendUint(b.B, rec.latest, 10)
+	}
+	if req.since {
+		b.B = append(b.B, `,"recovered":`...)
+		b.B = strconv.AppendBool(b.B, rec.ok)
+	}
+	if len(rec.msgs) > 0 {
+		b.B = append(b.B, `,"replayed":`...)
+		b.B = strconv.AppendInt(b.B, int64(len(rec.msgs)), 10)
+	}
 	b.B = append(b.B, '}')
 	c.WriteText(b.B)
 	bytebufferpool.Put(b)
+}
+
+// recoveryRequest is what a join asks of the history.
+type recoveryRequest struct {
+	since  bool // "since" was given: recover after pos
+	pos    protocol.Position
+	recent int // messages of context when there is nothing to recover
+}
+
+// recovered is the history's answer to a join.
+type recovered struct {
+	msgs   [][]byte // complete message payloads, oldest first
+	ok     bool     // every message after since is in msgs
+	epoch  string   // the room's epoch; "" with history off
+	latest uint64   // the room's newest offset
+}
+
+// recovery reads a join's since and history fields, answering a malformed one
+// with invalid_message.
+func (h *Handler) recovery(c *server.Conn, v *fastjson.Value) (recoveryRequest, bool) {
+	req := recoveryRequest{recent: h.JoinHistory}
+	if n := v.Get("history"); n != nil {
+		k, err := n.Int()
+		if err != nil || k < 0 || k > protocol.MaxHistoryLimit {
+			h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "history")
+			return req, false
+		}
+		req.recent = k
+	} else if v.Get("since") != nil {
+		req.recent = protocol.DefaultHistoryLimit
+	}
+	sv := v.Get("since")
+	if sv == nil || sv.Type() == fastjson.TypeNull {
+		return req, true
+	}
+	off, ep := sv.Get("offset"), sv.Get("epoch")
+	if sv.Type() != fastjson.TypeObject || off == nil || ep == nil || ep.Type() != fastjson.TypeString {
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "since")
+		return req, false
+	}
+	o, err := off.Uint64()
+	if err != nil || !protocol.ValidEpoch(ep.GetStringBytes()) {
+		h.sendError(c, protocol.CodeInvalidMessage, protocol.TextInvalidMessage, "since")
+		return req, false
+	}
+	req.since, req.pos = true, protocol.Position{Offset: o, Epoch: string(ep.GetStringBytes())}
+	return req, true
+}
+
+// recover answers req from l, which the caller holds.
+func (h *Handler) recover(l *history.Log, req recoveryRequest) recovered {
+	rec := recovered{epoch: l.Epoch(), latest: l.Latest()}
+	if req.since {
+		rec.msgs, rec.ok = l.Recover(req.pos.Offset, req.pos.Epoch, h.History.Size())
+		if rec.ok {
+			return rec
+		}
+	}
+	if req.recent > 0 {
+		rec.msgs, _ = l.Page(0, req.recent)
+	}
+	return rec
 }
 
 // presence tells a room's other members that m joined or left.
@@ -386,24 +550,63 @@ func (h *Handler) Publish(roomID, userID, userName, content string, at time.Time
 // publish is Publish, telling where the message went.
 
 func (h *Handler) publish(roomID, userID, userName, content string, at time.Time) delivery {
+	if hc := h.clusterHistory(); hc != nil {
+		b := bytebufferpool.Get()
+		b.B = appendMessage(b.B, roomID, userID, userName, content, at)
+		d := h.publishStream(hc, roomID, b.B)
+		bytebufferpool.Put(b)
+		if d.published {
+			d.remote = h.Cluster.Remote(roomID)
+		}
+		return d
+	}
+	if h.History != nil && h.Cluster == nil {
+		// Numbered, kept and handed to the room in one step under the room's
+		// log, so offsets follow the order members receive messages in.
+		l := h.History.Lock(roomID)
+		b := bytebufferpool.Get()
+		b.B = appendMessage(b.B, roomID, userID, userName, content, at)
+		b.B = appendPosition(b.B[:len(b.B)-1], l.Next(), l.Epoch())
+		l.Append(b.B)
+		d := h.send(roomID, b.B, nil)
+		l.Unlock()
+		bytebufferpool.Put(b)
+		return d
+	}
 	b := bytebufferpool.Get()
-	b.B = append(b.B, `{"type":"message","roomId":`...)
-	b.B = protocol.AppendJSONString(b.B, roomID)
-	b.B = append(b.B, `,"userId":`...)
-	b.B = protocol.AppendJSONString(b.B, userID)
-	b.B = append(b.B, `,"userName":`...)
-	b.B = protocol.AppendJSONString(b.B, userName)
-	b.B = append(b.B, `,"content":`...)
-	b.B = protocol.AppendJSONString(b.B, content)
-	b.B = append(b.B, `,"timestamp":"`...)
-	b.B = at.UTC().AppendFormat(b.B, protocol.TimeLayout)
-	b.B = append(b.B, `"}`...)
+	b.B = appendMessage(b.B, roomID, userID, userName, content, at)
 	d := h.send(roomID, b.B, nil)
 	bytebufferpool.Put(b)
 	if d.published && h.Cluster != nil {
 		d.remote = h.Cluster.Remote(roomID)
 	}
 	return d
+}
+
+// appendMessage appends a message without offset.
+func appendMessage(b []byte, roomID, userID, userName, content string, at time.Time) []byte {
+	b = append(b, `{"type":"message","roomId":`...)
+	b = protocol.AppendJSONString(b, roomID)
+	b = append(b, `,"userId":`...)
+	b = protocol.AppendJSONString(b, userID)
+	b = append(b, `,"userName":`...)
+	b = protocol.AppendJSONString(b, userName)
+	b = append(b, `,"content":`...)
+	b = protocol.AppendJSONString(b, content)
+	b = append(b, `,"timestamp":"`...)
+	b = at.UTC().AppendFormat(b, protocol.TimeLayout)
+	return append(b, `"}`...)
+}
+
+// appendPosition appends the offset and epoch fields and closes the object;
+// b is a message without its closing brace. They come last, so a message's
+// offset can be found from its end (see offsetOf).
+func appendPosition(b []byte, offset uint64, epoch string) []byte {
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendUint(b, offset, 10)
+	b = append(b, `,"epoch":`...)
+	b = protocol.AppendJSONString(b, epoch)
+	return append(b, '}')
 }
 
 func (h *Handler) leave(cc *chatConn, v *fastjson.Value) {
@@ -507,6 +710,9 @@ func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	cc, ok := c.Data().(*chatConn)
 	if !ok {
 		return
+	}
+	if h.anyPending.Load() {
+		h.dropPending(cc)
 	}
 	for len(cc.rooms) > 0 {
 		h.drop(cc, len(cc.rooms)-1)

@@ -79,3 +79,35 @@ func (h *Handler) changed(roomID string, local int) int {
 	h.Cluster.Changed(roomID)
 	return local + h.Cluster.Remote(roomID)
 }
+
+// ClusterHistory is implemented by a Cluster that keeps the rooms' history
+// (package cluster, in a NATS JetStream stream). With it the stream numbers
+// the messages: the handler appends a room's message instead of delivering it,
+// and every node, this one included, delivers the stream's messages to its
+// members in the stream's order (DeliverStream). Offsets are stream
+// sequences. While HistoryOn is false, chat is live only, as without it.
+type ClusterHistory interface {
+	HistoryOn() bool
+	// HistoryEpoch names the stream.
+	HistoryEpoch() string
+	// HistoryPosition is the last stream sequence this node delivered.
+	HistoryPosition() uint64
+	// HistorySize is the most messages a room keeps.
+	HistorySize() int
+	// Append queues a message (without offset) for the stream; false: it
+	// cannot, and the caller delivers it live only.
+	Append(roomID string, payload []byte) bool
+	// ReadAfter and ReadBefore read the stream; they block for broker round
+	// trips, so the handler calls them on goroutines started with Go.
+	ReadAfter(ctx context.Context, id string, after uint64, max int) (msgs []StreamMsg, upTo uint64, complete bool, err error)
+	ReadBefore(ctx context.Context, id string, before uint64, limit int) (msgs []StreamMsg, latest uint64, more bool, err error)
+	// Go runs f on a goroutine the cluster waits for when it stops.
+	Go(f func()) bool
+}
+
+// StreamMsg is a room message read from a cluster's history: its offset and
+// its payload without offset and epoch (the same type as cluster.StreamMsg).
+type StreamMsg = struct {
+	Seq     uint64
+	Payload []byte
+}

@@ -53,12 +53,23 @@ func RunChat(ctx context.Context, cfg ChatConfig) error {
 	out := &lineWriter{w: cfg.Out}
 	room := cfg.Room
 	o := cfg.Options
+	if o.History == 0 {
+		o.History = 20 // context on join, as a chat window shows
+	}
 	userState := o.OnState
 	o.OnConnected = nil
 	o.OnLeft = nil
 	o.OnJoined = func(j Joined) {
-		if j.RoomID == room {
-			out.printf("* joined %s (%s)", room, here(j.UserCount))
+		if j.RoomID != room {
+			return
+		}
+		out.printf("* joined %s (%s)", room, here(j.UserCount))
+		switch {
+		case j.Recovered == nil:
+		case *j.Recovered:
+			out.printf("* recovered %d messages", j.Replayed)
+		default:
+			out.printf("! some messages may be missing")
 		}
 	}
 	o.OnMessage = func(m Message) {

@@ -160,6 +160,12 @@ type Options struct {
 	// a tenth of the token's lifetime is used, at most DefaultRefreshBefore.
 	RefreshBefore time.Duration
 
+	// History is how many recent messages a Join asks for, delivered to
+	// OnMessage before it returns; a rejoin that cannot recover what was
+	// missed gets as many as context. If zero, none on Join, and the server's
+	// default as context.
+	History int
+
 	// MaxAttempts is how many reconnects in a row may fail before the client
 	// stops with ErrGaveUp. If zero, DefaultMaxAttempts is used; if negative,
 	// the client does not reconnect at all.
@@ -180,7 +186,11 @@ type Options struct {
 
 	// OnConnected is called for each connection's greeting, reconnects included.
 	OnConnected func(Connected)
-	// OnJoined is called when a join succeeds, rejoins after a reconnect included.
+	// OnJoined is called when a join succeeds, rejoins after a reconnect
+	// included. After a reconnect, with history on the server, the client asks
+	// to recover each room from the last message it had; the messages it missed
+	// reach OnMessage first, and Joined.Recovered tells whether they were all
+	// there (false: some may be missing, and the room's recent ones were sent).
 	OnJoined func(Joined)
 	// OnLeft is called when a leave succeeds.
 	OnLeft func(Left)
@@ -239,27 +249,29 @@ type Client struct {
 	wmu sync.Mutex
 
 	mu        sync.Mutex
-	conn      *websocket.Conn   // guarded by mu; nil while disconnected
-	state     State             // guarded by mu
-	closing   bool              // guarded by mu: Close was called
-	err       error             // guarded by mu: why the client stopped
-	userID    string            // guarded by mu
-	rooms     map[string]string // guarded by mu: joined rooms → the name used, for rejoins
-	pending   []*call           // guarded by mu: calls awaiting replies, in send order
-	token     string            // guarded by mu
-	tokenExp  time.Time         // guarded by mu; zero: no exp or not a JWT
-	tokenLife time.Duration     // guarded by mu: exp minus when the token was set
-	expired   bool              // guarded by mu: this connection was told token_expired
-	tokenSet  chan struct{}     // signaled when the token changes; wakes the refresher
+	conn      *websocket.Conn              // guarded by mu; nil while disconnected
+	state     State                        // guarded by mu
+	closing   bool                         // guarded by mu: Close was called
+	err       error                        // guarded by mu: why the client stopped
+	userID    string                       // guarded by mu
+	rooms     map[string]string            // guarded by mu: joined rooms → the name used, for rejoins
+	positions map[string]protocol.Position // guarded by mu: a room's last message, for recovery
+	pending   []*call                      // guarded by mu: calls awaiting replies, in send order
+	token     string                       // guarded by mu
+	tokenExp  time.Time                    // guarded by mu; zero: no exp or not a JWT
+	tokenLife time.Duration                // guarded by mu: exp minus when the token was set
+	expired   bool                         // guarded by mu: this connection was told token_expired
+	tokenSet  chan struct{}                // signaled when the token changes; wakes the refresher
 }
 
 // call is one request waiting for its reply.
 type call struct {
-	kind   string // the request's Type
-	room   string // for join and leave
-	name   string // for join: the userName, remembered for rejoins
-	token  string // for refresh
-	rejoin bool   // made by adopt after a reconnect: nobody waits for it
+	kind   string             // the request's Type
+	room   string             // for join and leave
+	name   string             // for join: the userName, remembered for rejoins
+	token  string             // for refresh
+	rejoin bool               // made by adopt after a reconnect: nobody waits for it
+	since  *protocol.Position // for a rejoin: where the room's messages stopped
 	sent   time.Time
 	reply  chan result // buffered: the read loop never blocks on it
 }
@@ -282,6 +294,11 @@ func (c *call) answers(code string) bool {
 		return code == CodeInvalidMessage || code == CodeNotInRoom
 	case "refresh":
 		return code == CodeInvalidMessage || code == CodeInvalidToken
+	case "history":
+		switch code {
+		case CodeInvalidMessage, CodeNotInRoom, CodeUnavailable, CodeUnknownEpoch:
+			return true
+		}
 	}
 	return false
 }
@@ -311,13 +328,14 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Client, error) {
 		opts.MaxAttempts = DefaultMaxAttempts
 	}
 	c := &Client{
-		url:      rawURL,
-		opts:     opts,
-		log:      opts.Logger,
-		backoff:  Backoff{Base: opts.BaseDelay, Max: opts.MaxDelay, Rand: opts.Rand},
-		done:     make(chan struct{}),
-		rooms:    make(map[string]string),
-		tokenSet: make(chan struct{}, 1),
+		url:       rawURL,
+		opts:      opts,
+		log:       opts.Logger,
+		backoff:   Backoff{Base: opts.BaseDelay, Max: opts.MaxDelay, Rand: opts.Rand},
+		done:      make(chan struct{}),
+		rooms:     make(map[string]string),
+		positions: make(map[string]protocol.Position),
+		tokenSet:  make(chan struct{}, 1),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -488,11 +506,34 @@ func (c *Client) Join(ctx context.Context, roomID, userName string) (*Joined, er
 	if !protocol.ValidUserName(userName) {
 		return nil, fmt.Errorf("%w: user name must be 1 to %d printable characters", ErrInvalid, protocol.MaxUserName)
 	}
-	r, err := c.roundTrip(ctx, &call{kind: "join", room: roomID, name: userName}, Join{RoomID: roomID, UserName: userName})
+	r, err := c.roundTrip(ctx, &call{kind: "join", room: roomID, name: userName}, Join{RoomID: roomID, UserName: userName, History: c.opts.History})
 	if err != nil {
 		return nil, err
 	}
 	return r.(*Joined), nil
+}
+
+// Position returns the offset and epoch of the last message the client has
+// from a room it is in; ok is false before the first, or with history off.
+func (c *Client) Position(roomID string) (pos protocol.Position, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pos, ok = c.positions[roomID]
+	return pos, ok
+}
+
+// History asks for up to limit of a room's messages before offset before (0:
+// the newest), oldest first. The client must be in the room. A non-empty
+// epoch must be the room's, or the server answers unknown_epoch.
+func (c *Client) History(ctx context.Context, roomID string, before uint64, limit int, epoch string) (*HistoryPage, error) {
+	if !protocol.ValidRoomID(roomID) {
+		return nil, errBadRoom
+	}
+	r, err := c.roundTrip(ctx, &call{kind: "history", room: roomID}, HistoryRequest{RoomID: roomID, Before: before, Limit: limit, Epoch: epoch})
+	if err != nil {
+		return nil, err
+	}
+	return r.(*HistoryPage), nil
 }
 
 // Leave leaves a room and waits for the server's left.
@@ -724,6 +765,9 @@ func (c *Client) adopt(conn *websocket.Conn, hello *Connected) bool {
 	rejoin := make([]*call, 0, len(c.rooms))
 	for room, name := range c.rooms {
 		cl := &call{kind: "join", room: room, name: name, rejoin: true, sent: time.Now(), reply: make(chan result, 1)}
+		if pos, ok := c.positions[room]; ok {
+			cl.since = &pos
+		}
 		rejoin = append(rejoin, cl)
 	}
 	slices.SortFunc(rejoin, func(a, b *call) int { return strings.Compare(a.room, b.room) })
@@ -733,7 +777,7 @@ func (c *Client) adopt(conn *websocket.Conn, hello *Connected) bool {
 	// open. Their replies are read by run after this returns; nobody waits on
 	// them: dispatch handles a refused rejoin.
 	for _, cl := range rejoin {
-		b, _ := Encode(Join{RoomID: cl.room, UserName: cl.name})
+		b, _ := Encode(Join{RoomID: cl.room, UserName: cl.name, Since: cl.since, History: c.opts.History})
 		ctx, cancel := context.WithTimeout(c.ctx, c.opts.HandshakeTimeout)
 		err := conn.Write(ctx, websocket.MessageText, b)
 		cancel()
@@ -773,6 +817,13 @@ func (c *Client) dispatch(m Msg) {
 			c.rooms[m.RoomID] = cl.name
 			cl.reply <- result{m: m}
 		}
+		if m.Epoch != "" {
+			// Every message up to the room's newest at the join was sent
+			// before joined, or is lost for good (Recovered false).
+			c.positions[m.RoomID] = protocol.Position{Offset: m.Offset, Epoch: m.Epoch}
+		} else {
+			delete(c.positions, m.RoomID)
+		}
 		c.mu.Unlock()
 		if o.OnJoined != nil {
 			o.OnJoined(*m)
@@ -780,6 +831,7 @@ func (c *Client) dispatch(m Msg) {
 	case *Left:
 		c.mu.Lock()
 		delete(c.rooms, m.RoomID)
+		delete(c.positions, m.RoomID)
 		if cl := c.takeLocked(func(cl *call) bool { return cl.kind == "leave" && cl.room == m.RoomID }); cl != nil {
 			cl.reply <- result{m: m}
 		}
@@ -789,6 +841,12 @@ func (c *Client) dispatch(m Msg) {
 		}
 	case *Pong:
 		c.answer("ping", m)
+	case *HistoryPage:
+		c.mu.Lock()
+		if cl := c.takeLocked(func(cl *call) bool { return cl.kind == "history" && cl.room == m.RoomID }); cl != nil {
+			cl.reply <- result{m: m}
+		}
+		c.mu.Unlock()
 	case *Refreshed:
 		c.mu.Lock()
 		if cl := c.takeLocked(func(cl *call) bool { return cl.kind == "refresh" }); cl != nil {
@@ -800,6 +858,13 @@ func (c *Client) dispatch(m Msg) {
 		}
 		c.mu.Unlock()
 	case *Message:
+		if m.Offset > 0 {
+			c.mu.Lock()
+			if p := c.positions[m.RoomID]; m.Epoch != p.Epoch || m.Offset > p.Offset {
+				c.positions[m.RoomID] = protocol.Position{Offset: m.Offset, Epoch: m.Epoch}
+			}
+			c.mu.Unlock()
+		}
 		if o.OnMessage != nil {
 			o.OnMessage(*m)
 		}
@@ -868,6 +933,7 @@ func (c *Client) answerError(e *ServerError) bool {
 		// A refused rejoin has no caller: the room is forgotten and the
 		// handler hears why.
 		delete(c.rooms, cl.room)
+		delete(c.positions, cl.room)
 		return false
 	}
 	return true

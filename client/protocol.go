@@ -21,6 +21,10 @@ type (
 	Refreshed   = protocol.Refreshed
 	Unknown     = protocol.Unknown
 	ServerError = protocol.ServerError
+
+	HistoryRequest = protocol.HistoryRequest
+	HistoryPage    = protocol.HistoryPage
+	Position       = protocol.Position
 )
 
 // Error codes the server sends in ServerError.Code.
@@ -37,6 +41,7 @@ const (
 	CodeTokenExpired    = protocol.CodeTokenExpired
 	CodeMessagesDropped = protocol.CodeMessagesDropped
 	CodeUnavailable     = protocol.CodeUnavailable
+	CodeUnknownEpoch    = protocol.CodeUnknownEpoch
 )
 
 // ErrNoType is returned by Decode for a JSON object without a string "type".

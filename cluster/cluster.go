@@ -82,6 +82,10 @@ type Options struct {
 	// NATS client drops what does not fit, and it is counted. If zero,
 	// DefaultInboundQueue is used.
 	InboundQueue int
+	// History, if set, keeps the rooms' messages in a JetStream stream (see
+	// history.go), and the node delivers them in the stream's order. The
+	// Deliverer given to Start must then be a StreamDeliverer too.
+	History *HistoryOptions
 	// Logger receives the node's logs. If nil, logs are discarded.
 	Logger *slog.Logger
 	// Conns, if set, is this node's open connections, announced with every
@@ -183,6 +187,8 @@ type Node struct {
 	ncClosed chan struct{} // closed by the NATS client's closed handler
 
 	c counters
+
+	h *hist // nil without Options.History
 }
 
 // interest is one room with local members.
@@ -375,7 +381,15 @@ func (n *Node) Start(rooms *room.Table, d Deliverer) error {
 			return fmt.Errorf("cluster: %w", err)
 		}
 	}
-	if !n.bg.Go(n.work) || !n.bg.Go(n.publish) || !n.bg.Go(n.inbound) {
+	if n.opts.History != nil {
+		sd, ok := d.(StreamDeliverer)
+		if !ok {
+			nc.Close()
+			return errors.New("cluster: history needs a StreamDeliverer")
+		}
+		n.newHist(sd)
+	}
+	if !n.bg.Go(n.work) || !n.bg.Go(n.publish) || !n.bg.Go(n.inbound) || (n.h != nil && !n.bg.Go(n.histRun)) {
 		nc.Close()
 		return ErrClosed
 	}

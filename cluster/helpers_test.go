@@ -45,10 +45,26 @@ type broker struct {
 // shuts it down when the test ends.
 func startBroker(t *testing.T, port int) *broker {
 	t.Helper()
+	return startBrokerOpts(t, port, false)
+}
+
+// startBrokerJS is startBroker with JetStream on, storing in a temporary
+// directory, as `nats-server -js`.
+func startBrokerJS(t *testing.T) *broker {
+	t.Helper()
+	return startBrokerOpts(t, 0, true)
+}
+
+func startBrokerOpts(t *testing.T, port int, js bool) *broker {
+	t.Helper()
 	if port == 0 {
 		port = natsserver.RANDOM_PORT
 	}
-	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	o := &natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true}
+	if js {
+		o.JetStream, o.StoreDir = true, t.TempDir()
+	}
+	s, err := natsserver.NewServer(o)
 	if err != nil {
 		t.Fatalf("nats-server: %v", err)
 	}
@@ -86,6 +102,7 @@ type nodeOptions struct {
 	heartbeat, deadAfter time.Duration
 	maxConnsPerUser      int
 	auth                 bool
+	history              bool // rooms' history in JetStream
 }
 
 // startNode starts a node of the cluster on brokerURL, listening on
@@ -101,6 +118,7 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 		DeadAfter:     cmp.Or(o.deadAfter, 2*time.Second),
 		ReconnectWait: 50 * time.Millisecond,
 		Conns:         func() int { return n.srv.Conns() },
+		History:       hist(o.history),
 	})
 	if err != nil {
 		t.Fatalf("cluster.New: %v", err)
@@ -146,6 +164,13 @@ func startNode(t *testing.T, name, brokerURL string, o nodeOptions) *node {
 	n.api = httptest.NewServer(mux)
 	t.Cleanup(n.kill)
 	return n
+}
+
+func hist(on bool) *cluster.HistoryOptions {
+	if !on {
+		return nil
+	}
+	return &cluster.HistoryOptions{Size: 1000}
 }
 
 // kill stops the node as a crash would: the cluster node goes first, without a
@@ -234,6 +259,10 @@ type msg struct {
 	Content   string `json:"content"`
 	Code      string `json:"code"`
 	Reason    string `json:"reason"`
+	Offset    uint64 `json:"offset"`
+	Epoch     string `json:"epoch"`
+	Recovered *bool  `json:"recovered"`
+	Replayed  int    `json:"replayed"`
 }
 
 // client is a gorilla/websocket client that records every message it gets.

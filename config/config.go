@@ -29,6 +29,7 @@ import (
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/history"
 	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/internal/redact"
 	"github.com/throng-ws/throng/poller"
@@ -97,6 +98,11 @@ type Serve struct {
 	BanCloseAfter   int           // --ban-close-after
 	UserRate        float64       // --user-rate
 	UserBurst       int           // --user-burst
+
+	HistorySize   int           // --history-size: messages per room; 0 turns history off
+	HistoryTTL    time.Duration // --history-ttl
+	HistoryMemory ByteSize      // --history-memory
+	HistoryOnJoin int           // --history-on-join
 
 	Auth          string        // --auth: on or off
 	AuthFailure   string        // --auth-failure: reject or close
@@ -193,6 +199,11 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.Float64Var(&c.UserRate, "user-rate", chat.DefaultUserRate, "chat messages per second per user across all its connections; past it the sending connection is banned (negative: no per-user limit)")
 	fs.IntVar(&c.UserBurst, "user-burst", chat.DefaultUserBurst, "chat messages a user may send at once across its connections")
 	fs.IntVar(&c.BanCloseAfter, "ban-close-after", server.DefaultBanCloseAfter, "close (1008) a banned connection after this many messages during its ban")
+	fs.IntVar(&c.HistorySize, "history-size", history.DefaultSize, "recent messages kept per room, for recovery after a reconnect and the history request (0: history off)")
+	fs.DurationVar(&c.HistoryTTL, "history-ttl", history.DefaultTTL, "how long a message is kept in its room's history")
+	c.HistoryMemory = history.DefaultMemory
+	fs.Var(&c.HistoryMemory, "history-memory", "memory budget of all rooms' history on this node, such as 64MiB; past it the oldest messages are evicted")
+	fs.IntVar(&c.HistoryOnJoin, "history-on-join", 0, "recent messages sent before joined to a join that asks for neither since nor history (0: none, as the seed's protocol)")
 
 	fs.StringVar(&c.Auth, "auth", "on", "on: a JWT is required; off: anonymous connections with random user ids")
 	fs.StringVar(&c.AuthFailure, "auth-failure", "reject", "reject: answer 401 before the upgrade; close: upgrade, then close 1008 with the reason")
@@ -358,6 +369,8 @@ func (c *Serve) Validate() error {
 		{"--burst", c.Burst, 1},
 		{"--ban-close-after", c.BanCloseAfter, 0},
 		{"--user-burst", c.UserBurst, 1},
+		{"--history-size", c.HistorySize, 0},
+		{"--history-on-join", c.HistoryOnJoin, 0},
 		{"--http-max-conns", c.HTTPMaxConns, 1},
 		{"--http-max-body", int(min(c.HTTPMaxBody, 1<<40)), 1},
 	} {
@@ -370,6 +383,9 @@ func (c *Serve) Validate() error {
 	}
 	if c.Rate == 0 {
 		bad("--rate 0 would refuse every message: give a rate above 0, or a negative one for no limit")
+	}
+	if c.HistorySize > 0 && c.HistoryMemory == 0 {
+		bad("--history-memory must be more than 0 while --history-size is not 0")
 	}
 	if c.HandshakeRate < 0 {
 		bad("--handshake-rate must be at least 0, not %v", c.HandshakeRate)
@@ -384,6 +400,7 @@ func (c *Serve) Validate() error {
 		{"--idle-timeout", c.IdleTimeout},
 		{"--drain-timeout", c.DrainTimeout},
 		{"--ban", c.Ban},
+		{"--history-ttl", c.HistoryTTL},
 		{"--http-read-timeout", c.HTTPReadTimeout},
 		{"--http-write-timeout", c.HTTPWriteTimeout},
 		{"--http-idle-timeout", c.HTTPIdleTimeout},
@@ -674,8 +691,18 @@ func (c *Serve) ClusterOptions(log *slog.Logger) (o cluster.Options, ok bool) {
 		NodeID:    c.NodeID,
 		Heartbeat: c.ClusterHeartbeat,
 		DeadAfter: c.ClusterDeadAfter,
+		History:   c.clusterHistory(),
 		Logger:    log,
 	}, true
+}
+
+// clusterHistory is the history settings for a cluster's JetStream stream,
+// nil with --history-size 0.
+func (c *Serve) clusterHistory() *cluster.HistoryOptions {
+	if c.HistorySize <= 0 {
+		return nil
+	}
+	return &cluster.HistoryOptions{Size: c.HistorySize, TTL: c.HistoryTTL, Memory: int64(c.HistoryMemory)}
 }
 
 // Endpoints are the WebSocket endpoints --endpoints may name.
@@ -710,7 +737,17 @@ func (c *Serve) Chat(rooms *room.Table, v *auth.Verifier, log *slog.Logger) *cha
 		RateLimit:       c.RateLimit(),
 		UserRate:        c.UserRate,
 		UserBurst:       c.UserBurst,
+		JoinHistory:     min(c.HistoryOnJoin, protocol.MaxHistoryLimit),
 	}
+}
+
+// HistoryOptions maps the history settings onto history.Options; ok is false
+// with --history-size 0, when history is off.
+func (c *Serve) HistoryOptions() (o history.Options, ok bool) {
+	if c.HistorySize <= 0 {
+		return o, false
+	}
+	return history.Options{Size: c.HistorySize, TTL: c.HistoryTTL, Memory: int64(c.HistoryMemory)}, true
 }
 
 // ByteSize is a flag value for a size in bytes, written with a unit as

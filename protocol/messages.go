@@ -15,9 +15,24 @@ type Msg interface{ Type() string }
 // Client to server.
 type (
 	// Join asks to join a room under a display name; the reply is Joined.
+	// With Since the server first sends the messages after Since.Offset, if
+	// they are all still in the room's history (Joined.Recovered says whether
+	// they were). History asks for up to that many recent messages, sent
+	// before Joined, when there is nothing to recover.
 	Join struct {
-		RoomID   string `json:"roomId"`
-		UserName string `json:"userName"`
+		RoomID   string    `json:"roomId"`
+		UserName string    `json:"userName"`
+		Since    *Position `json:"since,omitempty"`
+		History  int       `json:"history,omitempty"`
+	}
+	// HistoryRequest pages backwards through a room's history: up to Limit
+	// messages before the offset Before (0: the newest). A non-empty Epoch
+	// must be the room's. The reply is HistoryPage.
+	HistoryRequest struct {
+		RoomID string `json:"roomId"`
+		Before uint64 `json:"before,omitempty"`
+		Limit  int    `json:"limit,omitempty"`
+		Epoch  string `json:"epoch,omitempty"`
 	}
 	// Chat sends a message to a room the client is in; every member, the sender
 	// included, gets it as a Message.
@@ -45,11 +60,17 @@ type (
 		UserID    string    `json:"userId"`
 		Timestamp time.Time `json:"timestamp"`
 	}
-	// Joined answers Join.
+	// Joined answers Join. With history on it carries the room's epoch and
+	// newest offset; Recovered is set when the join asked to recover (Since),
+	// and Replayed counts the messages of the room sent just before it.
 	Joined struct {
 		RoomID    string `json:"roomId"`
 		UserID    string `json:"userId"`
 		UserCount int    `json:"userCount"`
+		Epoch     string `json:"epoch,omitempty"`
+		Offset    uint64 `json:"offset,omitempty"`
+		Recovered *bool  `json:"recovered,omitempty"`
+		Replayed  int    `json:"replayed,omitempty"`
 	}
 	// UserJoined tells a room's members that someone else joined.
 	UserJoined struct {
@@ -58,13 +79,26 @@ type (
 		UserName  string `json:"userName"`
 		UserCount int    `json:"userCount"`
 	}
-	// Message is a chat message in a room.
+	// Message is a chat message in a room. With history on, Offset is its
+	// place in the room's history (increasing, not necessarily by one) and
+	// Epoch names that history.
 	Message struct {
 		RoomID    string    `json:"roomId"`
 		UserID    string    `json:"userId"`
 		UserName  string    `json:"userName"`
 		Content   string    `json:"content"`
 		Timestamp time.Time `json:"timestamp"`
+		Offset    uint64    `json:"offset,omitempty"`
+		Epoch     string    `json:"epoch,omitempty"`
+	}
+	// HistoryPage answers HistoryRequest: Messages in offset order, oldest
+	// first; More says older ones remain. Offset is the room's newest.
+	HistoryPage struct {
+		RoomID   string    `json:"roomId"`
+		Epoch    string    `json:"epoch"`
+		Offset   uint64    `json:"offset"`
+		Messages []Message `json:"messages"`
+		More     bool      `json:"more"`
 	}
 	// Left answers Leave, or tells a member that an operator took it out of
 	// the room (Reason set: removed, or the room closed).
@@ -93,6 +127,13 @@ type (
 	}
 )
 
+// Position is a place in a room's history: the offset of the last message a
+// client has, and the epoch of the history it comes from.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
 // ServerError is the protocol's error message. It is also a Go error: calls
 // return it when the server refuses them.
 type ServerError struct {
@@ -111,22 +152,24 @@ func (e *ServerError) Error() string {
 	return "protocol: server error " + e.Code + ": " + e.Message
 }
 
-func (Join) Type() string         { return TypeJoin }
-func (Chat) Type() string         { return TypeChat }
-func (Leave) Type() string        { return TypeLeave }
-func (Ping) Type() string         { return TypePing }
-func (Refresh) Type() string      { return TypeRefresh }
-func (Connected) Type() string    { return TypeConnected }
-func (Joined) Type() string       { return TypeJoined }
-func (UserJoined) Type() string   { return TypeUserJoined }
-func (Message) Type() string      { return TypeMessage }
-func (Left) Type() string         { return TypeLeft }
-func (UserLeft) Type() string     { return TypeUserLeft }
-func (Pong) Type() string         { return TypePong }
-func (Refreshed) Type() string    { return TypeRefreshed }
-func (ServerError) Type() string  { return TypeError }
-func (u Unknown) Type() string    { return u.Kind }
-func (u *Unknown) String() string { return "unknown message " + strconv.Quote(u.Kind) }
+func (Join) Type() string           { return TypeJoin }
+func (Chat) Type() string           { return TypeChat }
+func (Leave) Type() string          { return TypeLeave }
+func (Ping) Type() string           { return TypePing }
+func (Refresh) Type() string        { return TypeRefresh }
+func (HistoryRequest) Type() string { return TypeHistory }
+func (HistoryPage) Type() string    { return TypeHistoryPage }
+func (Connected) Type() string      { return TypeConnected }
+func (Joined) Type() string         { return TypeJoined }
+func (UserJoined) Type() string     { return TypeUserJoined }
+func (Message) Type() string        { return TypeMessage }
+func (Left) Type() string           { return TypeLeft }
+func (UserLeft) Type() string       { return TypeUserLeft }
+func (Pong) Type() string           { return TypePong }
+func (Refreshed) Type() string      { return TypeRefreshed }
+func (ServerError) Type() string    { return TypeError }
+func (u Unknown) Type() string      { return u.Kind }
+func (u *Unknown) String() string   { return "unknown message " + strconv.Quote(u.Kind) }
 
 // ErrNoType is returned by Decode for a JSON object without a string "type".
 var ErrNoType = errors.New("protocol: message has no type")
@@ -178,6 +221,10 @@ func Decode(data []byte) (Msg, error) {
 		return &Ping{}, nil
 	case TypeRefresh:
 		m = new(Refresh)
+	case TypeHistory:
+		m = new(HistoryRequest)
+	case TypeHistoryPage:
+		m = new(HistoryPage)
 	case TypeConnected:
 		m = new(Connected)
 	case TypeJoined:

@@ -20,6 +20,7 @@ const (
 	TypeLeave   = "leave"
 	TypePing    = "ping"
 	TypeRefresh = "refresh"
+	TypeHistory = "history"
 
 	// Server to client.
 	TypeConnected  = "connected"
@@ -31,6 +32,8 @@ const (
 	TypePong       = "pong"
 	TypeRefreshed  = "refreshed"
 	TypeError      = "error"
+	// TypeHistoryPage answers TypeHistory.
+	TypeHistoryPage = "history-page"
 )
 
 // Error codes, the "code" field of an error message.
@@ -47,6 +50,9 @@ const (
 	CodeTokenExpired    = "token_expired"
 	CodeMessagesDropped = "messages_dropped"
 	CodeUnavailable     = "unavailable"
+	// CodeUnknownEpoch refuses a history request whose epoch is not the
+	// room's: the offsets it names belong to a history that is gone.
+	CodeUnknownEpoch = "unknown_epoch"
 )
 
 // Codes lists every error code, for tests that check another copy against
@@ -56,6 +62,7 @@ func Codes() []string {
 		CodeInvalidJSON, CodeInvalidMessage, CodeUnknownType, CodeNotInRoom,
 		CodeAlreadyInRoom, CodeTooManyRooms, CodeRoomFull, CodeRateLimited,
 		CodeInvalidToken, CodeTokenExpired, CodeMessagesDropped, CodeUnavailable,
+		CodeUnknownEpoch,
 	}
 }
 
@@ -76,6 +83,8 @@ const (
 	TextTokenExpired    = "Token expired"
 	TextMessagesDropped = " messages were dropped"
 	TextUnavailable     = "Rooms are not available"
+	TextNoHistory       = "History is not available"
+	TextUnknownEpoch    = "Unknown epoch: the room's history was lost"
 )
 
 // Limits on fields.
@@ -90,7 +99,30 @@ const (
 	// MaxEchoedType bounds the unknown type an unknown_type error repeats, in
 	// bytes; a longer one is not repeated.
 	MaxEchoedType = 64
+	// MaxHistoryLimit bounds the messages one history request returns, and
+	// the recent messages a join asks for ("history").
+	MaxHistoryLimit = 100
+	// DefaultHistoryLimit is a history request's limit when it names none,
+	// and what a join that asks to recover but cannot gets as context.
+	DefaultHistoryLimit = 50
+	// MaxEpoch bounds an epoch, in bytes.
+	MaxEpoch = 64
 )
+
+// ValidEpoch reports whether e is 1 to MaxEpoch bytes of A-Z a-z 0-9 _ - and
+// ".", the alphabet of every epoch a server hands out.
+func ValidEpoch[S ~string | ~[]byte](e S) bool {
+	if len(e) == 0 || len(e) > MaxEpoch {
+		return false
+	}
+	for i := 0; i < len(e); i++ {
+		c := e[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
 
 // TimeLayout is the protocol's timestamp format: RFC 3339 in UTC with
 // milliseconds, as JavaScript's Date.toISOString writes it.

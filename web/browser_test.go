@@ -18,9 +18,12 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/gobwas/ws"
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
+	"github.com/throng-ws/throng/history"
+	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -92,7 +95,12 @@ func (w *wsServer) start(addr string) {
 		if w.cfg.chat != nil {
 			w.cfg.chat(chat)
 		}
-		s.Handle("/ws", chat)
+		if w.cfg.gate != nil {
+			w.cfg.gate.Handler = chat
+			s.Handle("/ws", w.cfg.gate)
+		} else {
+			s.Handle("/ws", chat)
+		}
 		a, err := s.Listen(addr)
 		if err == nil && addr == "127.0.0.1:0" && !browserSafe(a) {
 			s.Close()
@@ -128,12 +136,62 @@ func (w *wsServer) stop() {
 	s.Shutdown(ctx)
 }
 
+// gate wraps the chat handler: it remembers the open connections, can close
+// them from the server's side, and can turn new ones away (close 1013 before
+// the greeting), so a test decides when a page gets back in.
+type gate struct {
+	*chat.Handler
+	mu     sync.Mutex
+	conns  []*server.Conn
+	closed bool
+}
+
+func (g *gate) OnOpen(c *server.Conn) {
+	g.mu.Lock()
+	shut := g.closed
+	if !shut {
+		g.conns = append(g.conns, c)
+	}
+	g.mu.Unlock()
+	if shut {
+		c.CloseWith(1013, "try again later")
+		return
+	}
+	g.Handler.OnOpen(c)
+}
+
+func (g *gate) OnClose(c *server.Conn, code ws.StatusCode, reason string) {
+	g.mu.Lock()
+	g.conns = slices.DeleteFunc(g.conns, func(o *server.Conn) bool { return o == c })
+	g.mu.Unlock()
+	g.Handler.OnClose(c, code, reason)
+}
+
+// kick closes, from the server, the connections opened after the first skip
+// ones (1012, which a client retries), and shuts the gate or opens it.
+func (g *gate) kick(skip int, shut bool) {
+	g.mu.Lock()
+	g.closed = shut
+	conns := slices.Clone(g.conns[min(skip, len(g.conns)):])
+	g.mu.Unlock()
+	for _, c := range conns {
+		c.Loop().Post(poller.FuncJob(func() { c.CloseWith(1012, "kicked by the test") }))
+	}
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	g.closed = false
+	g.mu.Unlock()
+}
+
 // stackConfig says how to build a stack.
 type stackConfig struct {
 	auth      string              // "dev" (as make run), "token" or "none"
 	reasons   bool                // /token/verify says why, as under --dev
 	failClose bool                // refused tokens: upgrade, then close 1008
 	chat      func(*chat.Handler) // adjusts the /ws handler
+	gate      *gate               // if set, wraps the /ws handler
 	routes    map[string]http.Handler
 }
 
@@ -478,6 +536,42 @@ func TestBrowser(t *testing.T) {
 		alice.say("Still here after the restart")
 		bob.waitText("#messages", "Still here after the restart")
 		alice.screenshot("restart-rejoined")
+	})
+
+	t.Run("a page that was offline recovers what it missed", func(t *testing.T) {
+		g := &gate{}
+		s := newStack(t, stackConfig{auth: "dev", gate: g, chat: func(h *chat.Handler) {
+			h.History = history.New(history.Options{})
+		}})
+		alice := open(t, browser, s.URL+"/")
+		alice.joinRoom("Alice", "blip")
+		alice.say("said before Bob came")
+		alice.waitText("#messages", "said before Bob came")
+		bob := open(t, browser, s.URL+"/")
+		bob.joinRoom("Bob", "blip")
+		// The room's recent history is shown on join.
+		bob.waitText("#messages", "said before Bob came")
+		bob.waitText("#messages", "recent history (1 messages)")
+		alice.say("hello Bob")
+		bob.waitText("#messages", "hello Bob")
+
+		g.kick(1, true) // Bob's connection, and Bob is kept out
+		bob.waitText("#status", "Reconnecting")
+		alice.waitText("#messages", "Bob left")
+		for i := 1; i <= 5; i++ {
+			alice.say(fmt.Sprintf("missed %d", i))
+		}
+		alice.waitText("#messages", "missed 5")
+		g.open()
+		bob.waitText("#messages", "Recovered 5 messages")
+		bob.waitText("#status", "Connected")
+		var texts []string
+		bob.eval(`[...document.querySelectorAll("#messages li.msg .text")].map((e) => e.textContent)`, &texts)
+		want := []string{"said before Bob came", "hello Bob", "missed 1", "missed 2", "missed 3", "missed 4", "missed 5"}
+		if !slices.Equal(texts, want) {
+			t.Fatalf("Bob's page shows %q, want %q", texts, want)
+		}
+		bob.screenshot("recovered-after-offline")
 	})
 
 	t.Run("invalid token shows an error", func(t *testing.T) {

@@ -48,6 +48,7 @@ func TestClientConstantsMatchProtocol(t *testing.T) {
 		"JOINED": protocol.TypeJoined, "USER_JOINED": protocol.TypeUserJoined, "MESSAGE": protocol.TypeMessage,
 		"LEFT": protocol.TypeLeft, "USER_LEFT": protocol.TypeUserLeft, "PONG": protocol.TypePong,
 		"REFRESHED": protocol.TypeRefreshed, "ERROR": protocol.TypeError,
+		"HISTORY": protocol.TypeHistory, "HISTORY_PAGE": protocol.TypeHistoryPage,
 	})
 	codes := make(map[string]string)
 	for _, c := range protocol.Codes() {
@@ -61,8 +62,11 @@ func TestClientConstantsMatchProtocol(t *testing.T) {
 	}
 	check("Codes", codes)
 	check("Limits", map[string]string{
-		"MAX_ROOM_ID":         strconv.Itoa(protocol.MaxRoomID),
-		"MAX_USER_NAME":       strconv.Itoa(protocol.MaxUserName),
-		"DEFAULT_MAX_CONTENT": strconv.Itoa(protocol.DefaultMaxContent),
+		"MAX_ROOM_ID":           strconv.Itoa(protocol.MaxRoomID),
+		"MAX_USER_NAME":         strconv.Itoa(protocol.MaxUserName),
+		"DEFAULT_MAX_CONTENT":   strconv.Itoa(protocol.DefaultMaxContent),
+		"MAX_HISTORY_LIMIT":     strconv.Itoa(protocol.MaxHistoryLimit),
+		"DEFAULT_HISTORY_LIMIT": strconv.Itoa(protocol.DefaultHistoryLimit),
+		"MAX_EPOCH":             strconv.Itoa(protocol.MaxEpoch),
 	})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -69,9 +70,10 @@ func benchCommand() *ffcli.Command {
 		subs = append(subs, benchScenarioCommand(sc))
 	}
 	subs = append(subs, benchAgentCommand())
+	subs = append(subs, benchRecoveryCommand())
 	return &ffcli.Command{
 		Name:       "bench",
-		ShortUsage: "throng bench <" + strings.Join(bench.Scenarios, "|") + "> [flags]",
+		ShortUsage: "throng bench <" + strings.Join(bench.Scenarios, "|") + "|recovery> [flags]",
 		ShortHelp:  "load-test throng or any echo / websocket-shootout server",
 		LongHelp: "throng bench drives WebSocket clients on an epoll event loop (about 19,000 per process;\n" +
 			"--workers for more on this machine, --agents for `throng bench agent`s on many) against\n" +
@@ -333,4 +335,57 @@ func positive(fs *flag.FlagSet, zeroOK ...string) error {
 		return errors.New(strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// benchRecoveryCommand is `throng bench recovery`: members drop and redial at
+// random while rooms chat; every member must end with every message of the
+// room's history once and in order.
+func benchRecoveryCommand() *ffcli.Command {
+	var c bench.RecoveryConfig
+	var urls, apis, jsonFile string
+	fs := flag.NewFlagSet("throng bench recovery", flag.ContinueOnError)
+	fs.StringVar(&urls, "urls", "", "comma-separated /ws URLs of the nodes (ws://127.0.0.1:8080/ws,...)")
+	fs.StringVar(&apis, "apis", "", "comma-separated HTTP base URLs of the nodes, for the rooms' histories at the end (http://127.0.0.1:8081,...)")
+	fs.StringVar(&c.APIKey, "api-key", "", "the nodes' --api-key")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret: mint an HS256 token per connection")
+	fs.IntVar(&c.Rooms, "rooms", 10, "rooms")
+	fs.IntVar(&c.RoomSize, "room-size", 10, "members per room, besides one sender")
+	fs.Float64Var(&c.RoomRate, "room-rate", 5, "messages per second per room")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "how long the rooms chat")
+	fs.DurationVar(&c.DropEvery, "drop-every", 3*time.Second, "mean time between a member's drops (0: no drops)")
+	fs.DurationVar(&c.Settle, "settle", 3*time.Second, "how long members stay, without drops, after the chat")
+	fs.StringVar(&jsonFile, "json", "", "write the result to this JSON file")
+	return &ffcli.Command{
+		Name:       "recovery",
+		ShortUsage: "throng bench recovery --urls U --apis A --api-key K [flags]",
+		ShortHelp:  "members drop and redial at random while rooms chat; missing, duplicated and out-of-order messages, all must be 0",
+		FlagSet:    fs,
+		Options:    envOptions,
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("bench: unexpected arguments %q", args)
+			}
+			c.URLs = strings.Split(urls, ",")
+			c.APIs = strings.Split(apis, ",")
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			res, err := bench.RunRecovery(ctx, c)
+			if res != nil {
+				fmt.Println(res)
+				if jsonFile != "" {
+					b, _ := json.MarshalIndent(res, "", "  ")
+					if werr := os.WriteFile(jsonFile, b, 0o644); werr != nil {
+						return werr
+					}
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if !res.OK() {
+				return errors.New("bench: some members did not get every message once and in order")
+			}
+			return nil
+		},
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
+	"github.com/throng-ws/throng/history"
 	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/internal/buildinfo"
 	"github.com/throng-ws/throng/room"
@@ -122,6 +123,15 @@ func serve(ctx context.Context, c *config.Serve) error {
 			if err := api.Register(mux); err != nil {
 				return err
 			}
+		}
+		if ho, ok := c.HistoryOptions(); ok && node == nil {
+			// A room's log is kept while the room has members here.
+			ho.Live = func(id string) bool { return rooms.Count(id) > 0 }
+			ch.History = history.New(ho)
+			if err := ch.History.Start(); err != nil {
+				return err
+			}
+			defer ch.History.Close()
 		}
 		if node != nil {
 			ch.Cluster = node

@@ -171,6 +171,7 @@ async function join(event) {
   session = { room, name, joined: false, joinSent: false, leaving: false, lostBecause: null };
   const c = new WebSocketClient(wsUrl(config), token, {
     refreshToken: config.auth === "dev" ? () => getToken(name) : undefined,
+    history: 50, // recent messages shown on join
   });
   client = c;
   wire(c, session);
@@ -194,7 +195,14 @@ function wire(c, s) {
   c.onJoined = (d) => {
     if (!mine() || d.roomId !== s.room) return;
     members(d.userCount);
+    // Recent history, or what was missed, came just before this.
+    if (!s.joined && d.replayed) addLine("sys", { text: `↑ recent history (${d.replayed} messages)` });
     addLine("sys", { text: s.joined ? `Rejoined #${s.room}` : `You joined #${s.room} as ${s.name}` });
+    if (s.joined && d.recovered === true) {
+      addLine("sys", { text: `Recovered ${d.replayed ?? 0} messages` });
+    } else if (s.joined && d.recovered === false) {
+      addLine("sys", { text: "Some messages may be missing" });
+    }
     s.joined = true;
     showChat();
   };

@@ -16,7 +16,12 @@
 //   - token refresh ahead of expiry with the protocol's refresh message, and
 //     a reconnect with a fresh token after token_expired;
 //   - a "statechange" event (and onStateChange) for connecting, open,
-//     reconnecting and closed, with the close code, reason and next delay.
+//     reconnecting and closed, with the close code, reason and next delay;
+//   - recovery: it remembers each room's last offset and epoch, and a rejoin
+//     after a reconnect asks for what was missed ("since"); the missed
+//     messages reach onMessage before onJoined, whose data.recovered says
+//     whether they all came back (false: some may be missing);
+//   - history(roomId, {before, limit, epoch}): a page of a room's history.
 
 /** Connection states, as reported by statechange events. */
 export const State = Object.freeze({
@@ -37,6 +42,7 @@ export const Types = Object.freeze({
   LEAVE: "leave",
   PING: "ping",
   REFRESH: "refresh",
+  HISTORY: "history",
   CONNECTED: "connected",
   JOINED: "joined",
   USER_JOINED: "user-joined",
@@ -46,6 +52,7 @@ export const Types = Object.freeze({
   PONG: "pong",
   REFRESHED: "refreshed",
   ERROR: "error",
+  HISTORY_PAGE: "history-page",
 });
 
 /** Error codes of the protocol's error messages. */
@@ -62,6 +69,7 @@ export const Codes = Object.freeze({
   TOKEN_EXPIRED: "token_expired",
   MESSAGES_DROPPED: "messages_dropped",
   UNAVAILABLE: "unavailable",
+  UNKNOWN_EPOCH: "unknown_epoch",
 });
 
 /** Limits on fields: room ids in bytes, names and content in characters. */
@@ -69,6 +77,9 @@ export const Limits = Object.freeze({
   MAX_ROOM_ID: 128,
   MAX_USER_NAME: 50,
   DEFAULT_MAX_CONTENT: 500,
+  MAX_HISTORY_LIMIT: 100,
+  DEFAULT_HISTORY_LIMIT: 50,
+  MAX_EPOCH: 64,
 });
 
 /** The subprotocol throng selects; offered alongside the token. */
@@ -132,6 +143,9 @@ export class WebSocketClient extends EventTarget {
    *   the same user
    * @param {number} [options.refreshBefore] ms before exp to refresh; default
    *   a tenth of the token's lifetime, at most a minute
+   * @param {number} [options.history=0] recent messages a join asks for,
+   *   delivered before onJoined (0: none); also the context a rejoin that
+   *   cannot recover gets
    * @param {typeof WebSocket} [options.WebSocket=globalThis.WebSocket]
    */
   constructor(url, token, options = {}) {
@@ -147,6 +161,7 @@ export class WebSocketClient extends EventTarget {
     this.refreshToken = options.refreshToken ?? null;
     this.refreshBefore = options.refreshBefore ?? null;
     this.WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+    this.historySize = options.history ?? 0;
 
     this.ws = null;
     this.state = State.IDLE;
@@ -155,6 +170,9 @@ export class WebSocketClient extends EventTarget {
     /** Joined rooms → the name used, joined again after a reconnect. */
     this.rooms = new Map();
     this._pendingJoins = new Map(); // sent, not yet answered
+    /** Rooms → { offset, epoch } of the last message had, for recovery. */
+    this.positions = new Map();
+    this._pendingHistory = []; // history requests: { roomId, resolve, reject }
     this._stopped = false; // disconnect() was called
     this._expired = false; // this connection was told token_expired
     this._greeted = false; // this connection got its "connected"
@@ -176,6 +194,7 @@ export class WebSocketClient extends EventTarget {
     this.onLeft = null;
     this.onPong = null;
     this.onRefreshed = null;
+    this.onHistory = null;
     this.onStateChange = null;
   }
 
@@ -205,13 +224,38 @@ export class WebSocketClient extends EventTarget {
     } else if (data && data.type === Types.LEAVE) {
       this.rooms.delete(data.roomId);
       this._pendingJoins.delete(data.roomId);
+      this.positions.delete(data.roomId);
     }
     this.ws.send(JSON.stringify(data));
     return true;
   }
 
   join(roomId, userName) {
-    return this.send({ type: Types.JOIN, roomId, userName });
+    const msg = { type: Types.JOIN, roomId, userName };
+    const pos = this.positions.get(roomId);
+    if (pos) msg.since = { offset: pos.offset, epoch: pos.epoch };
+    if (this.historySize > 0) msg.history = this.historySize;
+    return this.send(msg);
+  }
+
+  /**
+   * Asks for a page of a room's history: up to limit messages before the
+   * offset before (default: the newest), oldest first. Resolves with the
+   * history-page ({ epoch, offset, messages, more }); rejects with the
+   * server's error, or if the connection drops first.
+   */
+  history(roomId, { before, limit, epoch } = {}) {
+    return new Promise((resolve, reject) => {
+      const msg = { type: Types.HISTORY, roomId };
+      if (before !== undefined) msg.before = before;
+      if (limit !== undefined) msg.limit = limit;
+      if (epoch !== undefined) msg.epoch = epoch;
+      if (!this.send(msg)) {
+        reject(new Error("not connected"));
+        return;
+      }
+      this._pendingHistory.push({ roomId, resolve, reject });
+    });
   }
 
   leave(roomId) {
@@ -304,13 +348,24 @@ export class WebSocketClient extends EventTarget {
           this.rooms.set(data.roomId, this._pendingJoins.get(data.roomId));
           this._pendingJoins.delete(data.roomId);
         }
+        // Everything up to the room's newest offset came before joined, or
+        // is lost for good (recovered: false).
+        if (data.epoch) this.positions.set(data.roomId, { offset: data.offset ?? 0, epoch: data.epoch });
+        else this.positions.delete(data.roomId);
         this.onJoined?.(data);
         break;
       case Types.LEFT:
         this.rooms.delete(data.roomId);
+        this.positions.delete(data.roomId);
         this.onLeft?.(data);
         break;
       case Types.MESSAGE:
+        if (data.offset) {
+          const pos = this.positions.get(data.roomId);
+          if (!pos || pos.epoch !== data.epoch || data.offset > pos.offset) {
+            this.positions.set(data.roomId, { offset: data.offset, epoch: data.epoch });
+          }
+        }
         this.onMessage?.(data);
         break;
       case Types.USER_JOINED:
@@ -328,8 +383,19 @@ export class WebSocketClient extends EventTarget {
         this._scheduleRefresh();
         this.onRefreshed?.(data);
         break;
+      case Types.HISTORY_PAGE: {
+        const i = this._pendingHistory.findIndex((h) => h.roomId === data.roomId);
+        if (i >= 0) this._pendingHistory.splice(i, 1)[0].resolve(data);
+        this.onHistory?.(data);
+        break;
+      }
       case Types.ERROR:
         if (data.code === Codes.TOKEN_EXPIRED) this._expired = true;
+        if (data.code === Codes.UNKNOWN_EPOCH || (data.code === Codes.UNAVAILABLE && this._pendingHistory.length)) {
+          const err = new Error(data.message || data.code);
+          err.code = data.code;
+          this._pendingHistory.shift()?.reject(err);
+        }
         if (data.code === Codes.INVALID_TOKEN && this._refreshing) this._refreshing = null;
         this.onError?.(data);
         break;
@@ -338,6 +404,7 @@ export class WebSocketClient extends EventTarget {
 
   _handleClose(code, reason) {
     this.ws = null;
+    for (const h of this._pendingHistory.splice(0)) h.reject(new Error("disconnected"));
     clearTimeout(this._refreshTimer);
     const detail = { code, reason, greeted: this._greeted };
     if (this._stopped) {
