@@ -27,6 +27,7 @@ import (
 //	GET  /api/rooms/{id}               a room's members
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
 //	GET  /api/stats                    the Overview: connections, memory, counters
+//	GET  /api/dashboard?since=SEQ      the operator's page's data (Dashboard)
 //	POST   /api/users/{user}/disconnect         {"code":C,"reason":R}: close the user's connections
 //	DELETE /api/rooms/{id}/members/{user}       {"reason":R}: take the user out of the room
 //	DELETE /api/rooms/{id}                      {"reason":R}: take everyone out of the room
@@ -49,6 +50,9 @@ type API struct {
 	// Logger receives a line for every operator's action, with the caller's
 	// key id. If nil, actions are not logged.
 	Logger *slog.Logger
+	// Dashboard, if set, is served as GET /api/dashboard for the operator's
+	// page; its owner starts and closes it.
+	Dashboard *Dashboard
 }
 
 // Paging limits for GET /api/rooms.
@@ -70,6 +74,9 @@ func (a *API) Register(mux *http.ServeMux) error {
 	if a.Server != nil {
 		mux.Handle("GET /api/stats", a.authed(a.stats))
 		mux.Handle("POST /api/users/{user}/disconnect", a.authed(a.disconnect))
+	}
+	if a.Dashboard != nil {
+		mux.Handle("GET /api/dashboard", a.authed(a.Dashboard.serve))
 	}
 	return nil
 }

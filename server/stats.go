@@ -40,6 +40,10 @@ type Stats struct {
 	OpenPerLoop  []int64           // upgraded connections open now, per loop
 	SlowClosed   uint64            // connections closed as slow consumers
 	SlowDropped  uint64            // messages dropped for slow consumers
+
+	// MessagesInPerLoop and MessagesOutPerLoop are MessagesIn and MessagesOut
+	// per loop: how the traffic is spread over the loops.
+	MessagesInPerLoop, MessagesOutPerLoop []uint64
 }
 
 // Stats sums the loops' counters.
@@ -52,13 +56,17 @@ func (s *Server) Stats() Stats {
 		OpenPerLoop:  make([]int64, len(s.loops)),
 		Sockets:      s.Conns(),
 	}
+	st.MessagesInPerLoop = make([]uint64, len(s.loops))
+	st.MessagesOutPerLoop = make([]uint64, len(s.loops))
 	for i, ls := range s.loops {
 		c := &ls.c
 		st.Accepted += c.accepted.Load()
 		st.OpenPerLoop[i] = c.open.Load()
 		st.Open += st.OpenPerLoop[i]
-		st.MessagesIn += c.msgsIn.Load()
-		st.MessagesOut += c.msgsOut.Load()
+		st.MessagesInPerLoop[i] = c.msgsIn.Load()
+		st.MessagesOutPerLoop[i] = c.msgsOut.Load()
+		st.MessagesIn += st.MessagesInPerLoop[i]
+		st.MessagesOut += st.MessagesOutPerLoop[i]
 		st.BytesIn += c.bytesIn.Load()
 		st.BytesOut += c.bytesOut.Load()
 		for i := range c.handshakes {
