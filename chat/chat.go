@@ -32,6 +32,7 @@ import (
 //	leave   {"type":"leave","roomId":R}              → left; others get user-left
 //	ping    {"type":"ping"}                          → pong
 //	refresh {"type":"refresh","token":T}             → refreshed
+//	members {"type":"members","roomId":R}            → members (members.go)
 //
 // A client is greeted with connected. Every message is validated; a bad one gets
 // an error with a code, and never costs another client its messages. Inbound
@@ -175,6 +176,8 @@ func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
 		c.WriteText([]byte(`{"type":"pong"}`))
 	case "refresh":
 		h.refresh(c, v)
+	case protocol.TypeMembers:
+		h.members(cc, v)
 	default:
 		if !utf8.Valid(typ) || len(typ) > protocol.MaxEchoedType {
 			typ = typ[:0]
@@ -207,7 +210,7 @@ func (h *Handler) allow(cc *chatConn) bool {
 	switch v {
 	case server.BanStarted:
 		h.counts.bans.Add(1)
-		h.sendError(cc.c, protocol.CodeRateLimited, protocol.TextRateLimited, "")
+		h.sendBanned(cc.c)
 	case server.BanExceeded:
 		cc.c.Close(server.CloseRateLimited)
 	}

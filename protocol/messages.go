@@ -36,7 +36,25 @@ type (
 	Refresh struct {
 		Token string `json:"token"`
 	}
+	// Members asks for the members of a room the client is in (RoomID only);
+	// the server answers with a Members that lists them.
+	Members struct {
+		RoomID string `json:"roomId"`
+		// Members are up to MaxMembersListed of the room's members on the
+		// node the client is connected to, one entry per connection (a user
+		// in two tabs is listed twice).
+		Members []Member `json:"members,omitempty"`
+		// UserCount counts every member, on every node of a cluster; when it
+		// is more than len(Members), the rest are not listed.
+		UserCount int `json:"userCount,omitempty"`
+	}
 )
+
+// Member is one entry of Members.
+type Member struct {
+	UserID   string `json:"userId"`
+	UserName string `json:"userName"`
+}
 
 // Server to client.
 type (
@@ -102,6 +120,9 @@ type ServerError struct {
 	Field string `json:"field,omitempty"`
 	// Count is how many messages were lost, for messages_dropped.
 	Count int `json:"count,omitempty"`
+	// RetryAfter is, for rate_limited, how many seconds the ban lasts: the
+	// server ignores what the connection sends until then.
+	RetryAfter int `json:"retryAfter,omitempty"`
 }
 
 func (e *ServerError) Error() string {
@@ -116,6 +137,7 @@ func (Chat) Type() string         { return TypeChat }
 func (Leave) Type() string        { return TypeLeave }
 func (Ping) Type() string         { return TypePing }
 func (Refresh) Type() string      { return TypeRefresh }
+func (Members) Type() string      { return TypeMembers }
 func (Connected) Type() string    { return TypeConnected }
 func (Joined) Type() string       { return TypeJoined }
 func (UserJoined) Type() string   { return TypeUserJoined }
@@ -178,6 +200,8 @@ func Decode(data []byte) (Msg, error) {
 		return &Ping{}, nil
 	case TypeRefresh:
 		m = new(Refresh)
+	case TypeMembers:
+		m = new(Members)
 	case TypeConnected:
 		m = new(Connected)
 	case TypeJoined:

@@ -20,6 +20,9 @@ const (
 	TypeLeave   = "leave"
 	TypePing    = "ping"
 	TypeRefresh = "refresh"
+	// TypeMembers goes both ways: a member asks for its room's members, and
+	// the server answers with them (Members).
+	TypeMembers = "members"
 
 	// Server to client.
 	TypeConnected  = "connected"
@@ -90,6 +93,9 @@ const (
 	// MaxEchoedType bounds the unknown type an unknown_type error repeats, in
 	// bytes; a longer one is not repeated.
 	MaxEchoedType = 64
+	// MaxMembersListed bounds the members a members reply lists; userCount
+	// still counts them all.
+	MaxMembersListed = 100
 )
 
 // TimeLayout is the protocol's timestamp format: RFC 3339 in UTC with
