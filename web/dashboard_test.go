@@ -44,7 +44,7 @@ func newDashStack(t *testing.T) *dashStack {
 	var rooms *room.Table
 	var ch *chat.Handler
 	for range 20 {
-		if srv, err = server.New(server.Options{Loops: 2, TickInterval: 10 * time.Millisecond, Auth: v}); err != nil {
+		if srv, err = server.New(server.Options{Loops: 2, TickInterval: 10 * time.Millisecond, Auth: v, Subprotocols: []string{"throng.v1"}}); err != nil {
 			t.Fatal(err)
 		}
 		rooms = room.New(srv.Loops(), room.Options{})
@@ -220,13 +220,26 @@ func TestDashboard(t *testing.T) {
 	}
 	p.waitText("#t-conns", "2")
 
-	// Close a room: carol is told why.
+	// Close a room: carol is told why, and so is a person on the chat page.
+	tok, err := auth.Mint(testSecret, "", "dora", time.Hour, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dora := open(t, browser, ds.URL+"/?room=lobby")
+	dora.run(
+		chromedp.SetValue("#name", "Dora", chromedp.ByQuery),
+		chromedp.SetValue("#token", tok, chromedp.ByQuery),
+		chromedp.Click("#join", chromedp.ByQuery),
+	)
+	dora.waitText("#members", "2 members")
 	p.run(
 		chromedp.SetValue(`#f-close input[name=room]`, "lobby", chromedp.ByQuery),
 		chromedp.SetValue(`#f-close input[name=reason]`, "maintenance", chromedp.ByQuery),
 		chromedp.Click(`#f-close button`, chromedp.ByQuery),
 	)
-	p.waitText("#action-result", "Done: close #lobby. 1 membership ended.")
+	p.waitText("#action-result", "Done: close #lobby. 2 memberships ended.")
+	dora.waitText("#banner", "You were removed from #lobby: maintenance.")
+	dora.wait(`!document.getElementById("join-panel").hidden`, "Dora back at the form")
 
 	// A reload keeps the tab signed in; signing out forgets the key.
 	p.run(chromedp.Reload())
