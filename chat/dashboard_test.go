@@ -181,3 +181,39 @@ func TestDashboardCluster(t *testing.T) {
 		t.Fatalf("cluster_lost %d", s.ClusterLost)
 	}
 }
+
+// Wrong keys from one address are throttled: after the burst, 429 with
+// Retry-After, even for the right key, until the allowance refills.
+func TestAPIWrongKeysThrottled(t *testing.T) {
+	clock := newFakeClock()
+	as, _ := startDashboard(t, func(d *Dashboard) { d.API.Now, d.API.KeyFailureBurst = clock.Now, 3 })
+	var e apiErrorBody
+	// No key at all is no guess.
+	for range 5 {
+		if r := as.do(t, "GET", "/api/dashboard", "", "", &e); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("no key: %d", r.StatusCode)
+		}
+	}
+	for i := range 3 {
+		if r := as.do(t, "GET", "/api/dashboard", "guess-"+strconv.Itoa(i), "", &e); r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i, r.StatusCode)
+		}
+	}
+	for _, key := range []string{"one-more-guess", testAPIKey} {
+		r := as.do(t, "GET", "/api/dashboard", key, "", &e)
+		if r.StatusCode != http.StatusTooManyRequests || e.Error.Code != "rate_limited" || r.Header.Get("Retry-After") != "1" {
+			t.Fatalf("key %q after the burst: %d %q %+v", key, r.StatusCode, r.Header.Get("Retry-After"), e)
+		}
+	}
+	// A second later one more try is allowed, and the right key gets in.
+	clock.Advance(time.Second)
+	if r := as.do(t, "GET", "/api/dashboard", testAPIKey, "", nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("the right key a second later: %d", r.StatusCode)
+	}
+	if r := as.do(t, "GET", "/api/dashboard", "guess-again", "", &e); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a guess a second later: %d", r.StatusCode)
+	}
+	if r := as.do(t, "GET", "/api/dashboard", "and-again", "", &e); r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a second guess within the second: %d", r.StatusCode)
+	}
+}

@@ -87,6 +87,9 @@ async function api(method, path, body) {
   const r = await fetch(path, opts);
   const j = await r.json().catch(() => ({}));
   if (r.status === 401) throw new Unauthorized(j.error?.message || "unauthorized");
+  if (r.status === 429) {
+    throw new Error(`${j.error?.message || "too many requests"} (wait ${r.headers.get("Retry-After") || "a few"} s)`);
+  }
   if (!r.ok) throw new Error(j.error?.message || `HTTP ${r.status}`);
   return j;
 }
@@ -106,7 +109,7 @@ async function signIn(event) {
   } catch (err) {
     key = "";
     if (err instanceof Unauthorized) showBanner("Wrong key: the server refused it.");
-    else showBanner(`Could not reach the API: ${err.message}`);
+    else showBanner(`Could not sign in: ${err.message}`);
   } finally {
     $("login").disabled = false;
   }
