@@ -124,7 +124,7 @@ type PeerStatus struct {
 	ID        string
 	Synced    bool
 	SilenceMS int64 // since its last message
-	LagMS     int64 // its last message, sent to received
+	LagUS     int64 // its last message, sent to received, in microseconds
 	// Received and Lost count its state messages, and the gaps in their
 	// sequence: the canary's loss.
 	Received, Lost uint64
@@ -144,7 +144,7 @@ type dashboardNode struct {
 	// The canary, from this node to the peer: silence, lag, and the state
 	// messages received and lost in its sequence.
 	SilenceMS int64  `json:"silence_ms"`
-	LagMS     int64  `json:"lag_ms"`
+	LagUS     int64  `json:"lag_us"`
 	Received  uint64 `json:"received"`
 	Lost      uint64 `json:"lost"`
 	Broker    *bool  `json:"broker,omitempty"` // this node's broker connection
@@ -440,7 +440,7 @@ func clusterRows(self string, conns int, t *room.Table, cs ClusterStatus) []dash
 		rows = append(rows, dashboardNode{
 			ID: p.ID, Live: cs.DeadAfter <= 0 || time.Duration(p.SilenceMS)*time.Millisecond < cs.DeadAfter,
 			Synced: p.Synced, Conns: p.Conns, Rooms: p.Rooms, Members: p.Members,
-			SilenceMS: p.SilenceMS, LagMS: p.LagMS, Received: p.Received, Lost: p.Lost,
+			SilenceMS: p.SilenceMS, LagUS: p.LagUS, Received: p.Received, Lost: p.Lost,
 		})
 	}
 	return rows

@@ -158,7 +158,7 @@ func TestDashboardCluster(t *testing.T) {
 		d.Cluster = func() ClusterStatus {
 			return ClusterStatus{Connected: true, Lost: 4, DeadAfter: 15 * time.Second, Peers: []PeerStatus{
 				{ID: "n3", SilenceMS: 20_000, Lost: 1, Received: 9},
-				{ID: "n2", SilenceMS: 500, LagMS: 3, Received: 100, Lost: 2, Conns: 7, Synced: true},
+				{ID: "n2", SilenceMS: 500, LagUS: 3000, Received: 100, Lost: 2, Conns: 7, Synced: true},
 			}}
 		}
 	})

@@ -235,7 +235,7 @@ func clusterStatus(n *cluster.Node, deadAfter time.Duration) chat.ClusterStatus 
 	}
 	for _, p := range n.Peers() {
 		cs.Peers = append(cs.Peers, chat.PeerStatus{ID: p.ID, Synced: p.Synced, SilenceMS: p.Silence.Milliseconds(),
-			LagMS: p.Lag.Milliseconds(), Received: p.Received, Lost: p.Lost, Conns: p.Conns, Rooms: p.Rooms, Members: p.Members})
+			LagUS: p.Lag.Microseconds(), Received: p.Received, Lost: p.Lost, Conns: p.Conns, Rooms: p.Rooms, Members: p.Members})
 	}
 	return cs
 }

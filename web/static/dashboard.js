@@ -261,7 +261,11 @@ function chart(id, series, opts = {}) {
   }
   lines.forEach((l, i) => {
     svg.append(el("line", { x1: L, x2: W - R, y1: y(l.value), y2: y(l.value), class: "limit", stroke: l.color || "#b3261e" }));
-    svg.append(el("text", { x: W - R - 2, y: y(l.value) - 3, class: "axis limit-label", "text-anchor": "end" }, `${l.name} ${fmt(l.value)}`));
+    // Side by side, as the marks are often close together.
+    const lx = W - R - 2 - i * 120;
+    const label = el("text", { x: lx, y: y(l.value) - 3, class: "axis limit-label", "text-anchor": "end" }, `${l.name} ${fmt(l.value)}`);
+    label.style.fill = l.color || "#b3261e"; // through the CSSOM: the CSP allows no style attribute
+    svg.append(label);
   });
   shown.forEach((s, i) => {
     if (!s.points.length) return;
@@ -432,7 +436,7 @@ function renderNodes() {
       fmtNum(n.rooms),
       fmtNum(n.members),
       n.self ? "–" : fmtMS(n.silence_ms),
-      n.self ? "–" : fmtMS(n.lag_ms),
+      n.self ? "–" : fmtMS(n.lag_us / 1000),
       n.self ? "–" : total ? `${((100 * n.lost) / total).toFixed(2)}% (${fmtNum(n.lost)} of ${fmtNum(total)})` : "0%",
     ]);
   });
