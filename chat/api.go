@@ -8,12 +8,17 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/time/rate"
 
 	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/protocol"
@@ -28,6 +33,7 @@ import (
 //	POST /api/rooms/{id}/messages      {"content":C[,"userName":N]} to every member
 //	GET  /api/rooms/{id}/history?before=O&limit=N   a page of the room's history
 //	GET  /api/stats                    the Overview: connections, memory, counters
+//	GET  /api/dashboard?since=SEQ      the operator's page's data (Dashboard)
 //	POST   /api/users/{user}/disconnect         {"code":C,"reason":R}: close the user's connections
 //	DELETE /api/rooms/{id}/members/{user}       {"reason":R}: take the user out of the room
 //	DELETE /api/rooms/{id}                      {"reason":R}: take everyone out of the room
@@ -50,7 +56,29 @@ type API struct {
 	// Logger receives a line for every operator's action, with the caller's
 	// key id. If nil, actions are not logged.
 	Logger *slog.Logger
+	// Dashboard, if set, is served as GET /api/dashboard for the operator's
+	// page; its owner starts and closes it.
+	Dashboard *Dashboard
+	// KeyFailureBurst is how many wrong keys one client address may present
+	// at once; after that it gets one more a second, and 429 with
+	// Retry-After until then, whatever key it sends. The dashboard's sign-in
+	// form makes the key something a person types, so guessing is throttled.
+	// If zero, DefaultKeyFailureBurst; if negative, wrong keys are not
+	// throttled.
+	KeyFailureBurst int
+
+	failMu sync.Mutex
+	fails  map[string]*rate.Limiter // wrong keys by client address; guarded by failMu
 }
+
+// The wrong-key throttle (API.KeyFailureBurst).
+const (
+	DefaultKeyFailureBurst = 20
+	keyFailureRate         = 1.0
+	// maxFailing bounds the addresses tracked; when the table is full of
+	// addresses still throttled, new ones are throttled too.
+	maxFailing = 4096
+)
 
 // Paging limits for GET /api/rooms.
 const (
@@ -72,6 +100,9 @@ func (a *API) Register(mux *http.ServeMux) error {
 	if a.Server != nil {
 		mux.Handle("GET /api/stats", a.authed(a.stats))
 		mux.Handle("POST /api/users/{user}/disconnect", a.authed(a.disconnect))
+	}
+	if a.Dashboard != nil {
+		mux.Handle("GET /api/dashboard", a.authed(a.Dashboard.serve))
 	}
 	return nil
 }
@@ -95,16 +126,91 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (a *API) authed(h http.HandlerFunc) http.Handler {
 	want := []byte(a.Key)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ip, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			ip = r.RemoteAddr
+		}
+		if wait := a.throttled(ip, a.now()); wait > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeAPIError(w, http.StatusTooManyRequests, "rate_limited", "too many wrong keys from this address; try again later")
+			return
+		}
 		// The scheme name is case-insensitive (RFC 9110 section 11.1), as the
 		// WebSocket handshake already treats it.
 		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			if r.Header.Get("Authorization") != "" { // a key that was tried
+				a.failed(ip, a.now())
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="throng-api"`)
 			writeAPIError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required as a bearer token")
 			return
 		}
 		h(w, r)
 	})
+}
+
+// throttled reports how long ip must wait before its key is checked again;
+// 0 if it need not.
+func (a *API) throttled(ip string, now time.Time) time.Duration {
+	if a.KeyFailureBurst < 0 {
+		return 0
+	}
+	a.failMu.Lock()
+	defer a.failMu.Unlock()
+	lim := a.fails[ip]
+	if lim == nil {
+		if len(a.fails) >= maxFailing {
+			a.pruneLocked(now)
+		}
+		if len(a.fails) >= maxFailing {
+			return time.Second
+		}
+		return 0
+	}
+	if lim.TokensAt(now) >= 1 {
+		return 0
+	}
+	res := lim.ReserveN(now, 1)
+	d := res.DelayFrom(now)
+	res.CancelAt(now)
+	return max(d, time.Millisecond)
+}
+
+// failed takes one wrong key from ip's allowance.
+func (a *API) failed(ip string, now time.Time) {
+	if a.KeyFailureBurst < 0 {
+		return
+	}
+	a.failMu.Lock()
+	defer a.failMu.Unlock()
+	if a.fails == nil {
+		a.fails = make(map[string]*rate.Limiter)
+	}
+	lim := a.fails[ip]
+	if lim == nil {
+		if len(a.fails) >= maxFailing {
+			a.pruneLocked(now)
+		}
+		if len(a.fails) >= maxFailing {
+			return
+		}
+		lim = rate.NewLimiter(keyFailureRate, a.failureBurst())
+		a.fails[ip] = lim
+	}
+	lim.AllowN(now, 1)
+}
+
+func (a *API) failureBurst() int { return cmp.Or(a.KeyFailureBurst, DefaultKeyFailureBurst) }
+
+// pruneLocked forgets the addresses whose allowance is whole again: they are
+// no different from addresses never seen.
+func (a *API) pruneLocked(now time.Time) {
+	for k, l := range a.fails {
+		if l.TokensAt(now) >= float64(a.failureBurst()) {
+			delete(a.fails, k)
+		}
+	}
 }
 
 func (a *API) listRooms(w http.ResponseWriter, r *http.Request) {

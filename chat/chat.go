@@ -39,6 +39,8 @@ import (
 // join may carry "since":{"offset":O,"epoch":E} (recover what was missed) and
 // "history":N (recent messages); those messages come before joined.
 //
+//	members {"type":"members","roomId":R}            → members (members.go)
+//
 // A client is greeted with connected. Every message is validated; a bad one gets
 // an error with a code, and never costs another client its messages. Inbound
 // messages are rate-limited per connection with a token bucket, and a client
@@ -219,6 +221,8 @@ func (h *Handler) OnMessage(c *server.Conn, op ws.OpCode, data []byte) {
 		h.refresh(c, v)
 	case "history":
 		h.history(cc, v)
+	case protocol.TypeMembers:
+		h.members(cc, v)
 	default:
 		if !utf8.Valid(typ) || len(typ) > protocol.MaxEchoedType {
 			typ = typ[:0]
@@ -251,7 +255,7 @@ func (h *Handler) allow(cc *chatConn) bool {
 	switch v {
 	case server.BanStarted:
 		h.counts.bans.Add(1)
-		h.sendError(cc.c, protocol.CodeRateLimited, protocol.TextRateLimited, "")
+		h.sendBanned(cc.c)
 	case server.BanExceeded:
 		cc.c.Close(server.CloseRateLimited)
 	}

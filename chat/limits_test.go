@@ -38,7 +38,7 @@ func TestRateLimitBan(t *testing.T) {
 	}
 	p.send(`{"type":"ping"}`)
 	m := p.expect("error")
-	m.hasKeys(t, "type", "code", "message")
+	m.hasKeys(t, "type", "code", "message", "retryAfter")
 	if m.Code != protocol.CodeRateLimited || m.Message != "Rate limit exceeded. You are temporarily banned." {
 		t.Fatalf("21st message: %s", m.raw)
 	}

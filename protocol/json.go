@@ -1,6 +1,9 @@
 package protocol
 
-import "unicode/utf8"
+import (
+	"strconv"
+	"unicode/utf8"
+)
 
 // AppendJSONString appends s as a quoted JSON string.
 func AppendJSONString(b []byte, s string) []byte {
@@ -76,5 +79,14 @@ func AppendError(b []byte, code, text string, arg []byte, field string) []byte {
 		b = append(b, `,"field":`...)
 		b = AppendJSONString(b, field)
 	}
+	return append(b, '}')
+}
+
+// AppendRateLimited appends the rate_limited error that starts a ban of
+// retryAfter seconds.
+func AppendRateLimited(b []byte, retryAfter int) []byte {
+	b = AppendError(b, CodeRateLimited, TextRateLimited, nil, "")
+	b = append(b[:len(b)-1], `,"retryAfter":`...)
+	b = strconv.AppendInt(b, int64(retryAfter), 10)
 	return append(b, '}')
 }

@@ -51,7 +51,25 @@ type (
 	Refresh struct {
 		Token string `json:"token"`
 	}
+	// Members asks for the members of a room the client is in (RoomID only);
+	// the server answers with a Members that lists them.
+	Members struct {
+		RoomID string `json:"roomId"`
+		// Members are up to MaxMembersListed of the room's members on the
+		// node the client is connected to, one entry per connection (a user
+		// in two tabs is listed twice).
+		Members []Member `json:"members,omitempty"`
+		// UserCount counts every member, on every node of a cluster; when it
+		// is more than len(Members), the rest are not listed.
+		UserCount int `json:"userCount,omitempty"`
+	}
 )
+
+// Member is one entry of Members.
+type Member struct {
+	UserID   string `json:"userId"`
+	UserName string `json:"userName"`
+}
 
 // Server to client.
 type (
@@ -143,6 +161,9 @@ type ServerError struct {
 	Field string `json:"field,omitempty"`
 	// Count is how many messages were lost, for messages_dropped.
 	Count int `json:"count,omitempty"`
+	// RetryAfter is, for rate_limited, how many seconds the ban lasts: the
+	// server ignores what the connection sends until then.
+	RetryAfter int `json:"retryAfter,omitempty"`
 }
 
 func (e *ServerError) Error() string {
@@ -157,6 +178,7 @@ func (Chat) Type() string           { return TypeChat }
 func (Leave) Type() string          { return TypeLeave }
 func (Ping) Type() string           { return TypePing }
 func (Refresh) Type() string        { return TypeRefresh }
+func (Members) Type() string        { return TypeMembers }
 func (HistoryRequest) Type() string { return TypeHistory }
 func (HistoryPage) Type() string    { return TypeHistoryPage }
 func (Connected) Type() string      { return TypeConnected }
@@ -225,6 +247,8 @@ func Decode(data []byte) (Msg, error) {
 		m = new(HistoryRequest)
 	case TypeHistoryPage:
 		m = new(HistoryPage)
+	case TypeMembers:
+		m = new(Members)
 	case TypeConnected:
 		m = new(Connected)
 	case TypeJoined:

@@ -21,6 +21,9 @@ const (
 	TypePing    = "ping"
 	TypeRefresh = "refresh"
 	TypeHistory = "history"
+	// TypeMembers goes both ways: a member asks for its room's members, and
+	// the server answers with them (Members).
+	TypeMembers = "members"
 
 	// Server to client.
 	TypeConnected  = "connected"
@@ -107,6 +110,9 @@ const (
 	DefaultHistoryLimit = 50
 	// MaxEpoch bounds an epoch, in bytes.
 	MaxEpoch = 64
+	// MaxMembersListed bounds the members a members reply lists; userCount
+	// still counts them all.
+	MaxMembersListed = 100
 )
 
 // ValidEpoch reports whether e is 1 to MaxEpoch bytes of A-Z a-z 0-9 _ - and

@@ -49,6 +49,9 @@ type Stats struct {
 	DeflateOpen    int64  // connections open that negotiated it
 	DeflateMsgsOut uint64 // messages sent compressed
 	DeflateMsgsIn  uint64 // messages received compressed
+	// MessagesInPerLoop and MessagesOutPerLoop are MessagesIn and MessagesOut
+	// per loop: how the traffic is spread over the loops.
+	MessagesInPerLoop, MessagesOutPerLoop []uint64
 }
 
 // Stats sums the loops' counters.
@@ -61,13 +64,17 @@ func (s *Server) Stats() Stats {
 		OpenPerLoop:  make([]int64, len(s.loops)),
 		Sockets:      s.Conns(),
 	}
+	st.MessagesInPerLoop = make([]uint64, len(s.loops))
+	st.MessagesOutPerLoop = make([]uint64, len(s.loops))
 	for i, ls := range s.loops {
 		c := &ls.c
 		st.Accepted += c.accepted.Load()
 		st.OpenPerLoop[i] = c.open.Load()
 		st.Open += st.OpenPerLoop[i]
-		st.MessagesIn += c.msgsIn.Load()
-		st.MessagesOut += c.msgsOut.Load()
+		st.MessagesInPerLoop[i] = c.msgsIn.Load()
+		st.MessagesOutPerLoop[i] = c.msgsOut.Load()
+		st.MessagesIn += st.MessagesInPerLoop[i]
+		st.MessagesOut += st.MessagesOutPerLoop[i]
 		st.BytesIn += c.bytesIn.Load()
 		st.BytesOut += c.bytesOut.Load()
 		for i := range c.handshakes {

@@ -44,7 +44,7 @@ func TestClientConstantsMatchProtocol(t *testing.T) {
 	}
 	check("Types", map[string]string{
 		"JOIN": protocol.TypeJoin, "CHAT": protocol.TypeChat, "LEAVE": protocol.TypeLeave,
-		"PING": protocol.TypePing, "REFRESH": protocol.TypeRefresh, "CONNECTED": protocol.TypeConnected,
+		"PING": protocol.TypePing, "REFRESH": protocol.TypeRefresh, "MEMBERS": protocol.TypeMembers, "CONNECTED": protocol.TypeConnected,
 		"JOINED": protocol.TypeJoined, "USER_JOINED": protocol.TypeUserJoined, "MESSAGE": protocol.TypeMessage,
 		"LEFT": protocol.TypeLeft, "USER_LEFT": protocol.TypeUserLeft, "PONG": protocol.TypePong,
 		"REFRESHED": protocol.TypeRefreshed, "ERROR": protocol.TypeError,

@@ -72,6 +72,11 @@ type Options struct {
 	DevTokenTTL time.Duration
 	// Now is the clock for dev tokens. If nil, time.Now is used.
 	Now func() time.Time
+	// Dashboard serves the operator's page at /dashboard. It reads the API
+	// (GET /api/dashboard and the actions) with a key the person types in,
+	// so it is useful only where the API is on (--api-key). If false,
+	// /dashboard answers 404 saying so.
+	Dashboard bool
 }
 
 // DefaultDevTokenTTL is how long a dev token lasts; the page refreshes it.
@@ -129,6 +134,9 @@ type handler struct {
 //	                    "reason" with Options.Reasons), httplimit's error shape;
 //	                    429 past the per-address throttle; 404 without Options.Auth
 //	GET  /dev/token     mints a token; 404 without Options.DevSecret
+//	GET  /dashboard     the operator's page (with dashboard.js, dashboard.css);
+//	                    404 without Options.Dashboard
+//	GET  /favicon.svg   the pages' icon
 //
 // Other paths are 404, so it can be mounted at "/" beside other routes.
 func Handler(o Options) http.Handler {
@@ -154,9 +162,10 @@ func Handler(o Options) http.Handler {
 	h := &handler{o: o, assets: http.FileServerFS(sub), limiters: map[string]*rate.Limiter{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", h.serveAsset)
-	for _, name := range []string{"client.js", "app.js", "style.css"} {
+	for _, name := range []string{"client.js", "app.js", "style.css", "favicon.svg", "dashboard.js", "dashboard.css"} {
 		mux.HandleFunc("GET /"+name, h.serveAsset)
 	}
+	mux.HandleFunc("GET /dashboard", h.serveDashboard)
 	mux.HandleFunc("GET /config.json", h.serveConfig)
 	mux.HandleFunc("POST /token/verify", h.serveVerify)
 	mux.HandleFunc("GET /dev/token", h.serveDevToken)
@@ -186,6 +195,23 @@ func (h *handler) serveAsset(w http.ResponseWriter, r *http.Request) {
 		hd.Set("Referrer-Policy", "no-referrer")
 	}
 	h.assets.ServeHTTP(w, r)
+}
+
+// serveDashboard serves the operator's page. The page holds no secret: it
+// asks for the API key and sends it as a bearer header to /api, never in a
+// URL, so the key stays out of logs, history and Referer headers.
+func (h *handler) serveDashboard(w http.ResponseWriter, r *http.Request) {
+	if !h.o.Dashboard {
+		httplimit.WriteError(w, http.StatusNotFound, "not_found", "the dashboard is served only with the API on (--api-key)")
+		return
+	}
+	hd := w.Header()
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("Content-Security-Policy", pageCSP)
+	hd.Set("Referrer-Policy", "no-referrer")
+	sub, _ := fs.Sub(static, "static")
+	http.ServeFileFS(w, r, sub, "dashboard.html")
 }
 
 func (h *handler) serveConfig(w http.ResponseWriter, r *http.Request) {

@@ -120,6 +120,16 @@ func serve(ctx context.Context, c *config.Serve) error {
 		var api *chat.API
 		if c.APIKey != "" {
 			api = &chat.API{Key: c.APIKey, Chat: ch, Rooms: rooms, Server: srv, Logger: log}
+			// The operator's page (/dashboard) polls this.
+			api.Dashboard = &chat.Dashboard{API: api}
+			if node != nil {
+				api.Dashboard.NodeID = node.ID()
+				api.Dashboard.Cluster = func() chat.ClusterStatus { return clusterStatus(node, c.ClusterDeadAfter) }
+			}
+			if err := api.Dashboard.Start(); err != nil {
+				return err
+			}
+			defer api.Dashboard.Close()
 			if err := api.Register(mux); err != nil {
 				return err
 			}
@@ -165,7 +175,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 		return fmt.Errorf("--http-addr: %w", err)
 	}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
-	mux.Handle("/", web.Handler(c.WebOptions(wsAddr.String(), verifier, devSecret)))
+	wo := c.WebOptions(wsAddr.String(), verifier, devSecret)
+	wo.Dashboard = c.APIKey != "" && endpoints["ws"] // the page reads /api/dashboard
+	mux.Handle("/", web.Handler(wo))
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Serve(hln) }()
 
@@ -222,6 +234,21 @@ func dialable(a net.Addr) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// clusterStatus is what the dashboard shows of the cluster, from the node.
+func clusterStatus(n *cluster.Node, deadAfter time.Duration) chat.ClusterStatus {
+	st := n.Stats()
+	cs := chat.ClusterStatus{Connected: st.Connected, Published: st.Published, Received: st.Received,
+		Dropped: st.Dropped, DeadAfter: deadAfter}
+	for _, v := range st.Lost {
+		cs.Lost += v
+	}
+	for _, p := range n.Peers() {
+		cs.Peers = append(cs.Peers, chat.PeerStatus{ID: p.ID, Synced: p.Synced, SilenceMS: p.Silence.Milliseconds(),
+			LagUS: p.Lag.Microseconds(), Received: p.Received, Lost: p.Lost, Conns: p.Conns, Rooms: p.Rooms, Members: p.Members})
+	}
+	return cs
 }
 
 // buildInfoMetric is throng_build_info: 1, labelled with the version, the VCS

@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 
 let config = { wsUrl: "", wsPort: "", wsPath: "/ws", auth: "none" };
 let client = null;
-let session = null; // { room, name, joined, leaving }
+let session = null; // { room, name, joined, leaving, roster, sent, bannedUntil }
 
 // A dev token's subject stays with the tab, so a reload is the same user.
 let devSub = sessionStorage.getItem("throng.sub") || "";
@@ -45,6 +45,110 @@ function setStatus(text, kind) {
 
 function members(n) {
   $("members").textContent = n === 1 ? "1 member" : `${n} members`;
+  if (session) {
+    session.count = n;
+    renderRoster();
+  }
+}
+
+// The member list: the server's list (a members reply) kept up to date with
+// user-joined and user-left. It is keyed by user id with a count of
+// connections, so a user in two tabs is one entry marked "2 tabs", and two
+// users who chose the same name are told apart by their ids.
+function rosterAdd(userId, userName) {
+  const r = session.roster;
+  const e = r.get(userId) || { name: userName, conns: 0 };
+  e.name = userName;
+  e.conns++;
+  r.set(userId, e);
+}
+
+function rosterRemove(userId) {
+  const r = session.roster;
+  const e = r.get(userId);
+  if (!e) return;
+  if (--e.conns <= 0) r.delete(userId);
+}
+
+function renderRoster() {
+  const s = session;
+  if (!s || !s.roster) return;
+  const me = client?.userId;
+  const names = new Map();
+  for (const e of s.roster.values()) names.set(e.name, (names.get(e.name) || 0) + 1);
+  const entries = [...s.roster.entries()].sort(([ia, a], [ib, b]) =>
+    ia === me ? -1 : ib === me ? 1 : a.name.localeCompare(b.name) || ia.localeCompare(ib),
+  );
+  const items = entries.map(([id, e]) => {
+    const li = document.createElement("li");
+    li.dataset.userId = id;
+    const name = document.createElement("span");
+    name.textContent = e.name;
+    li.append(name);
+    const tags = [];
+    if (id === me) {
+      li.className = "me";
+      tags.push(e.conns > 1 ? `you, ${e.conns} tabs` : "you");
+    } else if (e.conns > 1) {
+      tags.push(`${e.conns} tabs`);
+    }
+    if (names.get(e.name) > 1) tags.push(id);
+    if (tags.length) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = `(${tags.join(", ")})`;
+      li.append(tag);
+    }
+    return li;
+  });
+  $("member-list").replaceChildren(...items);
+  let listed = 0;
+  for (const e of s.roster.values()) listed += e.conns;
+  const more = (s.count || 0) - listed;
+  $("member-more").hidden = more <= 0;
+  $("member-more").textContent = more > 0 ? `and ${more} more not listed` : "";
+}
+
+// A ban: the server ignores what this connection sends until it ends, so the
+// page says for how long and holds the composer until then.
+function startBan(seconds) {
+  const s = session;
+  if (!s) return;
+  s.bannedUntil = Date.now() + seconds * 1000;
+  clearInterval(s.banTimer);
+  const tick = () => {
+    const left = Math.ceil((s.bannedUntil - Date.now()) / 1000);
+    if (left <= 0 || session !== s) {
+      endBan(s);
+      return;
+    }
+    const m = Math.floor(left / 60);
+    const sec = String(left % 60).padStart(2, "0");
+    showBanner(`Rate limited: you sent too much too fast, so the server ignores you for ${fmtBan(seconds)}. You can send again in ${m}:${sec}.`, "warn");
+  };
+  $("message").disabled = true;
+  $("send").disabled = true;
+  $("send-form").classList.add("banned");
+  tick();
+  s.banTimer = setInterval(tick, 1000);
+}
+
+function endBan(s) {
+  clearInterval(s.banTimer);
+  s.banTimer = null;
+  if (!s.bannedUntil) return;
+  s.bannedUntil = 0;
+  $("send-form").classList.remove("banned");
+  if (session === s && client && client.state === State.OPEN) {
+    $("message").disabled = false;
+    $("send").disabled = false;
+    clearBanner();
+  }
+}
+
+function fmtBan(seconds) {
+  if (seconds % 60 === 0) return seconds === 60 ? "1 minute" : `${seconds / 60} minutes`;
+  return `${seconds} seconds`;
 }
 
 function closeText(code, reason) {
@@ -78,11 +182,18 @@ function addLine(kind, parts) {
     const who = document.createElement("span");
     who.className = "who-name";
     who.textContent = parts.name;
+    head.append(who);
+    if (parts.tag) {
+      const tag = document.createElement("span");
+      tag.className = "who-tag";
+      tag.textContent = parts.tag;
+      head.append(tag);
+    }
     const time = document.createElement("time");
     const at = new Date(parts.timestamp);
     time.dateTime = at.toISOString();
     time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    head.append(who, time);
+    head.append(time);
     const text = document.createElement("p");
     text.className = "text";
     text.textContent = parts.text;
@@ -102,8 +213,9 @@ function showJoin() {
 function showChat() {
   $("join-panel").hidden = true;
   $("chat-panel").hidden = false;
-  $("message").disabled = false;
-  $("send").disabled = false;
+  const banned = session && session.bannedUntil > Date.now();
+  $("message").disabled = banned;
+  $("send").disabled = banned;
   $("message").focus();
 }
 
@@ -168,7 +280,8 @@ async function join(event) {
   $("room-title").textContent = "# " + room;
   $("me").textContent = name;
   members(0);
-  session = { room, name, joined: false, joinSent: false, leaving: false, lostBecause: null };
+  if (session) clearInterval(session.banTimer);
+  session = { room, name, joined: false, joinSent: false, leaving: false, lostBecause: null, roster: new Map(), sent: [], count: 0, bannedUntil: 0 };
   const c = new WebSocketClient(wsUrl(config), token, {
     refreshToken: config.auth === "dev" ? () => getToken(name) : undefined,
     history: 50, // recent messages shown on join
@@ -194,9 +307,13 @@ function wire(c, s) {
   };
   c.onJoined = (d) => {
     if (!mine() || d.roomId !== s.room) return;
+    // The list comes in a members reply; until then, just us.
+    s.roster = new Map();
+    rosterAdd(c.userId, s.name);
     members(d.userCount);
     // Recent history, or what was missed, came just before this.
     if (!s.joined && d.replayed) addLine("sys", { text: `↑ recent history (${d.replayed} messages)` });
+    c.members(s.room);
     addLine("sys", { text: s.joined ? `Rejoined #${s.room}` : `You joined #${s.room} as ${s.name}` });
     if (s.joined && d.recovered === true) {
       addLine("sys", { text: `Recovered ${d.replayed ?? 0} messages` });
@@ -206,25 +323,59 @@ function wire(c, s) {
     s.joined = true;
     showChat();
   };
+  c.onMembers = (d) => {
+    if (!mine() || d.roomId !== s.room) return;
+    s.roster = new Map();
+    for (const m of d.members || []) rosterAdd(m.userId, m.userName);
+    members(d.userCount);
+  };
+  c.onLeft = (d) => {
+    if (!mine() || d.roomId !== s.room || !d.reason) return;
+    // An operator took us out of the room (or closed it).
+    s.leaving = true;
+    c.disconnect();
+    showBanner(`You were removed from #${s.room}: ${d.reason}.`);
+    setStatus("Not connected", "idle");
+    showJoin();
+  };
   c.onUserJoined = (d) => {
     if (!mine() || d.roomId !== s.room) return;
+    rosterAdd(d.userId, d.userName);
     members(d.userCount);
     addLine("sys", { text: `${d.userName} joined` });
   };
   c.onUserLeft = (d) => {
     if (!mine() || d.roomId !== s.room) return;
+    rosterRemove(d.userId);
     members(d.userCount);
     addLine("sys", { text: `${d.userName} left` });
   };
   c.onMessage = (d) => {
     if (!mine() || d.roomId !== s.room) return;
-    addLine(d.userId === c.userId ? "msg mine" : "msg", { name: d.userName, text: d.content, timestamp: d.timestamp });
+    // Ours only if this tab sent it: the same user in another tab (or on
+    // another device) is shown apart.
+    let kind = "msg";
+    let tag = "";
+    if (d.userId === c.userId) {
+      const i = s.sent.indexOf(d.content);
+      if (i >= 0) {
+        s.sent.splice(i, 1);
+        kind = "msg mine";
+      } else {
+        kind = "msg twin";
+        tag = "you, in another tab";
+      }
+    }
+    addLine(kind, { name: d.userName, text: d.content, timestamp: d.timestamp, tag });
   };
   c.onError = (d) => {
     if (!mine()) return;
     switch (d.code) {
       case "rate_limited":
-        showBanner("Rate limited: you sent too much too fast, so the server ignores you for a while.", "warn");
+        // What was sent since is dropped, not echoed.
+        s.sent = [];
+        if (d.retryAfter > 0) startBan(d.retryAfter);
+        else showBanner("Rate limited: you sent too much too fast, so the server ignores you for a while.", "warn");
         break;
       case "token_expired":
         showBanner("Your token expired.");
@@ -250,6 +401,8 @@ function wire(c, s) {
       case State.OPEN:
         setStatus("Connected", "ok");
         s.lostBecause = null;
+        // A new connection starts with no ban.
+        endBan(s);
         if (d.reconnected) {
           clearBanner();
           if (s.joined) addLine("sys", { text: "Reconnected" });
@@ -287,6 +440,7 @@ function wire(c, s) {
 function leave() {
   if (!client || !session) return;
   session.leaving = true;
+  clearInterval(session.banTimer);
   client.leave(session.room);
   client.disconnect();
   client = null;
@@ -300,10 +454,13 @@ function send(event) {
   const input = $("message");
   const content = input.value.trim();
   if (!content || !client || !session) return;
+  if (session.bannedUntil > Date.now()) return;
   if (!client.chat(session.room, content)) {
     showBanner("Not connected: the message was not sent.", "warn");
     return;
   }
+  session.sent.push(content);
+  if (session.sent.length > 100) session.sent.shift();
   input.value = "";
   input.focus();
 }

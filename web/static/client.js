@@ -43,6 +43,7 @@ export const Types = Object.freeze({
   PING: "ping",
   REFRESH: "refresh",
   HISTORY: "history",
+  MEMBERS: "members",
   CONNECTED: "connected",
   JOINED: "joined",
   USER_JOINED: "user-joined",
@@ -270,6 +271,15 @@ export class WebSocketClient extends EventTarget {
     return this.send({ type: Types.PING });
   }
 
+  /**
+   * Asks for the members of a room this client is in; the answer comes to
+   * onMembers as { roomId, members: [{ userId, userName }…], userCount }, at
+   * most 100 listed (one per connection) while userCount counts them all.
+   */
+  members(roomId) {
+    return this.send({ type: Types.MEMBERS, roomId });
+  }
+
   /** Closes for good: no reconnect. */
   disconnect(code = 1000, reason = "") {
     this._stopped = true;
@@ -376,6 +386,9 @@ export class WebSocketClient extends EventTarget {
         break;
       case Types.PONG:
         this.onPong?.(data);
+        break;
+      case Types.MEMBERS:
+        this.onMembers?.(data);
         break;
       case Types.REFRESHED:
         if (this._refreshing) this._setToken(this._refreshing);
