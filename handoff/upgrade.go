@@ -93,12 +93,13 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 			"exit", cmd.ProcessState)
 		return res, err
 	}
-	cmd.Process.Release()
+	newPID := cmd.Process.Pid
+	cmd.Process.Release() // it is not our child to wait for: it replaces us
 	u.stats.Committed.Add(1)
 	u.stats.Conns.Store(int64(res.Conns))
 	u.stats.Nanos.Store(int64(res.Frozen))
 	u.stats.MaxBatch.Store(int64(res.MaxBatch))
-	log.Info("upgrade: handed over", "new_pid", cmd.Process.Pid, "conns", res.Conns, "batches", res.Batches,
+	log.Info("upgrade: handed over", "new_pid", newPID, "conns", res.Conns, "batches", res.Batches,
 		"state_bytes", res.Bytes, "frozen", res.Frozen, "total", time.Since(begin))
 	return res, nil
 }

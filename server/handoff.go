@@ -728,3 +728,7 @@ var (
 	_ handoff.Source = (*HandoffSource)(nil)
 	_ handoff.Sink   = (*HandoffSink)(nil)
 )
+
+// CanHandOff reports whether the server's connections can be handed to
+// another process: only the epoll backend can.
+func (s *Server) CanHandOff() bool { return s.p.Backend() == poller.BackendEpoll }
