@@ -180,6 +180,8 @@ func TestHandoffUnderLoad(t *testing.T) {
 		c := dial(t, addr.String())
 		c.send(map[string]any{"type": "join", "roomId": "lobby", "userName": fmt.Sprintf("u%d", i)})
 		go c.read()
+		// One join at a time, so each hears exactly the later ones.
+		waitFor(t, "joined", func() bool { msgs, _ := c.snapshot(); return countType(msgs, "joined") == 1 })
 		clients[i] = c
 	}
 	// Every client has its joined and every later joiner's user-joined.
@@ -210,7 +212,7 @@ func TestHandoffUnderLoad(t *testing.T) {
 				default:
 				}
 				c.send(map[string]any{"type": "chat", "roomId": "lobby", "content": fmt.Sprintf("%d:%d", i, seq)})
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(10 * time.Millisecond)
 			}
 		}()
 	}
@@ -238,11 +240,19 @@ func TestHandoffUnderLoad(t *testing.T) {
 	if total < n*10 {
 		t.Fatalf("only %d messages sent: the load did not run", total)
 	}
-	for _, c := range clients {
-		waitFor(t, "every message", func() bool {
-			msgs, _ := c.snapshot()
-			return countType(msgs, "message") >= total
-		})
+	for i, c := range clients {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			msgs, err := c.snapshot()
+			got := countType(msgs, "message")
+			if got >= total {
+				break
+			}
+			if err != nil || time.Now().After(deadline) {
+				t.Fatalf("client %d read %d of %d messages (reading stopped: %v)", i, got, total, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	for i, c := range clients {
 		msgs, err := c.snapshot()
