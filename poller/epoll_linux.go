@@ -552,7 +552,7 @@ func (el *epollLoop) queued(c *Conn) int {
 // limit, a queue that would pass MaxPending refuses the write.
 func (el *epollLoop) writeNow(c *Conn, a, b []byte, limit bool) error {
 	total := len(a) + len(b)
-	if c.out != nil {
+	if c.out != nil || c.flags&flagFrozen != 0 {
 		if err := c.checkPendingIf(limit, total); err != nil {
 			return err
 		}
@@ -591,7 +591,7 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 	}
 	b := f.buf.B
 	limit := el.l.inData != c // as in write2
-	if c.out != nil {
+	if c.out != nil || c.flags&flagFrozen != 0 {
 		if err := c.checkPendingIf(limit, len(b)); err != nil {
 			return err
 		}
@@ -660,6 +660,9 @@ func (el *epollLoop) armWrite(c *Conn) error {
 		return nil
 	}
 	c.flags |= flagWriteArmed
+	if c.flags&flagFrozen != 0 {
+		return nil // out of the epoll set: thaw arms it
+	}
 	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
@@ -668,6 +671,9 @@ func (el *epollLoop) disarmWrite(c *Conn) error {
 		return nil
 	}
 	c.flags &^= flagWriteArmed
+	if c.flags&flagFrozen != 0 {
+		return nil
+	}
 	return el.ctl(unix.EPOLL_CTL_MOD, c, el.events(c))
 }
 
@@ -746,7 +752,8 @@ func (el *epollLoop) closeWrite(c *Conn) {
 			return
 		}
 	}
-	if c.out != nil {
+	if c.out != nil || c.flags&flagFrozen != 0 {
+		// A frozen socket is not touched: thaw shuts it once it is flushed.
 		c.flags |= flagShutdownOnFlush
 		return
 	}

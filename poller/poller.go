@@ -315,6 +315,7 @@ const (
 	flagShutdown                  // the write side is shut (or will be, once flushed)
 	flagRefused                   // a write was refused for MaxPending since OnWritable last ran
 	flagReadPaused                // epoll: its own replies passed MaxPending; input waits in the kernel
+	flagFrozen                    // epoll: out of the epoll set for a handoff; writes are queued, never sent (handoff_linux.go)
 )
 
 // outQueue is the epoll backend's queue of a connection's unsent output.
@@ -496,6 +497,13 @@ func (c *Conn) DropQueued() {
 // and tells the handler. The backend has already let go of the socket and the
 // output.
 func (l *Loop) forget(c *Conn, cause error) {
+	l.unlist(c)
+	l.p.closedConns.Add(1)
+	l.p.h.OnClose(c, cause)
+}
+
+// unlist removes c from the loop's list and frees its input buffer.
+func (l *Loop) unlist(c *Conn) {
 	last := l.conns[len(l.conns)-1]
 	l.conns[c.idx] = last
 	last.idx = c.idx
@@ -506,8 +514,6 @@ func (l *Loop) forget(c *Conn, cause error) {
 		inPool.Put(c.in)
 		c.in = nil
 	}
-	l.p.closedConns.Add(1)
-	l.p.h.OnClose(c, cause)
 }
 
 // fdTable maps descriptors to a backend's per-connection state (the epoll

@@ -120,6 +120,10 @@ func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 	idle := s.opts.IdleTimeout.Milliseconds()
 	ping := s.opts.PingInterval.Milliseconds()
 	l.Range(func(pc *poller.Conn) bool {
+		if pc.Frozen() {
+			// In a handoff: its deadlines are the owner's, after it.
+			return true
+		}
 		switch c := pc.Context().(type) {
 		case nil: // in the handshake: the stamp is its deadline
 			if ms >= pc.Stamp() {

@@ -255,6 +255,8 @@ type Server struct {
 	bg bg.Group
 	// lastPrune is when loop 0 last pruned ipLimit; owned by loop 0.
 	lastPrune int64
+	// ho is the state of a connection handoff (handoff.go).
+	ho handoffState
 }
 
 type route struct {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -17,12 +19,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
 	"github.com/throng-ws/throng/config"
 	"github.com/throng-ws/throng/echo"
+	"github.com/throng-ws/throng/handoff"
 	"github.com/throng-ws/throng/history"
 	"github.com/throng-ws/throng/httplimit"
 	"github.com/throng-ws/throng/internal/buildinfo"
@@ -54,6 +58,17 @@ func serveCommand() *ffcli.Command {
 func serve(ctx context.Context, c *config.Serve) error {
 	if err := c.Validate(); err != nil {
 		return err
+	}
+	// The binary an upgrade starts: this path, resolved now, names whatever
+	// was installed at it since.
+	exe, exeErr := os.Executable()
+	// Started by an upgrade: the old process waits on this socket.
+	hoConn, inherited, err := handoff.FromEnv()
+	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	if hoConn != nil {
+		defer hoConn.Close()
 	}
 	// Catch the signals before anything is announced: a SIGTERM that arrives
 	// just after the "serving" line must drain, not kill.
@@ -108,7 +123,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 		buildInfoMetric(),
 	)
 	mux := srv.HTTPHandler()
-	hs, err := httplimit.New(server.LogRequests(log, httplimit.JSONErrors(mux)), c.HTTPOptions(log))
+	hs, err := httplimit.New(server.LogRequests(log, httplimit.JSONErrors(srv.HandoffGate(mux))), c.HTTPOptions(log))
 	if err != nil {
 		return err
 	}
@@ -165,15 +180,55 @@ func serve(ctx context.Context, c *config.Serve) error {
 		// A room table of its own, so no chat room can share its room's name.
 		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit(), Deflater: srv.Deflater()})
 	}
+	up := &handoff.Upgrader{Exe: exe, Args: os.Args[1:], Logger: log}
+	reg.MustRegister(up.Collector())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	wsAddr, err := srv.Listen(c.WSAddr)
-	if err != nil {
-		return fmt.Errorf("--ws-addr: %w", err)
+	var wsAddr net.Addr
+	var hln net.Listener
+	if inherited {
+		// Everything is built and checked: take the old process's listeners
+		// and connections. On an error it keeps them all.
+		sink := &server.HandoffSink{Server: srv, Listener: func(name string, fd int) error {
+			f := os.NewFile(uintptr(fd), name)
+			defer f.Close()
+			if name != "http" {
+				return fmt.Errorf("upgrade: a listener %q this version does not know", name)
+			}
+			ln, err := net.FileListener(f)
+			hln = ln
+			return err
+		}}
+		res, err := handoff.Receive(hoConn, sink, handoff.ReceiveOptions{})
+		hoConn.Close()
+		if err == nil && hln == nil {
+			err = errors.New("no HTTP listener handed over")
+		}
+		if err != nil {
+			if hln != nil {
+				hln.Close()
+			}
+			return fmt.Errorf("upgrade: %w", err)
+		}
+		wsAddr = sink.Addr
+		log.Info("upgrade: took over", "conns", res.Conns, "batches", res.Batches, "state_bytes", res.Bytes,
+			"max_batch_bytes", res.MaxBatch, "frozen", res.Frozen)
+		handoff.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
+	} else {
+		if wsAddr, err = srv.Listen(c.WSAddr); err != nil {
+			return fmt.Errorf("--ws-addr: %w", err)
+		}
+		if hln, err = net.Listen("tcp", c.HTTPAddr); err != nil {
+			return fmt.Errorf("--http-addr: %w", err)
+		}
+		handoff.Notify("READY=1")
 	}
-	hln, err := net.Listen("tcp", c.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("--http-addr: %w", err)
-	}
+	up.Source = &server.HandoffSource{Server: srv, Extra: func() ([]handoff.Listener, error) {
+		fd, err := dupListener(hln)
+		if err != nil {
+			return nil, err
+		}
+		return []handoff.Listener{{Name: "http", FD: fd}}, nil
+	}}
 	// The demo page and /client.js; the page connects to the WebSocket listener.
 	wo := c.WebOptions(wsAddr.String(), verifier, devSecret)
 	wo.Dashboard = c.APIKey != "" && endpoints["ws"] // the page reads /api/dashboard
@@ -196,10 +251,49 @@ func serve(ctx context.Context, c *config.Serve) error {
 			dialable(wsAddr), tok, devSecret, c.APIKey, dialable(hln.Addr()))
 	}
 
-	select {
-	case <-ctx.Done():
-	case err := <-httpDone:
-		return fmt.Errorf("http: %w", err)
+	// SIGUSR2 hands every connection to the binary now on disk.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	upDone := make(chan error, 1)
+	upgrading := false
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			if upgrading {
+				// Let the upgrade finish: it either hands everything over
+				// or takes it all back, and then the drain runs.
+				if err := <-upDone; err == nil {
+					return upgraded(log, hs)
+				}
+			}
+			break wait
+		case err := <-httpDone:
+			return fmt.Errorf("http: %w", err)
+		case <-usr2:
+			switch {
+			case upgrading:
+				up.Upgrade(ctx) // refused and counted: one at a time
+			case !srv.CanHandOff():
+				up.Refuse()
+				log.Warn("upgrade: refused: --poller netpoll cannot hand connections over; restart with a drain (SIGTERM) instead")
+			case node != nil:
+				up.Refuse()
+				log.Warn("upgrade: refused: a cluster node (--nats) cannot hand connections over yet; restart with a drain (SIGTERM) instead")
+			case exeErr != nil:
+				up.Refuse()
+				log.Warn("upgrade: refused: the binary's path is unknown", "err", exeErr)
+			default:
+				upgrading = true
+				go func() { _, err := up.Upgrade(context.Background()); upDone <- err }()
+			}
+		case err := <-upDone:
+			upgrading = false
+			if err == nil {
+				return upgraded(log, hs)
+			}
+		}
 	}
 	stop()
 	log.Info("shutting down", "drain_timeout", c.DrainTimeout)
@@ -221,6 +315,31 @@ func serve(ctx context.Context, c *config.Serve) error {
 	hs.Shutdown(hctx)
 	log.Info("stopped")
 	return nil
+}
+
+// upgraded ends the old process after a committed upgrade: the server has
+// let go of every connection already; the HTTP listener's requests finish.
+func upgraded(log *slog.Logger, hs *httplimit.Server) error {
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	hs.Shutdown(hctx)
+	log.Info("upgrade: the new process serves every connection; exiting")
+	return nil
+}
+
+// dupListener duplicates a listener's descriptor without putting it in
+// blocking mode (as os.File.Fd would, for this process's copy too).
+func dupListener(ln net.Listener) (int, error) {
+	sc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := sc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	return fd, err
 }
 
 // dialable turns a listening address such as [::]:8080 into one a client on this
