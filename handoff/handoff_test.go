@@ -74,7 +74,7 @@ func handOver(t *testing.T, old, new *node, ro handoff.ReceiveOptions, sink hand
 		b.Close()
 		recvErr <- err
 	}()
-	res, err := handoff.Send(context.Background(), a, &server.HandoffSource{Server: old.srv, BatchBytes: 4 << 10},
+	res, err := handoff.Send(context.Background(), a, &server.HandoffSource{Server: old.srv, BatchBytes: 1 << 10},
 		handoff.SendOptions{StepTimeout: 5 * time.Second, Stop: func() { b.Close() }})
 	return res, err, <-recvErr
 }
@@ -227,7 +227,7 @@ func TestHandoffUnderLoad(t *testing.T) {
 		t.Errorf("handed over %d connections, want %d", res.Conns, n)
 	}
 	if res.Batches < 2 {
-		t.Errorf("%d batches: the 4 KiB batch budget should have split %d connections", res.Batches, n)
+		t.Errorf("%d batches: the 1 KiB batch budget should have split %d connections", res.Batches, n)
 	}
 	time.Sleep(200 * time.Millisecond)
 	close(quit)

@@ -303,16 +303,7 @@ func (s *Server) ThawHandoff() {
 	if s.ho.phase.Load() != hoFrozen {
 		return
 	}
-	s.onLoops(func(i int, l *poller.Loop) {
-		for _, pc := range s.ho.conns[i] {
-			if !pc.Closed() {
-				pc.Thaw()
-			}
-		}
-		s.ho.conns[i] = nil
-	})
-	s.p.ResumeAccept()
-	s.ho.phase.Store(hoIdle)
+	s.thawAll()
 	s.shutGate(false)
 }
 
@@ -549,16 +540,7 @@ func (s *Server) ActivateHandoff() {
 		s.p.ResumeAccept()
 		return
 	}
-	s.onLoops(func(i int, l *poller.Loop) {
-		for _, pc := range s.ho.conns[i] {
-			if !pc.Closed() {
-				pc.Thaw()
-			}
-		}
-		s.ho.conns[i] = nil
-	})
-	s.p.ResumeAccept()
-	s.ho.phase.Store(hoIdle)
+	s.thawAll()
 }
 
 // AbandonHandoff lets go of what a failed handoff imported, without a word
@@ -732,3 +714,18 @@ var (
 // CanHandOff reports whether the server's connections can be handed to
 // another process: only the epoll backend can.
 func (s *Server) CanHandOff() bool { return s.p.Backend() == poller.BackendEpoll }
+
+// thawAll has every loop read and write its handed-over connections again,
+// the listener accept, and the handoff end.
+func (s *Server) thawAll() {
+	s.onLoops(func(i int, l *poller.Loop) {
+		for _, pc := range s.ho.conns[i] {
+			if !pc.Closed() {
+				pc.Thaw()
+			}
+		}
+		s.ho.conns[i] = nil
+	})
+	s.p.ResumeAccept()
+	s.ho.phase.Store(hoIdle)
+}
