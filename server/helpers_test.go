@@ -8,17 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
 	"github.com/throng-ws/throng/auth"
+	"github.com/throng-ws/throng/internal/wstest"
 	"github.com/throng-ws/throng/poller"
 )
 
@@ -26,29 +24,6 @@ import (
 // the suite once per backend in THRONG_TEST_BACKENDS (comma-separated; by
 // default every backend this platform has).
 var testBackend poller.Backend
-
-func TestMain(m *testing.M) {
-	backends := poller.Backends()
-	if list := os.Getenv("THRONG_TEST_BACKENDS"); list != "" {
-		backends = backends[:0]
-		for _, b := range strings.Split(list, ",") {
-			backends = append(backends, poller.Backend(strings.TrimSpace(b)))
-		}
-	}
-	for _, b := range backends {
-		testBackend = b
-		if code := m.Run(); code != 0 {
-			fmt.Fprintf(os.Stderr, "server: tests failed on the %s backend\n", b)
-			os.Exit(code)
-		}
-	}
-	// netpoll's pollers are process-wide and never stop.
-	if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait")); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
 
 // newTestServer is New on the backend under test.
 func newTestServer(o Options) (*Server, error) {
@@ -60,28 +35,6 @@ func newTestServer(o Options) (*Server, error) {
 
 // testSecret signs the tokens of servers started with auth.
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
-
-// fakeClock is an injected clock that tests move by hand; the loops' sweeps run
-// on real time but read this clock, so a deadline passes as soon as the clock
-// is advanced past it.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_800_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 type testServer struct {
 	*Server
@@ -179,23 +132,6 @@ func (ts *testServer) token(sub string, ttl time.Duration) string {
 	return tok
 }
 
-// dial connects with gorilla/websocket, the independent client, and closes the
-// connection when the test ends.
-func dial(t *testing.T, url string, h http.Header) *websocket.Conn {
-	t.Helper()
-	c, resp, err := websocket.DefaultDialer.Dial(url, h)
-	if err != nil {
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		t.Fatalf("dial %s: %v (status %d)", url, err, status)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	return c
-}
-
 // readJSON reads one text message and returns it as a string.
 func readText(t *testing.T, c *websocket.Conn) string {
 	t.Helper()
@@ -207,26 +143,6 @@ func readText(t *testing.T, c *websocket.Conn) string {
 		t.Fatalf("read: opcode %d, want text", op)
 	}
 	return string(b)
-}
-
-// expectClose reads until the connection closes and checks the close code.
-func expectClose(t *testing.T, c *websocket.Conn, code int) *websocket.CloseError {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for {
-		_, _, err := c.ReadMessage()
-		if err == nil {
-			continue
-		}
-		ce, ok := err.(*websocket.CloseError)
-		if !ok {
-			t.Fatalf("want close %d, got %v", code, err)
-		}
-		if ce.Code != code {
-			t.Fatalf("close code %d (%q), want %d", ce.Code, ce.Text, code)
-		}
-		return ce
-	}
 }
 
 // rawConn is a hand-driven client for sending what a well-behaved library will
@@ -400,16 +316,16 @@ func httpRequest(t *testing.T, addr, req string) *http.Response {
 	return resp
 }
 
-// waitFor polls cond until it holds; it is how a test waits for the server to
-// reach a state without timing anything. The deadline only bounds a failing
-// test.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+// The suite's shared pieces (package wstest).
+type fakeClock = wstest.Clock
+
+var (
+	newFakeClock = wstest.NewClock
+	dial         = wstest.Dial
+	expectClose  = wstest.ExpectClose
+	waitFor      = wstest.WaitFor
+)
+
+func TestMain(m *testing.M) {
+	wstest.RunBackends(m, "server", func(b poller.Backend) { testBackend = b })
 }

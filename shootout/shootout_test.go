@@ -5,15 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/goleak"
 
+	"github.com/throng-ws/throng/internal/wstest"
 	"github.com/throng-ws/throng/poller"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
@@ -67,41 +64,6 @@ func (ts *testServer) URL(path string) string { return "ws://" + ts.Addr + path 
 // by default every backend this platform has).
 var testBackend poller.Backend
 
-func TestMain(m *testing.M) {
-	backends := poller.Backends()
-	if list := os.Getenv("THRONG_TEST_BACKENDS"); list != "" {
-		backends = backends[:0]
-		for _, b := range strings.Split(list, ",") {
-			backends = append(backends, poller.Backend(strings.TrimSpace(b)))
-		}
-	}
-	for _, b := range backends {
-		testBackend = b
-		if code := m.Run(); code != 0 {
-			fmt.Fprintf(os.Stderr, "shootout: tests failed on the %s backend\n", b)
-			os.Exit(code)
-		}
-	}
-	if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/cloudwego/netpoll.(*defaultPoll).Wait")); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
-
-// dial connects with gorilla/websocket, the independent client, and closes the
-// connection when the test ends.
-func dial(t *testing.T, url string, h http.Header) *websocket.Conn {
-	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial(url, h)
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	return c
-}
-
 // expectClose reads until the connection closes and checks the close code.
 func expectClose(t *testing.T, c *websocket.Conn, code int) {
 	t.Helper()
@@ -116,18 +78,6 @@ func expectClose(t *testing.T, c *websocket.Conn, code int) {
 			t.Fatalf("want close %d, got %v", code, err)
 		}
 		return
-	}
-}
-
-// waitFor polls cond until it holds; the deadline only bounds a failing test.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -396,4 +346,14 @@ func TestShootoutRateLimit(t *testing.T) {
 	if _, p, err := other.ReadMessage(); err != nil || !bytes.Contains(p, []byte("mine")) {
 		t.Fatalf("after the limited sender: %s %v, want my echo", p, err)
 	}
+}
+
+// The suite's shared pieces (package wstest).
+var (
+	dial    = wstest.Dial
+	waitFor = wstest.WaitFor
+)
+
+func TestMain(m *testing.M) {
+	wstest.RunBackends(m, "shootout", func(b poller.Backend) { testBackend = b })
 }
