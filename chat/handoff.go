@@ -66,3 +66,67 @@ func (h *Handler) ImportConn(c *server.Conn, state []byte) error {
 }
 
 var _ server.HandoffHandler = (*Handler)(nil)
+
+// cursorsFormat versions the "cursors" part below.
+const cursorsFormat = 1
+
+// HandoffState lists the handler's parts of a handoff's application state
+// (handoff.StatePart): this node's history store, so that the rooms keep
+// their epochs and offsets; in a cluster, the rooms' delivery cursors, so
+// that a join on the new process reports the offset it would have on the
+// old one. Call it with the server frozen.
+func (h *Handler) HandoffState() []handoff.StatePart {
+	var parts []handoff.StatePart
+	if h.History != nil {
+		parts = append(parts, h.History.HandoffPart())
+	}
+	if h.Cluster != nil {
+		parts = append(parts, handoff.StatePart{Name: "cursors", Format: cursorsFormat, Export: h.exportCursors})
+	}
+	return parts
+}
+
+// HandoffImporters takes what HandoffState sends, in the new process.
+func (h *Handler) HandoffImporters() []handoff.StateImporter {
+	var ims []handoff.StateImporter
+	if h.History != nil {
+		ims = append(ims, h.History.HandoffImporter())
+	}
+	if h.Cluster != nil {
+		ims = append(ims, handoff.StateImporter{Name: "cursors", Format: cursorsFormat, Import: h.importCursors})
+	}
+	return ims
+}
+
+// exportCursors writes every room's cursor in one chunk: a cursor is a room
+// with local members, a few dozen bytes.
+func (h *Handler) exportCursors(dst []byte, _ int) ([]byte, bool, error) {
+	e := handoff.Enc{B: dst}
+	h.cur.mu.Lock()
+	defer h.cur.mu.Unlock()
+	for id, c := range h.cur.m {
+		c.mu.Lock()
+		e.String(id)
+		e.Uint(c.last)
+		e.Uint(c.lastMsg)
+		c.mu.Unlock()
+	}
+	return e.B, true, nil
+}
+
+func (h *Handler) importCursors(chunk []byte, _ bool) error {
+	d := handoff.Dec{B: chunk}
+	h.cur.mu.Lock()
+	defer h.cur.mu.Unlock()
+	if h.cur.m == nil {
+		h.cur.m = make(map[string]*cursor)
+	}
+	for len(d.B) > 0 {
+		id, last, lastMsg := d.String(), d.Uint(), d.Uint()
+		if d.Err() != nil {
+			return fmt.Errorf("chat: cursors: %w", d.Err())
+		}
+		h.cur.m[id] = &cursor{last: last, lastMsg: lastMsg}
+	}
+	return nil
+}
