@@ -664,8 +664,11 @@ func (n *Node) onRoomMsg(m *nats.Msg, backlog bool) {
 		}
 		if len(n.held) < n.opts.InboundQueue {
 			n.held = append(n.held, m)
-		} else {
-			n.c.heldLost.Add(1)
+		} else if len(n.held) == n.opts.InboundQueue {
+			// Delivered by the successor; lost here only if the handoff
+			// fails.
+			n.held = append(n.held, nil)
+			n.log.Warn("cluster: room messages held during a handoff past the inbound queue are dropped; a rollback loses them")
 		}
 		return
 	}
@@ -775,19 +778,21 @@ func (n *Node) gatherMembers(ctx context.Context, roomID string, fn func(members
 	if err := n.nc.PublishRequest(n.RoomSubject(roomID), inbox, nil); err != nil {
 		return true, err
 	}
+	done := make(map[string]bool)
 	for len(want) > 0 {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			return true, nil
 		}
 		var r membersReply
-		if json.Unmarshal(m.Data, &r) != nil || !want[r.Node] {
+		if json.Unmarshal(m.Data, &r) != nil || done[r.Node] {
 			// A node whose list is whole already: its process handing over
 			// to a successor may answer from both for a moment.
 			continue
 		}
 		fn(r)
 		if !r.More {
+			done[r.Node] = true
 			delete(want, r.Node)
 		}
 	}

@@ -70,6 +70,10 @@ func (n *Node) Inc() uint64 { return n.inc }
 // handoffStep bounds each wait of a pause.
 const handoffStep = 10 * time.Second
 
+// catchAllGrace is how long a successor keeps its subscription to every room
+// after its rooms' own are in place.
+const catchAllGrace = time.Second
+
 // Standby readies a successor for the handoff: it waits until it has heard
 // every live node (a heartbeat) and holds each one's counts whole, then
 // subscribes to every room's subject, and returns once the broker has the
@@ -241,7 +245,9 @@ func (n *Node) Resume() {
 		held := n.held
 		n.held = nil
 		for _, m := range held {
-			n.onRoomMsg(m, false)
+			if m != nil {
+				n.onRoomMsg(m, false)
+			}
 		}
 	})
 	if n.h != nil {
@@ -359,7 +365,9 @@ func (n *Node) Activate() {
 	if !n.standby.Load() {
 		return
 	}
+	var seq uint64
 	err := n.onWorker(func() {
+		seq = n.seq + 1
 		n.flushDirty() // the rooms of the last imported connections
 		n.imu.Lock()
 		for id, it := range n.interest {
@@ -378,12 +386,21 @@ func (n *Node) Activate() {
 		n.standby.Store(false)
 		close(n.activated)
 		// Once the broker has the rooms' subscriptions, every message comes
-		// on them too: the catch-all can go (its copies are dropped by their
-		// sequence numbers).
-		ctx, cancel := context.WithTimeout(context.Background(), handoffStep)
-		defer cancel()
-		if err := n.nc.FlushWithContext(ctx); err == nil && wild != nil {
-			n.Unwatch()
+		// on them too, and the catch-all can go (its copies are dropped by
+		// their sequence numbers). Not at once: a message the broker matched
+		// just before it had them may still be on its way to the catch-all
+		// after the flush's answer, and the client drops what comes for a
+		// subscription it has ended.
+		if wild != nil {
+			n.bg.Go(func() {
+				t := time.NewTimer(catchAllGrace)
+				defer t.Stop()
+				select {
+				case <-n.bg.Quit():
+				case <-t.C:
+					n.Unwatch()
+				}
+			})
 		}
 		n.publishSnapshot()
 		n.heartbeat()
@@ -394,5 +411,5 @@ func (n *Node) Activate() {
 	if n.h != nil {
 		n.histActivate()
 	}
-	n.log.Info("cluster: took over the node", "inc", n.inc, "state_seq", n.seq)
+	n.log.Info("cluster: took over the node", "inc", n.inc, "state_seq", seq)
 }

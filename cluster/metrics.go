@@ -16,7 +16,6 @@ type counters struct {
 	received    atomic.Uint64 // room messages from other nodes delivered here
 	stale       atomic.Uint64 // room messages of a subscription since replaced or ended
 	droppedGone atomic.Uint64 // dropped by the NATS client on subscriptions since ended
-	heldLost    atomic.Uint64 // room messages not held during a handoff: the hold was full
 
 	statePublished atomic.Uint64
 	stateLost      atomic.Uint64 // own state messages the broker did not take

@@ -617,8 +617,9 @@ type HandoffSource struct {
 	// Parts lists the application state to hand over (handoff.StateSource),
 	// once the server is frozen. May be nil.
 	Parts func() []handoff.StatePart
-	// OnRollback runs after a failed handoff, once every connection is back.
-	// May be nil.
+	// OnRollback runs after a failed handoff, before the connections thaw:
+	// what it writes to them waits in their queues, and what they send once
+	// thawed finds it done. May be nil.
 	OnRollback func()
 
 	batch HandoffBatch
@@ -654,10 +655,10 @@ func (h *HandoffSource) Export(dst []byte, fds []int) ([]byte, []int, int, bool,
 
 // Rollback implements handoff.Source.
 func (h *HandoffSource) Rollback() {
-	h.Server.ThawHandoff()
 	if h.OnRollback != nil {
 		h.OnRollback()
 	}
+	h.Server.ThawHandoff()
 }
 
 // State implements handoff.StateSource.

@@ -253,7 +253,8 @@ func serve(ctx context.Context, c *config.Serve) error {
 		}
 		wsAddr = sink.Addr
 		log.Info("upgrade: took over", "conns", res.Conns, "batches", res.Batches, "state_bytes", res.Bytes,
-			"max_batch_bytes", res.MaxBatch, "frozen", res.Frozen)
+			"max_batch_bytes", res.MaxBatch, "app_state_bytes", res.StateBytes, "app_state_chunks", res.StateChunks,
+			"frozen", res.Frozen)
 		handoff.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	} else {
 		if wsAddr, err = srv.Listen(c.WSAddr); err != nil {

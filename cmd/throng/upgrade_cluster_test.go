@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,16 +27,17 @@ import (
 // message exactly once and in each sender's order, no connection closes,
 // nobody reads a user-left or user-joined, the counts are the same on both
 // nodes before and after, the node keeps its id (a random one: --node-id is
-// not given) and the other node sees no member leave. Without JetStream the
+// not given) and the other node sees no member leave. Before it, an upgrade
+// whose new process refuses the node's state, after the old one paused, is
+// rolled back just as unnoticed. Without JetStream the
 // messages cross the broker live; with it they go through the history
 // stream, and their offsets run on without a gap or a repeat in one epoch.
 func TestServeClusterUpgrade(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := buildThrong(t)
 	for _, js := range []bool{false, true} {
-		t.Run(fmt.Sprintf("jetstream=%v", js), func(t *testing.T) { clusterUpgrade(t, bin, js) })
+		t.Run(fmt.Sprintf("jetstream=%v", js), func(t *testing.T) { clusterUpgrade(t, buildThrong(t), js) })
 	}
 }
 
@@ -227,9 +229,34 @@ func clusterUpgrade(t *testing.T, bin string, js bool) {
 	}
 	time.Sleep(300 * time.Millisecond)
 
+	// First a new process that refuses the cluster's state, once the old
+	// one has paused (history in JetStream on one side and off on the
+	// other): the old process resumes, and its members notice nothing.
 	pid := pa.cmd.Process.Pid
+	real := bin + ".real"
+	if err := os.Rename(bin, real); err != nil {
+		t.Fatal(err)
+	}
+	flip := "1000"
+	if js {
+		flip = "0"
+	}
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec "+real+" \"$@\" --history-size "+flip+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	syscall.Kill(pid, syscall.SIGUSR2)
-	m := pa.waitLine(t, `upgrade: handed over" new_pid=(\d+) conns=(\d+)`)
+	pa.waitLine(t, `cluster: resumed after a failed handoff`)
+	m := pa.waitLine(t, `upgrade: failed, keeping every connection" err="(.*)`)
+	if !strings.Contains(m[1], "history in JetStream is") {
+		t.Errorf("the upgrade failed with %s, want the new process's refusal of the cluster's state", m[1])
+	}
+	if err := os.Rename(real, bin); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	syscall.Kill(pid, syscall.SIGUSR2)
+	m = pa.waitLine(t, `upgrade: handed over" new_pid=(\d+) conns=(\d+)`)
 	newPID, _ := strconv.Atoi(m[1])
 	t.Cleanup(func() { stopPID(t, newPID) })
 	if m[2] != "2" {
@@ -304,7 +331,9 @@ func clusterUpgrade(t *testing.T, bin string, js bool) {
 		}
 		m.mu.Unlock()
 	}
+	a1.mu.Lock()
 	t.Logf("sent %v; every member read %d messages; handoff: %s", sent, len(a1.msgs), regexp.MustCompile(`frozen=\S+`).FindString(pa.stderr()))
+	a1.mu.Unlock()
 	for i, s := range senders {
 		if sent[i] < 50 {
 			t.Errorf("%s sent only %d messages", s.name, sent[i])
@@ -335,6 +364,9 @@ func clusterUpgrade(t *testing.T, bin string, js bool) {
 		if strings.Count(pb.stderr(), bad) > 0 && !(bad == "node joined" && strings.Count(pb.stderr(), bad) == 1) {
 			t.Errorf("the other node logged %q:\n%s", bad, pb.stderr())
 		}
+	}
+	if strings.Contains(pa.stderr()+pb.stderr(), "DATA RACE") {
+		t.Error("a process reported a data race (built with GOFLAGS=-race)")
 	}
 	if v := metric(httpB, "throng_cluster_dead_members_left_total"); v != "0" && v != "" {
 		t.Errorf("the other node wrote %s user-left for a dropped node", v)
