@@ -81,7 +81,7 @@ func (h *Handler) HandoffState() []handoff.StatePart {
 		parts = append(parts, h.History.HandoffPart())
 	}
 	if h.Cluster != nil {
-		parts = append(parts, handoff.StatePart{Name: "cursors", Format: cursorsFormat, Export: h.exportCursors})
+		parts = append(parts, handoff.StatePart{Name: "cursors", Format: cursorsFormat, Export: h.exportCursors()})
 	}
 	return parts
 }
@@ -98,20 +98,37 @@ func (h *Handler) HandoffImporters() []handoff.StateImporter {
 	return ims
 }
 
-// exportCursors writes every room's cursor in one chunk: a cursor is a room
-// with local members, a few dozen bytes.
-func (h *Handler) exportCursors(dst []byte, _ int) ([]byte, bool, error) {
-	e := handoff.Enc{B: dst}
-	h.cur.mu.Lock()
-	defer h.cur.mu.Unlock()
-	for id, c := range h.cur.m {
-		c.mu.Lock()
-		e.String(id)
-		e.Uint(c.last)
-		e.Uint(c.lastMsg)
-		c.mu.Unlock()
+// exportCursors returns the cursors' part: the rooms are listed at the
+// first chunk, and each chunk holds about max bytes of them.
+func (h *Handler) exportCursors() func(dst []byte, max int) ([]byte, bool, error) {
+	var ids []string
+	listed := false
+	return func(dst []byte, max int) ([]byte, bool, error) {
+		h.cur.mu.Lock()
+		defer h.cur.mu.Unlock()
+		if !listed {
+			listed = true
+			for id := range h.cur.m {
+				ids = append(ids, id)
+			}
+		}
+		e := handoff.Enc{B: dst}
+		start := len(dst)
+		for len(ids) > 0 && len(e.B)-start < max {
+			id := ids[0]
+			ids = ids[1:]
+			c := h.cur.m[id]
+			if c == nil {
+				continue
+			}
+			c.mu.Lock()
+			e.String(id)
+			e.Uint(c.last)
+			e.Uint(c.lastMsg)
+			c.mu.Unlock()
+		}
+		return e.B, len(ids) == 0, nil
 	}
-	return e.B, true, nil
 }
 
 func (h *Handler) importCursors(chunk []byte, _ bool) error {
