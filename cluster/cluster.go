@@ -13,7 +13,9 @@
 //     publishes it once; the connection is made with NATS's no-echo option, so
 //     the broker hands it to every other interested node, never back to the
 //     origin. Every node encodes the frame once and fans it out with
-//     room.Table.Broadcast.
+//     room.Table.Broadcast. Each message carries its origin and its number in
+//     the origin's sequence (headers), by which a node's successor in an
+//     upgrade delivers exactly what its predecessor did not (handoff.go).
 //   - State, on PREFIX.state: every node's heartbeats, and the changes of its
 //     per-room member counts and per-user connection counts, in one sequence
 //     per node. A gap in a node's sequence is loss: the heartbeats make it

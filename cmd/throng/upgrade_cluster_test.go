@@ -350,6 +350,22 @@ func clusterUpgrade(t *testing.T, bin string, js bool) {
 	if got := metric(httpB, `throng_cluster_peer_members{peer="`+alphaID+`"}`); got != "2" {
 		t.Errorf("the other node sees %q members on %s, want 2", got, alphaID)
 	}
+	// The state stream's numbering went on: the other node takes the new
+	// process's messages as the next ones (not as stragglers it had), with
+	// no gap.
+	recv := func() int {
+		v, _ := strconv.Atoi(metric(httpB, `throng_cluster_peer_messages_total{peer="`+alphaID+`"}`))
+		return v
+	}
+	r0 := recv()
+	for deadline := time.Now().Add(10 * time.Second); recv() <= r0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other node takes no state message of the new process")
+		}
+	}
+	if got := metric(httpB, `throng_cluster_peer_lost_total{peer="`+alphaID+`"}`); got != "0" {
+		t.Errorf("the other node counts %q state messages of %s lost", got, alphaID)
+	}
 	if got := metric(httpB, "throng_cluster_peers"); got != "1" {
 		t.Errorf("the other node sees %s peers", got)
 	}
