@@ -75,3 +75,23 @@ func TestHandoffExportImport(t *testing.T) {
 		}
 	}
 }
+
+// FuzzImport feeds Import arbitrary chunks, split anywhere: it takes them or
+// refuses them with ErrImport, and never panics or loops.
+func FuzzImport(f *testing.F) {
+	src := New(Options{})
+	l := src.Lock("r")
+	l.Append([]byte(`{"a":1}`))
+	l.Append([]byte(`{"a":2}`))
+	l.Unlock()
+	full, _ := src.Exporter().Next(nil, 1<<20)
+	f.Add(full)
+	f.Add(full[:len(full)-1])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s := New(Options{Size: 3})
+		if err := s.Import(b); err != nil && !errors.Is(err, ErrImport) {
+			t.Fatalf("Import: %v", err)
+		}
+	})
+}
