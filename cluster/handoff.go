@@ -12,6 +12,10 @@ import (
 // A node's process hands its connections to a new one in a zero-downtime
 // upgrade (package handoff); the node stays the same node to the others:
 //
+//   - Before it starts the successor, the old process subscribes to every
+//     room's subject too (Watch), so that its table of the last message
+//     delivered of each other node covers every message the successor will
+//     see, even of a room that gets its first member here meanwhile.
 //   - The successor is started with the node's id and incarnation
 //     (TakeoverEnv), and made with Options.Takeover: it connects and learns
 //     the others' counts from their state streams, but publishes nothing, and
