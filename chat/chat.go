@@ -156,6 +156,10 @@ type chatConn struct {
 // Deliver implements room.Sink.
 func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
 
+// DeliverFrames implements room.FramesSink: a room's frames waiting for the
+// connection go out in one write.
+func (cc *chatConn) DeliverFrames(fs []*poller.Frame) { cc.c.WriteFrames(fs) }
+
 func (cc *chatConn) member(id []byte) (int, *room.Member) {
 	for i, m := range cc.rooms {
 		if m.Room() == string(id) {

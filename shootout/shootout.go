@@ -55,6 +55,10 @@ type shootoutConn struct {
 // Deliver implements room.Sink.
 func (sc *shootoutConn) Deliver(f *poller.Frame) { sc.c.WriteFrame(f) }
 
+// DeliverFrames implements room.FramesSink: a room's frames waiting for the
+// connection go out in one write.
+func (sc *shootoutConn) DeliverFrames(fs []*poller.Frame) { sc.c.WriteFrames(fs) }
+
 // OnOpen implements server.Handler: every connection joins the broadcast room.
 func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}
