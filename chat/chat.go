@@ -266,14 +266,21 @@ func (h *Handler) allow(cc *chatConn) bool {
 	return false
 }
 
-// userAllows takes one message from user's bucket, shared by its connections.
-func (h *Handler) userAllows(user string, now int64) bool {
+// userLimit is the per-user limit, made at first use; nil when users are not
+// limited.
+func (h *Handler) userLimit() *server.KeyedLimit[string] {
 	h.usersOnce.Do(func() {
 		if h.UserRate >= 0 && h.RateLimit.Rate >= 0 {
 			h.users = server.NewKeyedLimit[string](cmp.Or(h.UserRate, DefaultUserRate), cmp.Or(h.UserBurst, DefaultUserBurst))
 		}
 	})
-	if h.users == nil {
+	return h.users
+}
+
+// userAllows takes one message from user's bucket, shared by its connections.
+func (h *Handler) userAllows(user string, now int64) bool {
+	users := h.userLimit()
+	if users == nil {
 		return true
 	}
 	// Users whose buckets refilled are forgotten, so the table holds only
