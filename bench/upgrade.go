@@ -185,6 +185,9 @@ type UpgradeStats struct {
 	// warm-up, for the gap the message rate alone makes.
 	Pause    *Latency `json:"pause"`
 	Baseline *Latency `json:"baseline_pause"`
+	// WarmupLatency is the send-to-receive latency over the warm-up; the
+	// result's latency is that from the signal on, which a freeze shows in.
+	WarmupLatency *Latency `json:"warmup_latency,omitempty"`
 
 	// HandoffSeconds runs from the signal to the old process's exit;
 	// BackSeconds from the signal until every member was served again (the
@@ -738,6 +741,11 @@ func (r *run) upgrade(ctx context.Context) error {
 		}
 	}
 	u.Baseline = latencyOf(base)
+	r.snapshot()
+	r.mu.Lock()
+	u.WarmupLatency = latencyOf(r.lat)
+	r.lat.Reset() // the result's latency is from the signal on
+	r.mu.Unlock()
 
 	// The signal, and memory sampled from it.
 	u.OldRSS, _ = procRSS(o.PID)
@@ -887,6 +895,12 @@ func upgradeRows(add func(label string, f func(r *Result) string)) {
 			return ""
 		}
 		return fmt.Sprintf("%s / %s", fmtMS(u.Baseline.Max), fmtMS(u.Baseline.P99))
+	})
+	up("upgrade: warm-up latency p50 / p99 / max", func(u *UpgradeStats) string {
+		if u.WarmupLatency == nil {
+			return ""
+		}
+		return fmt.Sprintf("%s / %s / %s", fmtMS(u.WarmupLatency.P50), fmtMS(u.WarmupLatency.P99), fmtMS(u.WarmupLatency.Max))
 	})
 	up("upgrade: signal → old exit / all served", func(u *UpgradeStats) string {
 		return fmt.Sprintf("%.3fs / %.3fs", u.HandoffSeconds, u.BackSeconds)
