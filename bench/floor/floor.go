@@ -64,6 +64,8 @@ type Options struct {
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultMaxFrameSize     = 1 << 20
+	// maxPending bounds the output a connection's socket has not taken.
+	maxPending = 4 << 20
 	// maxRequestSize bounds the upgrade request the floor buffers.
 	maxRequestSize = 8 << 10
 )
@@ -89,6 +91,9 @@ type Stats struct {
 	// Refused counts connections closed for bad input: a bad upgrade
 	// request, a protocol error, an unsupported message.
 	Refused uint64 `json:"refused"`
+	// Dropped counts connections closed because more than 4 MiB of
+	// output waited for them: clients that send but do not read.
+	Dropped uint64 `json:"dropped"`
 }
 
 // ErrUnsupported is New's error where there is no epoll.

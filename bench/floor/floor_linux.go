@@ -57,8 +57,8 @@ type loop struct {
 
 // loopStats are a loop's counters, written by the loop only.
 type loopStats struct {
-	accepted, frames, replies, broadcasts, deliveries, reads, writes, refused atomic.Uint64
-	_                                                                         [64]byte
+	accepted, frames, replies, broadcasts, deliveries, reads, writes, refused, dropped atomic.Uint64
+	_                                                                                  [64]byte
 }
 
 type connMode uint8
@@ -248,6 +248,7 @@ func (s *Server) Stats() Stats {
 		st.Reads += l.st.reads.Load()
 		st.Writes += l.st.writes.Load()
 		st.Refused += l.st.refused.Load()
+		st.Dropped += l.st.dropped.Load()
 	}
 	return st
 }
@@ -493,6 +494,13 @@ func (l *loop) write(c *conn, b []byte) {
 		return
 	}
 	if len(c.pending) > 0 {
+		if len(c.pending)+len(b) > maxPending {
+			// A client that sends but does not read is dropped rather
+			// than buffered for without end.
+			l.st.dropped.Add(1)
+			l.closeConn(c)
+			return
+		}
 		c.pending = append(c.pending, b...)
 		return
 	}

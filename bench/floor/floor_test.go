@@ -397,3 +397,20 @@ func TestBroadcastBadMessage(t *testing.T) {
 		t.Fatalf("got %v, want close 1003", err)
 	}
 }
+
+func TestClientThatDoesNotReadIsDropped(t *testing.T) {
+	s := start(t, 1)
+	c := dialRaw(t, s, "/echo")
+	frame := clientFrame(2, make([]byte, 512<<10))
+	// The floor reads on while its replies pile up unread: past 4 MiB
+	// waiting, on top of what the sockets' buffers hold, it drops us.
+	for sent := 0; s.Stats().Dropped == 0; sent += len(frame) {
+		if sent > 256<<20 {
+			t.Fatalf("sent %d MiB unread and still connected: %+v", sent>>20, s.Stats())
+		}
+		if _, err := c.Write(frame); err != nil {
+			break // dropped while we wrote
+		}
+	}
+	waitFor(t, "the drop", func() bool { return s.Stats().Dropped == 1 && s.Stats().Conns == 0 })
+}
