@@ -53,7 +53,7 @@ autobahn:
 
 # A short side-by-side of the floor (bench/peers/floor: the same I/O with no
 # WebSocket work), throng (epoll and netpoll) and the gorilla and nbio peers,
-# under 6 minutes; echo and broadcast quote every target's CPU and latency as
+# a few minutes; echo and broadcast quote every target's CPU and latency as
 # ratios to the floor's. Results in bench-out/ (not committed). The full runs
 # and their figures are in docs/BENCHMARKS.md.
 BENCH_SECRET ?= 0123456789abcdef0123456789abcdef

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,7 @@ type Server struct {
 }
 
 // loop is one event loop: its own epoll instance, listening socket and
-// connections, all touched only by its goroutine, locked to one OS thread.
+// connections, all touched only by its goroutine.
 type loop struct {
 	s    *Server
 	idx  int
@@ -41,11 +42,12 @@ type loop struct {
 	spare int
 
 	// Owned by the loop.
-	slots []*conn // a connection's index is its epoll event's Pad
-	free  []int32
-	buf   []byte // what one read(2) brings
-	out   []byte // replies to one read, written at once
-	gen   uint32
+	slots  []*conn // a connection's index is its epoll event's Pad
+	free   []int32
+	buf    []byte // what one read(2) brings
+	events []unix.EpollEvent
+	out    []byte // replies to one read, written at once
+	gen    uint32
 
 	mu   sync.Mutex
 	jobs []job // guarded by mu
@@ -55,8 +57,8 @@ type loop struct {
 
 // loopStats are a loop's counters, written by the loop only.
 type loopStats struct {
-	accepted, frames, replies, broadcasts, deliveries, reads, writes, refused atomic.Uint64
-	_                                                                         [64]byte
+	accepted, frames, replies, broadcasts, deliveries, reads, writes, refused, dropped atomic.Uint64
+	_                                                                                  [64]byte
 }
 
 type connMode uint8
@@ -167,7 +169,8 @@ func resolve(addr string) (netip.AddrPort, error) {
 }
 
 func (s *Server) newLoop(idx int, ap netip.AddrPort) (l *loop, err error) {
-	l = &loop{s: s, idx: idx, epfd: -1, lfd: -1, efd: -1, spare: -1, buf: make([]byte, 64<<10)}
+	l = &loop{s: s, idx: idx, epfd: -1, lfd: -1, efd: -1, spare: -1, buf: make([]byte, 64<<10),
+		events: make([]unix.EpollEvent, maxEvents)}
 	defer func() {
 		if err != nil {
 			l.closeFDs()
@@ -245,6 +248,7 @@ func (s *Server) Stats() Stats {
 		st.Reads += l.st.reads.Load()
 		st.Writes += l.st.writes.Load()
 		st.Refused += l.st.refused.Load()
+		st.Dropped += l.st.dropped.Load()
 	}
 	return st
 }
@@ -264,17 +268,61 @@ func (l *loop) post(j job) {
 
 const maxEvents = 256
 
+// wait, read and write1 are epoll_wait, read(2) and write(2). By default they
+// are raw system calls, made without telling the runtime: a loop keeps its P
+// through a blocking epoll_wait, so sysmon never hands the P to another
+// thread and no futex wake or sleep is paid per wait. The runtime still
+// preempts the loop when it must (GC, a goroutine waiting too long) with a
+// signal, which ends epoll_wait with EINTR. read and write never block on
+// these non-blocking sockets. With Options.GoSyscalls they go through the
+// runtime's syscall path, as a Go server's own epoll loop does.
+func (l *loop) wait(events []unix.EpollEvent, msec int) (int, error) {
+	if l.s.opts.GoSyscalls {
+		return unix.EpollWait(l.epfd, events, msec)
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
+		uintptr(len(events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func (l *loop) read(fd int, b []byte) (int, error) {
+	if l.s.opts.GoSyscalls {
+		return unix.Read(fd, b)
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func (l *loop) write1(fd int, b []byte) (int, error) {
+	if l.s.opts.GoSyscalls {
+		return unix.Write(fd, b)
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
 func (l *loop) run() {
 	defer l.s.wg.Done()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	events := make([]unix.EpollEvent, maxEvents)
+	if l.s.opts.LockOSThread {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
+	events := l.events
 	var jobs []job
 	nextSweep := time.Now().Add(time.Second)
 	for !l.s.stop.Load() {
 		// The one-second timeout only drives the handshake sweep; a
 		// busy loop never waits that long.
-		n, err := unix.EpollWait(l.epfd, events, 1000)
+		n, err := l.wait(events, 1000)
 		if err != nil && err != unix.EINTR {
 			panic(fmt.Sprintf("floor: epoll_wait: %v", err))
 		}
@@ -393,7 +441,7 @@ func (l *loop) handle(c *conn, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
 		return
 	}
-	n, err := unix.Read(c.fd, l.buf)
+	n, err := l.read(c.fd, l.buf)
 	l.st.reads.Add(1)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
@@ -446,11 +494,18 @@ func (l *loop) write(c *conn, b []byte) {
 		return
 	}
 	if len(c.pending) > 0 {
+		if len(c.pending)+len(b) > maxPending {
+			// A client that sends but does not read is dropped rather
+			// than buffered for without end.
+			l.st.dropped.Add(1)
+			l.closeConn(c)
+			return
+		}
 		c.pending = append(c.pending, b...)
 		return
 	}
 	if len(b) > 0 {
-		n, err := unix.Write(c.fd, b)
+		n, err := l.write1(c.fd, b)
 		l.st.writes.Add(1)
 		switch {
 		case err == nil && n == len(b):
@@ -471,7 +526,7 @@ func (l *loop) write(c *conn, b []byte) {
 
 func (l *loop) flushPending(c *conn) {
 	for len(c.pending) > 0 {
-		n, err := unix.Write(c.fd, c.pending)
+		n, err := l.write1(c.fd, c.pending)
 		l.st.writes.Add(1)
 		switch {
 		case err == unix.EAGAIN:

@@ -23,7 +23,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func start(t *testing.T, loops int) *Server {
 	t.Helper()
-	s, err := New(Options{Loops: loops})
+	return startOpts(t, Options{Loops: loops})
+}
+
+func startOpts(t *testing.T, o Options) *Server {
+	t.Helper()
+	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +61,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestEcho(t *testing.T) {
-	s := start(t, 2)
+	for _, goSyscalls := range []bool{false, true} {
+		t.Run(fmt.Sprintf("go-syscalls=%v", goSyscalls), func(t *testing.T) {
+			testEcho(t, startOpts(t, Options{Loops: 2, GoSyscalls: goSyscalls}))
+		})
+	}
+}
+
+func testEcho(t *testing.T, s *Server) {
 	c := dial(t, s, "/echo")
 	for _, tc := range []struct {
 		op   int
@@ -308,9 +320,13 @@ func TestRefused(t *testing.T) {
 }
 
 func TestBroadcastFanOut(t *testing.T) {
-	for _, loops := range []int{1, 2, 3} {
-		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) {
-			s := start(t, loops)
+	for _, tc := range []struct {
+		loops            int
+		goSyscalls, lock bool
+	}{{1, false, false}, {2, false, false}, {3, false, false}, {2, true, false}, {2, false, true}, {2, true, true}} {
+		loops := tc.loops
+		t.Run(fmt.Sprintf("loops=%d/go-syscalls=%v/lock=%v", loops, tc.goSyscalls, tc.lock), func(t *testing.T) {
+			s := startOpts(t, Options{Loops: loops, GoSyscalls: tc.goSyscalls, LockOSThread: tc.lock})
 			const n = 30
 			var cs []*websocket.Conn
 			for range n {
@@ -380,4 +396,21 @@ func TestBroadcastBadMessage(t *testing.T) {
 	if !websocket.IsCloseError(err, websocket.CloseUnsupportedData) {
 		t.Fatalf("got %v, want close 1003", err)
 	}
+}
+
+func TestClientThatDoesNotReadIsDropped(t *testing.T) {
+	s := start(t, 1)
+	c := dialRaw(t, s, "/echo")
+	frame := clientFrame(2, make([]byte, 512<<10))
+	// The floor reads on while its replies pile up unread: past 4 MiB
+	// waiting, on top of what the sockets' buffers hold, it drops us.
+	for sent := 0; s.Stats().Dropped == 0; sent += len(frame) {
+		if sent > 256<<20 {
+			t.Fatalf("sent %d MiB unread and still connected: %+v", sent>>20, s.Stats())
+		}
+		if _, err := c.Write(frame); err != nil {
+			break // dropped while we wrote
+		}
+	}
+	waitFor(t, "the drop", func() bool { return s.Stats().Dropped == 1 && s.Stats().Conns == 0 })
 }

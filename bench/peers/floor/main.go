@@ -16,11 +16,13 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8092", "listen address (IPv4)")
-	loops := flag.Int("loops", 0, "event loops, each on a locked OS thread (0: GOMAXPROCS)")
+	loops := flag.Int("loops", 0, "event loops (0: GOMAXPROCS)")
+	goSyscalls := flag.Bool("go-syscalls", false, "make epoll_wait, read and write through the runtime's syscall path, which hands a waiting loop's P to another thread, instead of raw system calls")
+	lock := flag.Bool("lock-os-thread", false, "lock each loop's goroutine to its OS thread")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	s, err := floor.New(floor.Options{Addr: *addr, Loops: *loops})
+	s, err := floor.New(floor.Options{Addr: *addr, Loops: *loops, GoSyscalls: *goSyscalls, LockOSThread: *lock})
 	if err != nil {
 		log.Fatal(err)
 	}
