@@ -327,14 +327,14 @@ func (el *epollLoop) run() {
 		// message in flight per connection that hand-off, sysmon's own
 		// wake-ups every 20 µs and the thread switches cost more than the
 		// WebSocket work.
-		if !el.poll(0) {
-			if !deadline.Equal(next) {
-				deadline = next
-				el.epf.SetReadDeadline(next)
-			}
-			// An error is the deadline: the tick is due, see below.
-			el.epc.Read(el.poll)
+		if !deadline.Equal(next) {
+			deadline = next
+			el.epf.SetReadDeadline(next)
 		}
+		// Read calls poll first and parks only if it finds nothing. An
+		// error is the deadline: the tick is due, see below.
+		el.ready = 0
+		el.epc.Read(el.poll)
 		events := el.evs[:el.ready]
 		for i := range events {
 			ev := &events[i]
