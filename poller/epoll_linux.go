@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +49,17 @@ type epollLoop struct {
 	be   *epollBackend
 	epfd int
 	evfd int
+	// epf is epfd registered with the runtime's netpoller: the loop blocks
+	// there, parked like any goroutine waiting for a socket, instead of in an
+	// epoll_wait system call (see run).
+	epf *os.File
+	epc syscall.RawConn
+	// evs is what the last epoll_wait returned, ready of them; poll is
+	// the function epc.Read calls, made once so that parking allocates
+	// nothing.
+	evs   []unix.EpollEvent
+	ready int
+	poll  func(fd uintptr) bool
 
 	buf       []byte // the shared read buffer
 	iov       []unix.Iovec
@@ -97,11 +109,40 @@ func (be *epollBackend) newLoop(idx int) (*epollLoop, error) {
 		el.closeFDs()
 		return nil, fmt.Errorf("poller: epoll_ctl eventfd: %w", err)
 	}
+	// An epoll descriptor is itself pollable: readable while its ready list
+	// holds an event. Non-blocking, os.NewFile puts it in the runtime's
+	// netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		el.closeFDs()
+		return nil, fmt.Errorf("poller: epoll nonblock: %w", err)
+	}
+	el.epf = os.NewFile(uintptr(epfd), "epoll")
+	// A descriptor the netpoller did not take refuses deadlines; waiting on
+	// it would spin.
+	if err := el.epf.SetReadDeadline(time.Time{}); err != nil {
+		el.closeFDs()
+		return nil, fmt.Errorf("poller: epoll descriptor not in the runtime's netpoller: %w", err)
+	}
+	epc, err := el.epf.SyscallConn()
+	if err != nil {
+		el.closeFDs()
+		return nil, fmt.Errorf("poller: epoll descriptor not in the runtime's netpoller: %w", err)
+	}
+	el.epc = epc
+	el.evs = make([]unix.EpollEvent, maxEvents)
+	el.poll = func(uintptr) bool {
+		el.ready = epollWaitNow(el.epfd, el.evs)
+		return el.ready != 0
+	}
 	return el, nil
 }
 
 func (el *epollLoop) closeFDs() {
 	unix.Close(el.evfd)
+	if el.epf != nil {
+		el.epf.Close() // out of the runtime's netpoller, then closed
+		return
+	}
 	unix.Close(el.epfd)
 }
 
@@ -275,20 +316,29 @@ func (el *epollLoop) loop() *Loop { return el.l }
 func (el *epollLoop) run() {
 	l := el.l
 	defer el.be.wg.Done()
-	events := make([]unix.EpollEvent, maxEvents)
 	tick := l.p.opts.TickInterval
 	next := time.Now().Add(tick)
+	var deadline time.Time
 	for !el.stop.Load() {
-		wait := time.Until(next)
-		if wait < 0 {
-			wait = 0
+		// Whatever is ready is taken without blocking and without entering
+		// the scheduler. Only when nothing is does the loop park in the
+		// runtime's netpoller until the epoll descriptor is readable or the
+		// next tick is due. A blocking epoll_wait would hold the loop's P in
+		// a system call: the runtime's sysmon retakes a P held that way after
+		// 20 µs and hands it to another thread, and under a load of one
+		// message in flight per connection that hand-off, sysmon's own
+		// wake-ups every 20 µs and the thread switches cost more than the
+		// WebSocket work.
+		if !deadline.Equal(next) {
+			deadline = next
+			el.epf.SetReadDeadline(next)
 		}
-		msec := int((wait + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.EpollWait(el.epfd, events, msec)
-		if err != nil && err != unix.EINTR {
-			panic(fmt.Sprintf("poller: epoll_wait: %v", err))
-		}
-		for i := 0; i < n; i++ {
+		// Read calls poll first and parks only if it finds nothing. An
+		// error is the deadline: the tick is due, see below.
+		el.ready = 0
+		el.epc.Read(el.poll)
+		events := el.evs[:el.ready]
+		for i := range events {
 			ev := &events[i]
 			fd := int(ev.Fd)
 			switch {
@@ -315,6 +365,20 @@ func (el *epollLoop) run() {
 	}
 	l.finish()
 	el.closeFDs()
+}
+
+// epollWaitNow is epoll_wait with a zero timeout: it never blocks, so it is
+// made as a raw system call, which the scheduler does not see. It returns the
+// number of events, 0 for none or an interrupted call.
+func epollWaitNow(epfd int, events []unix.EpollEvent) int {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		if e != unix.EINTR {
+			panic(fmt.Sprintf("poller: epoll_wait: %v", e))
+		}
+		return 0
+	}
+	return int(n)
 }
 
 func (el *epollLoop) runJobs() {
@@ -475,7 +539,7 @@ func (el *epollLoop) finishConnect(c *Conn) {
 }
 
 func (el *epollLoop) read(c *Conn) {
-	n, err := unix.Read(int(c.fd), el.buf)
+	n, err := rawRead(int(c.fd), el.buf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -563,7 +627,7 @@ func (el *epollLoop) writeNow(c *Conn, a, b []byte, limit bool) error {
 	var n int
 	var err error
 	if len(b) == 0 {
-		n, err = unix.Write(int(c.fd), a)
+		n, err = rawWrite(int(c.fd), a)
 	} else {
 		n, err = writev2(int(c.fd), a, b)
 	}
@@ -600,7 +664,7 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 		f.Retain()
 		return el.enqueue(c, segment{frame: f}, len(b))
 	}
-	n, err := unix.Write(int(c.fd), b)
+	n, err := rawWrite(int(c.fd), b)
 	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
 		return err
 	}
@@ -857,13 +921,43 @@ func (el *epollLoop) closeConn(c *Conn, cause error) {
 	el.l.forget(c, cause)
 }
 
+// The connections' reads and writes are raw system calls, which the
+// scheduler does not see: the sockets are non-blocking, so a call never
+// waits, and made the ordinary way each one would leave the loop's P marked
+// as in a system call. When the kernel deschedules the loop's thread inside
+// a write (the write wakes the peer, and on a busy machine the peer runs
+// first), sysmon finds the P held past 20 µs, hands it to another thread and
+// the loop has to get one back: two thread wake-ups for nothing.
+
+func rawRead(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
 func writev2(fd int, a, b []byte) (int, error) {
 	var iov [2]unix.Iovec
 	iov[0].Base = &a[0]
 	iov[0].SetLen(len(a))
 	iov[1].Base = &b[0]
 	iov[1].SetLen(len(b))
-	n, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), 2)
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), 2)
 	if e != 0 {
 		return 0, e
 	}
@@ -871,7 +965,7 @@ func writev2(fd int, a, b []byte) (int, error) {
 }
 
 func writev(fd int, iov []unix.Iovec) (int, error) {
-	n, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 	if e != 0 {
 		return 0, e
 	}
