@@ -156,6 +156,9 @@ type chatConn struct {
 // Deliver implements room.Sink.
 func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
 
+// UserID implements room.UserSink.
+func (cc *chatConn) UserID() string { return cc.c.UserID() }
+
 func (cc *chatConn) member(id []byte) (int, *room.Member) {
 	for i, m := range cc.rooms {
 		if m.Room() == string(id) {
@@ -335,7 +338,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
-	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name), Deflate: c.SharesDeflated()}
+	m := &room.Member{Sink: cc, Name: string(name), Deflate: c.SharesDeflated()}
 	roomID := string(id)
 	var (
 		count int
@@ -399,7 +402,7 @@ func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count 
 	b.B = append(b.B, `{"type":"joined","roomId":`...)
 	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = protocol.AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID())
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
 	if rec.epoch != "" {
@@ -491,7 +494,7 @@ func (h *Handler) presence(m *room.Member, roomID, typ string, count int, except
 	b.B = append(b.B, `","roomId":`...)
 	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = protocol.AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID())
 	b.B = append(b.B, `,"userName":`...)
 	b.B = protocol.AppendJSONString(b.B, m.Name)
 	b.B = append(b.B, `,"userCount":`...)
@@ -538,7 +541,7 @@ func (h *Handler) chat(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeNotInRoom, protocol.TextNotInRoom, "")
 		return
 	}
-	h.publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
+	h.publish(m.Room(), c.UserID(), m.Name, string(content), c.Now())
 }
 
 // Publish sends a `message` to every member of a room and returns how many

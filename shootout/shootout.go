@@ -55,11 +55,13 @@ type shootoutConn struct {
 // Deliver implements room.Sink.
 func (sc *shootoutConn) Deliver(f *poller.Frame) { sc.c.WriteFrame(f) }
 
+// UserID implements room.UserSink.
+func (sc *shootoutConn) UserID() string { return sc.c.UserID() }
+
 // OnOpen implements server.Handler: every connection joins the broadcast room.
 func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}
 	sc.m.Sink = sc
-	sc.m.UserID = c.UserID()
 	sc.m.Deflate = c.SharesDeflated()
 	c.SetData(sc)
 	h.Rooms.Join(c.Loop().Index(), shootoutRoom, &sc.m)
