@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"math"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -242,4 +243,25 @@ func TestNonReaderClosedAsSlowConsumer(t *testing.T) {
 		return st.SlowClosed == 1 && st.Closes["slow_consumer"] == 1
 	})
 	waitFor(t, "its socket to be closed", func() bool { return ts.Conns() == 0 })
+}
+
+// TestTokenDeadlineSeconds: a Conn keeps its token deadline in 32-bit
+// seconds, rounded up; one past 2106 is kept as the last second it can hold,
+// and zero stays "none".
+func TestTokenDeadlineSeconds(t *testing.T) {
+	var c Conn
+	for _, tc := range []struct {
+		in, want time.Time
+	}{
+		{time.Time{}, time.Time{}},
+		{time.Unix(1_800_000_000, 0), time.Unix(1_800_000_000, 0)},
+		{time.Unix(1_800_000_000, 1), time.Unix(1_800_000_001, 0)},
+		{time.Unix(1<<40, 0), time.Unix(math.MaxUint32, 0)},
+		{time.Unix(-5, 0), time.Unix(1, 0)},
+	} {
+		c.SetTokenDeadline(tc.in)
+		if got := c.TokenDeadline(); !got.Equal(tc.want) {
+			t.Errorf("SetTokenDeadline(%v): TokenDeadline %v, want %v", tc.in, got, tc.want)
+		}
+	}
 }
