@@ -265,23 +265,48 @@ func (h *Handler) allow(cc *chatConn) bool {
 	return false
 }
 
-// userAllows takes one message from user's bucket, shared by its connections.
-func (h *Handler) userAllows(user string, now int64) bool {
+// userPruneEvery is how often, at most, the users whose buckets refilled are
+// forgotten: a user bucket refills in UserBurst/UserRate seconds (2 s by
+// default), and an idle member should not keep one. A prune costs a pass over
+// the users who spoke since the last one.
+const userPruneEvery = 1_000 // ms
+
+// userLimit is the per-user limit, made at first use; nil when users are not
+// limited.
+func (h *Handler) userLimit() *server.KeyedLimit[string] {
 	h.usersOnce.Do(func() {
 		if h.UserRate >= 0 && h.RateLimit.Rate >= 0 {
 			h.users = server.NewKeyedLimit[string](cmp.Or(h.UserRate, DefaultUserRate), cmp.Or(h.UserBurst, DefaultUserBurst))
 		}
 	})
-	if h.users == nil {
+	return h.users
+}
+
+// userAllows takes one message from user's bucket, shared by its connections.
+func (h *Handler) userAllows(user string, now int64) bool {
+	users := h.userLimit()
+	if users == nil {
 		return true
 	}
-	// Users whose buckets refilled are forgotten, so the table holds only
-	// those who spoke in the last half minute or so.
-	if last := h.lastPrune.Load(); now-last >= 30_000 && h.lastPrune.CompareAndSwap(last, now) {
-		h.users.Prune(now)
-	}
-	ok, _ := h.users.Allow(user, now)
+	h.pruneUsers(users, now)
+	ok, _ := users.Allow(user, now)
 	return ok
+}
+
+// pruneUsers forgets the users whose buckets refilled, so the table holds
+// only those who spoke in the last few seconds, if userPruneEvery has passed.
+func (h *Handler) pruneUsers(users *server.KeyedLimit[string], now int64) {
+	if last := h.lastPrune.Load(); now-last >= userPruneEvery && h.lastPrune.CompareAndSwap(last, now) {
+		users.Prune(now)
+	}
+}
+
+// Sweep implements server.Sweeper: while nobody speaks, the users' buckets
+// are still forgotten once they refill.
+func (h *Handler) Sweep(now time.Time) {
+	if users := h.userLimit(); users != nil {
+		h.pruneUsers(users, now.UnixMilli())
+	}
 }
 
 // stringField returns v's field as a string, or reports it as the bad field.
