@@ -106,8 +106,9 @@ func (s *Server) sampleMemory() {
 }
 
 // monitor is the server's one background goroutine: it samples memory for
-// admission and the baseline, lets handlers shed idle state (Sweeper), and
-// logs the periodic stats line. It runs until Close.
+// admission and the baseline, lets handlers shed idle state (Sweeper), trims
+// the heap when it went quiet (Options.TrimIdleMemory), and logs the periodic
+// stats line. It runs until Close.
 func (s *Server) monitor() {
 	var statsC <-chan time.Time
 	mt := time.NewTicker(s.opts.MemoryInterval)
@@ -126,6 +127,9 @@ func (s *Server) monitor() {
 		case <-memC:
 			s.sampleMemory()
 			s.sweep()
+			if s.trim != nil {
+				s.trim.check(s.log)
+			}
 		case <-statsC:
 			s.logStats(&leak)
 		}

@@ -88,6 +88,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 		// (in the server) stops new connections at the high-water mark of the same.
 		debug.SetMemoryLimit(int64(c.MemoryLimit))
 	}
+	if c.GCPercent > 0 {
+		debug.SetGCPercent(c.GCPercent)
+	}
 	if c.APIKey == "" && c.Dev {
 		var b [16]byte
 		rand.Read(b[:])
