@@ -62,15 +62,7 @@ func (t *memTrim) read() (allocs, live, footprint uint64) {
 // enough allocation.
 func (t *memTrim) check(log *slog.Logger) {
 	allocs, live, before := t.read()
-	d := allocs - t.lastAllocs
-	t.lastAllocs = allocs
-	t.sinceTrim += d
-	if d > max(trimQuietFloor, live/trimQuietShare) {
-		t.quiet = 0
-		return
-	}
-	t.quiet++
-	if t.quiet < trimQuietIntervals || t.sinceTrim < max(trimFloor, live/4) {
+	if !t.due(allocs, live) {
 		return
 	}
 	start := time.Now()
@@ -79,8 +71,27 @@ func (t *memTrim) check(log *slog.Logger) {
 	// nothing more at 19,000 connections.)
 	debug.FreeOSMemory()
 	allocs, live, after := t.read()
+	t.trimmed(allocs)
+	log.Debug("memory trimmed", "live", live, "freed", int64(before)-int64(after), "took", time.Since(start))
+}
+
+// due takes one reading, the cumulative bytes allocated and the live heap,
+// and reports whether to trim now.
+func (t *memTrim) due(allocs, live uint64) bool {
+	d := allocs - t.lastAllocs
+	t.lastAllocs = allocs
+	t.sinceTrim += d
+	if d > max(trimQuietFloor, live/trimQuietShare) {
+		t.quiet = 0
+		return false
+	}
+	t.quiet++
+	return t.quiet >= trimQuietIntervals && t.sinceTrim >= max(trimFloor, live/4)
+}
+
+// trimmed records a trim; allocs is the cumulative count after it.
+func (t *memTrim) trimmed(allocs uint64) {
 	t.lastAllocs = allocs
 	t.sinceTrim = 0
 	t.trims.Add(1)
-	log.Debug("memory trimmed", "live", live, "freed", int64(before)-int64(after), "took", time.Since(start))
 }

@@ -6,48 +6,87 @@ import (
 	"testing"
 )
 
-// garbage keeps the allocations of the trim test from being optimized away.
-var garbage [][]byte
-
-// TestMemTrimAfterQuiet: a burst of allocation followed by quiet intervals
-// gets one trim; quiet without allocation since gets none, and allocation
-// going on holds it off.
-func TestMemTrimAfterQuiet(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+// TestMemTrimDue: a burst of allocation followed by trimQuietIntervals quiet
+// intervals is due one trim; staying quiet afterwards is not due another,
+// busy intervals hold a trim off, and a quiet heap that allocated less than
+// a quarter of its live size since the last trim is left alone.
+func TestMemTrimDue(t *testing.T) {
+	const live = 64 << 20
 	tr := newMemTrim()
-	tr.check(log) // the first reading counts everything since the start
-	tr.sinceTrim, tr.quiet = 0, 0
-
-	burst := func() {
-		garbage = nil
-		for range 4096 {
-			garbage = append(garbage, make([]byte, 1024)) // 4 MiB
+	allocs := uint64(0)
+	step := func(d uint64) bool {
+		allocs += d
+		due := tr.due(allocs, live)
+		if due {
+			tr.trimmed(allocs)
 		}
-		garbage = nil
+		return due
 	}
-	burst()
-	tr.check(log) // the burst's interval is busy
-	if tr.trims.Load() != 0 {
-		t.Fatal("trimmed during the burst")
+	quiet := uint64(live / trimQuietShare / 2)
+	if step(live) { // the ramp: busy
+		t.Fatal("due during a burst")
 	}
+	for i := 1; i < trimQuietIntervals; i++ {
+		if step(quiet) {
+			t.Fatalf("due after %d quiet intervals, before %d", i, trimQuietIntervals)
+		}
+	}
+	if !step(quiet) {
+		t.Fatalf("not due after %d quiet intervals following a burst", trimQuietIntervals)
+	}
+	for range 10 {
+		if step(quiet) {
+			t.Fatal("due again while quiet, with a fraction of live/4 allocated since the trim")
+		}
+	}
+	// Allocation going on: busy intervals reset the count.
+	for range 5 {
+		if step(live / 8) {
+			t.Fatal("due while busy")
+		}
+	}
+	if tr.quiet != 0 {
+		t.Fatalf("quiet count %d after a busy interval, want 0", tr.quiet)
+	}
+	// A quarter of the live heap allocated since the trim, then quiet: due.
+	due := false
 	for range trimQuietIntervals {
-		tr.check(log)
+		due = step(quiet)
 	}
-	if tr.trims.Load() != 1 {
-		t.Fatalf("%d trims after %d quiet intervals following a burst, want 1", tr.trims.Load(), trimQuietIntervals)
-	}
-	for range 3 * trimQuietIntervals {
-		tr.check(log)
-	}
-	if tr.trims.Load() != 1 {
-		t.Fatalf("%d trims while idle after the trim, want still 1", tr.trims.Load())
-	}
-	// Busy intervals reset the quiet count: no trim while they go on.
-	for range 3 {
-		burst()
-		tr.check(log)
-	}
-	if tr.trims.Load() != 1 || tr.quiet != 0 {
-		t.Fatalf("trims %d, quiet %d while allocating, want 1 and 0", tr.trims.Load(), tr.quiet)
+	if !due || tr.trims.Load() != 2 {
+		t.Fatalf("due %v, trims %d after a second burst and quiet, want true, 2", due, tr.trims.Load())
 	}
 }
+
+// TestMemTrimCheck runs the real readings and trim: whatever the rest of
+// the process allocates meanwhile, a check never trims in the interval of a
+// burst, and a trim, when one comes, is counted and resets what was allocated
+// since.
+func TestMemTrimCheck(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tr := newMemTrim()
+	tr.check(log)
+	n := tr.trims.Load()
+	garbage = nil
+	for range 4096 {
+		garbage = append(garbage, make([]byte, 1024))
+	}
+	garbage = nil
+	tr.check(log)
+	if tr.trims.Load() != n {
+		t.Fatal("trimmed in the interval of a 4 MiB burst")
+	}
+	for range 100 {
+		tr.check(log)
+		if tr.trims.Load() > n {
+			if tr.sinceTrim != 0 || tr.quiet < trimQuietIntervals {
+				t.Fatalf("after a trim: since %d, quiet %d", tr.sinceTrim, tr.quiet)
+			}
+			return
+		}
+	}
+	t.Log("no quiet intervals in 100 checks: the rest of the process kept allocating")
+}
+
+// garbage keeps the allocations of the trim test from being optimized away.
+var garbage [][]byte
