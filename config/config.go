@@ -196,7 +196,7 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.Var(&c.MemoryLimit, "memory-limit", "memory budget, such as 2GiB: sets GOMEMLIMIT, and past --memory-high-water of it (as RSS) upgrades are answered 503 (0: none)")
 	fs.Float64Var(&c.MemoryHighWater, "memory-high-water", DefaultMemoryHighWater, "percent of --memory-limit at which new connections are refused")
 	fs.Float64Var(&c.MemoryLowWater, "memory-low-water", DefaultMemoryLowWater, "percent of --memory-limit below which new connections are admitted again")
-	fs.IntVar(&c.GCPercent, "gc-percent", DefaultGCPercent, "the Go collector's heap growth between collections, in percent of the live heap (as GOGC); lower keeps RSS closer to the live heap for a little more GC CPU (0: leave GOGC, default 100)")
+	fs.IntVar(&c.GCPercent, "gc-percent", DefaultGCPercent, "the Go collector's heap growth between collections, in percent of the live heap; lower keeps RSS closer to the live heap for a little more GC CPU (0, or the GOGC variable set: the runtime's GOGC)")
 	fs.BoolVar(&c.TrimIdleMemory, "trim-idle-memory", true, "give the heap's free memory back to the OS once allocation goes quiet after a burst (a collection and a scavenge)")
 
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", chat.DefaultMaxRoomsPerConn, "rooms one connection may be in")

@@ -88,7 +88,8 @@ func serve(ctx context.Context, c *config.Serve) error {
 		// (in the server) stops new connections at the high-water mark of the same.
 		debug.SetMemoryLimit(int64(c.MemoryLimit))
 	}
-	if c.GCPercent > 0 {
+	if _, set := os.LookupEnv("GOGC"); !set && c.GCPercent > 0 {
+		// GOGC, when the operator sets it, is the runtime's own and wins.
 		debug.SetGCPercent(c.GCPercent)
 	}
 	if c.APIKey == "" && c.Dev {
