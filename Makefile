@@ -51,22 +51,27 @@ test:
 autobahn:
 	scripts/autobahn.sh
 
-# A short side-by-side of throng (epoll and netpoll) and the gorilla and nbio
-# peers, under 5 minutes; results in bench-out/ (not committed). The full runs
+# A short side-by-side of the floor (bench/peers/floor: the same I/O with no
+# WebSocket work), throng (epoll and netpoll) and the gorilla and nbio peers,
+# under 6 minutes; echo and broadcast quote every target's CPU and latency as
+# ratios to the floor's. Results in bench-out/ (not committed). The full runs
 # and their figures are in docs/BENCHMARKS.md.
 BENCH_SECRET ?= 0123456789abcdef0123456789abcdef
 bench: build
 	$(GO) build -o bin/gorilla-peer ./bench/peers/gorilla
 	$(GO) build -o bin/nbio-peer ./bench/peers/nbio
+	$(GO) build -o bin/floor-peer ./bench/peers/floor
 	mkdir -p bench-out
 	set -e; \
 	./$(BIN) serve --endpoints ws,echo,shootout --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18080 --http-addr 127.0.0.1:18081 --log-level warn --rate -1 & t=$$!; \
 	./$(BIN) serve --endpoints ws,echo,shootout --poller netpoll --jwt-secret $(BENCH_SECRET) --ws-addr 127.0.0.1:18082 --http-addr 127.0.0.1:18083 --log-level warn --rate -1 & n=$$!; \
 	bin/gorilla-peer --addr 127.0.0.1:18090 & g=$$!; \
 	bin/nbio-peer --addr 127.0.0.1:18091 2>/dev/null & b=$$!; \
-	trap 'kill $$t $$n $$g $$b' EXIT; sleep 1; \
-	T="--target throng=ws://127.0.0.1:18080,pid=$$t --target throng-netpoll=ws://127.0.0.1:18082,pid=$$n --target gorilla=ws://127.0.0.1:18090,pid=$$g --target nbio=ws://127.0.0.1:18091,pid=$$b"; \
+	bin/floor-peer --addr 127.0.0.1:18092 2>/dev/null & f=$$!; \
+	trap 'kill $$t $$n $$g $$b $$f' EXIT; sleep 1; \
+	T="--target floor=ws://127.0.0.1:18092,pid=$$f --target throng=ws://127.0.0.1:18080,pid=$$t --target throng-netpoll=ws://127.0.0.1:18082,pid=$$n --target gorilla=ws://127.0.0.1:18090,pid=$$g --target nbio=ws://127.0.0.1:18091,pid=$$b"; \
 	./$(BIN) bench idle $$T --jwt-secret $(BENCH_SECRET) --conns 10000 --rate 5000 --hold 5s --source-ips 127.0.0.2-127.0.0.50 --quiet --json bench-out/idle.json --report bench-out/idle.html; \
+	./$(BIN) bench echo $$T --jwt-secret $(BENCH_SECRET) --conns 100 --inflight 1 --duration 10s --quiet --json bench-out/echo-inflight1.json --report bench-out/echo-inflight1.html; \
 	./$(BIN) bench echo $$T --jwt-secret $(BENCH_SECRET) --conns 100 --inflight 4 --duration 10s --quiet --json bench-out/echo.json --report bench-out/echo.html; \
 	./$(BIN) bench broadcast $$T --jwt-secret $(BENCH_SECRET) --step-size 1000 --max-clients 5000 -c 4 -s 40 --quiet --json bench-out/broadcast.json --report bench-out/broadcast.html; \
 	./$(BIN) bench reconnect-storm $$T --jwt-secret $(BENCH_SECRET) --conns 10000 --source-ips 127.0.0.2-127.0.0.50 --quiet --json bench-out/storm.json --report bench-out/storm.html

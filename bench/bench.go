@@ -249,6 +249,10 @@ type Config struct {
 	// Thresholds are pass/fail criteria checked against every result; a
 	// breached one fails the run (exit status 1).
 	Thresholds []Threshold `json:"thresholds,omitempty"`
+	// Floor names the target the others are quoted against as ratios
+	// (Result.VsFloor), a reference server that does only the I/O. If
+	// empty, the target named DefaultFloorTarget, if there is one.
+	Floor string `json:"floor,omitempty"`
 	// Command is the command line, shown in the HTML report. Secrets in it
 	// should be redacted by the caller.
 	Command []string `json:"command,omitempty"`
@@ -272,6 +276,9 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Targets) == 0 {
 		return errors.New("bench: no target: set --url or --target")
+	}
+	if err := c.checkFloor(); err != nil {
+		return err
 	}
 	for _, n := range []struct {
 		name string
@@ -386,6 +393,9 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("bench: %d connections per process passes the limit of %d (20,000 open files per process): use more --workers",
 			perProc, MaxConnsPerProcess)
 	}
+	// The targets get the scenario's path here: a copy, so that a caller's
+	// slice, reused for another scenario, keeps its own.
+	c.Targets = slices.Clone(c.Targets)
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		if len(t.URLs) > 0 {
@@ -530,9 +540,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		res := runTarget(ctx, cfg, t)
+		rep.Results = append(rep.Results, runTarget(ctx, cfg, t))
+	}
+	// Thresholds may hold a result against the floor's, measured last.
+	rep.compareToFloor()
+	for _, res := range rep.Results {
 		res.Thresholds = checkThresholds(cfg.Thresholds, res)
-		rep.Results = append(rep.Results, res)
 	}
 	return rep, ctx.Err()
 }

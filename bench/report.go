@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"html"
@@ -62,6 +63,8 @@ type Result struct {
 	Storm      *StormStats `json:"storm,omitempty"`
 	Timeline   []Tick      `json:"timeline,omitempty"`
 	Notes      []string    `json:"notes,omitempty"`
+	// VsFloor is this result over the floor target's (Config.Floor).
+	VsFloor *VsFloor `json:"vs_floor,omitempty"`
 }
 
 // AgentStats is one agent's share of a run, as the agent counted it.
@@ -475,6 +478,7 @@ func (rep *Report) rows() []row {
 		l := r.Steps[len(r.Steps)-1].RTT
 		return fmtMS(l.P50) + " / " + fmtMS(l.P95) + " / " + fmtMS(l.P99)
 	})
+	rep.floorRows(add)
 	add("chat rooms x size", func(r *Result) string {
 		if r.Chat == nil {
 			return ""
@@ -615,7 +619,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if len(r.Steps) > 0 {
 			fmt.Fprintf(w, "\n%s broadcast steps:\n", r.Target)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\tserver µs/delivery\twire B/delivery\t\n")
+			fmt.Fprintf(tw, "clients\tsamples\tmin\tp50\tp95\tp99\tmax\tat limit\treceipts\tmissing\tdup\tserver µs/delivery\twire B/delivery\tµs ÷ floor\tp95 ÷ floor\t\n")
 			for _, s := range r.Steps {
 				if s.RTT == nil {
 					continue
@@ -624,9 +628,13 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				if s.ServerCPUMicrosPerDelivery > 0 {
 					cpu = fmt.Sprintf("%.3f", s.ServerCPUMicrosPerDelivery)
 				}
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.1f\t\n", s.Clients, s.Samples,
+				cpuVs, p95Vs := "-", "-"
+				if v := r.VsFloor.step(s.Clients); v != nil {
+					cpuVs, p95Vs = cmp.Or(fmtRatio(v.CPUPerDelivery), "-"), cmp.Or(fmtRatio(v.RTTP95), "-")
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.1f\t%s\t%s\t\n", s.Clients, s.Samples,
 					fmtMS(s.RTT.Min), fmtMS(s.RTT.P50), fmtMS(s.RTT.P95), fmtMS(s.RTT.P99), fmtMS(s.RTT.Max),
-					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates, cpu, s.WireBytesPerDelivery)
+					fmtMS(s.AtLimit), s.Receipts, s.Missing, s.Duplicates, cpu, s.WireBytesPerDelivery, cpuVs, p95Vs)
 			}
 			tw.Flush()
 		}
@@ -750,6 +758,7 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 		b.WriteString("</table>")
 	}
 
+	b.WriteString(rep.floorStepsHTML())
 	var mem, steps, thr, hs, p99, open []series
 	span := 0.0 // the longest run's length: the time axes' span
 	for i, r := range rep.Results {

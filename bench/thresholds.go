@@ -49,6 +49,7 @@ var thresholdMetrics = map[string]struct {
 	"bytes_per_conn":   {false, "server RSS growth per connection", bytesPerConn},
 	"msgs_per_sec":     {false, "echoes or chat deliveries per second", msgsPerSec},
 	"cpu_us_per_msg":   {false, "server CPU µs per echo or delivery", cpuPerMsg},
+	"cpu_vs_floor":     {false, "server CPU per echo, or per delivery at the last broadcast step, over the floor target's", cpuVsFloor},
 	"lost_connections": {false, "connections of lost agents", func(r *Result) (float64, bool) { return float64(r.LostConns), true }},
 }
 
@@ -209,4 +210,17 @@ func (r *Result) errorCount() uint64 {
 		n += v
 	}
 	return n
+}
+
+func cpuVsFloor(r *Result) (float64, bool) {
+	if len(r.Steps) > 0 {
+		if s := r.VsFloor.step(r.Steps[len(r.Steps)-1].Clients); s != nil && s.CPUPerDelivery > 0 {
+			return s.CPUPerDelivery, true
+		}
+		return 0, false
+	}
+	if r.VsFloor == nil || r.VsFloor.CPUPerMsg == 0 {
+		return 0, false
+	}
+	return r.VsFloor.CPUPerMsg, true
 }

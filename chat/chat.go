@@ -159,6 +159,10 @@ func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
 // UserID implements room.UserSink.
 func (cc *chatConn) UserID() string { return cc.c.UserID() }
 
+// DeliverFrames implements room.FramesSink: a room's frames waiting for the
+// connection go out in one write.
+func (cc *chatConn) DeliverFrames(fs []*poller.Frame) { cc.c.WriteFrames(fs) }
+
 func (cc *chatConn) member(id []byte) (int, *room.Member) {
 	for i, m := range cc.rooms {
 		if m.Room() == string(id) {

@@ -66,3 +66,84 @@ func (h *Handler) ImportConn(c *server.Conn, state []byte) error {
 }
 
 var _ server.HandoffHandler = (*Handler)(nil)
+
+// cursorsFormat versions the "cursors" part below.
+const cursorsFormat = 1
+
+// HandoffState lists the handler's parts of a handoff's application state
+// (handoff.StatePart): this node's history store, so that the rooms keep
+// their epochs and offsets; in a cluster, the rooms' delivery cursors, so
+// that a join on the new process reports the offset it would have on the
+// old one. Call it with the server frozen.
+func (h *Handler) HandoffState() []handoff.StatePart {
+	var parts []handoff.StatePart
+	if h.History != nil {
+		parts = append(parts, h.History.HandoffPart())
+	}
+	if h.Cluster != nil {
+		parts = append(parts, handoff.StatePart{Name: "cursors", Format: cursorsFormat, Export: h.exportCursors()})
+	}
+	return parts
+}
+
+// HandoffImporters takes what HandoffState sends, in the new process.
+func (h *Handler) HandoffImporters() []handoff.StateImporter {
+	var ims []handoff.StateImporter
+	if h.History != nil {
+		ims = append(ims, h.History.HandoffImporter())
+	}
+	if h.Cluster != nil {
+		ims = append(ims, handoff.StateImporter{Name: "cursors", Format: cursorsFormat, Import: h.importCursors})
+	}
+	return ims
+}
+
+// exportCursors returns the cursors' part: the rooms are listed at the
+// first chunk, and each chunk holds about max bytes of them.
+func (h *Handler) exportCursors() func(dst []byte, max int) ([]byte, bool, error) {
+	var ids []string
+	listed := false
+	return func(dst []byte, max int) ([]byte, bool, error) {
+		h.cur.mu.Lock()
+		defer h.cur.mu.Unlock()
+		if !listed {
+			listed = true
+			for id := range h.cur.m {
+				ids = append(ids, id)
+			}
+		}
+		e := handoff.Enc{B: dst}
+		start := len(dst)
+		for len(ids) > 0 && len(e.B)-start < max {
+			id := ids[0]
+			ids = ids[1:]
+			c := h.cur.m[id]
+			if c == nil {
+				continue
+			}
+			c.mu.Lock()
+			e.String(id)
+			e.Uint(c.last)
+			e.Uint(c.lastMsg)
+			c.mu.Unlock()
+		}
+		return e.B, len(ids) == 0, nil
+	}
+}
+
+func (h *Handler) importCursors(chunk []byte, _ bool) error {
+	d := handoff.Dec{B: chunk}
+	h.cur.mu.Lock()
+	defer h.cur.mu.Unlock()
+	if h.cur.m == nil {
+		h.cur.m = make(map[string]*cursor)
+	}
+	for len(d.B) > 0 {
+		id, last, lastMsg := d.String(), d.Uint(), d.Uint()
+		if d.Err() != nil {
+			return fmt.Errorf("chat: cursors: %w", d.Err())
+		}
+		h.cur.m[id] = &cursor{last: last, lastMsg: lastMsg}
+	}
+	return nil
+}

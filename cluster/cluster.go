@@ -13,7 +13,9 @@
 //     publishes it once; the connection is made with NATS's no-echo option, so
 //     the broker hands it to every other interested node, never back to the
 //     origin. Every node encodes the frame once and fans it out with
-//     room.Table.Broadcast.
+//     room.Table.Broadcast. Each message carries its origin and its number in
+//     the origin's sequence (headers), by which a node's successor in an
+//     upgrade delivers exactly what its predecessor did not (handoff.go).
 //   - State, on PREFIX.state: every node's heartbeats, and the changes of its
 //     per-room member counts and per-user connection counts, in one sequence
 //     per node. A gap in a node's sequence is loss: the heartbeats make it
@@ -39,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +94,10 @@ type Options struct {
 	// Conns, if set, is this node's open connections, announced with every
 	// heartbeat so the others can show them (PeerStatus.Conns).
 	Conns func() int
+	// Takeover, if set, makes the node the successor of a process of this
+	// node (same NodeID) that hands its connections over (handoff.go): it
+	// keeps that process's incarnation, and stays silent until Activate.
+	Takeover *Takeover
 }
 
 // Defaults for Options.
@@ -131,6 +138,7 @@ type Node struct {
 	inc  uint64 // incarnation: when this process made the node, unix ns
 
 	roomPrefix string // PREFIX.room.
+	wildSubj   string // PREFIX.room.*
 	stateSubj  string // PREFIX.state
 	syncPrefix string // PREFIX.sync.
 	syncSubj   string // PREFIX.sync.<id>
@@ -189,7 +197,31 @@ type Node struct {
 	c counters
 
 	h *hist // nil without Options.History
+
+	// A handoff (handoff.go). standby: this is the successor, silent until
+	// Activate; activated is closed by Activate. wild is the successor's
+	// subscription to every room, from Standby on (guarded by imu).
+	standby   atomic.Bool
+	pubPaused atomic.Bool // paused for a handoff: Publish refuses
+	activated chan struct{}
+	wild      *nats.Subscription
+	inCtl     chan func() // run by the inbound goroutine
+	workCtl   chan func() // run by the worker
+	// Owned by the inbound goroutine: the last sequence number delivered of
+	// each origin (dedupe at a handoff's cut), whether it is paused for a
+	// handoff, and what it held meanwhile.
+	seen     map[string]originSeq
+	inPaused bool
+	held     []*nats.Msg
+	// Owned by the worker: paused for a handoff (nothing is published).
+	wPaused bool
+	// pubSeq numbers the room messages this incarnation published; written
+	// by the publisher.
+	pubSeq atomic.Uint64
 }
+
+// originSeq is the newest room message delivered of one node.
+type originSeq struct{ inc, seq uint64 }
 
 // interest is one room with local members.
 type interest struct {
@@ -199,9 +231,9 @@ type interest struct {
 
 // outMsg is a room message on its way to the publisher.
 type outMsg struct {
-	room     string
-	buf      *bytebufferpool.ByteBuffer
-	presence bool // user-joined or user-left: sent with the origin header
+	room    string
+	buf     *bytebufferpool.ByteBuffer
+	barrier chan struct{} // not a message: closed by the publisher when it gets there
 }
 
 // New validates o and makes a node. It neither connects nor starts anything:
@@ -247,6 +279,10 @@ func New(o Options) (*Node, error) {
 		log:        o.Logger,
 		id:         o.NodeID,
 		inc:        uint64(time.Now().UnixNano()),
+		activated:  make(chan struct{}),
+		inCtl:      make(chan func()),
+		workCtl:    make(chan func()),
+		seen:       make(map[string]originSeq),
 		roomPrefix: o.Prefix + ".room.",
 		stateSubj:  o.Prefix + ".state",
 		syncPrefix: o.Prefix + ".sync.",
@@ -259,7 +295,15 @@ func New(o Options) (*Node, error) {
 		state:      make(chan *nats.Msg, 4096),
 		ncClosed:   make(chan struct{}),
 	}
+	if o.Takeover != nil {
+		if o.Takeover.Inc == 0 {
+			return nil, errors.New("cluster: takeover without an incarnation")
+		}
+		n.inc = o.Takeover.Inc
+		n.standby.Store(true)
+	}
 	n.syncSubj = n.syncPrefix + n.id
+	n.wildSubj = n.roomPrefix + "*"
 	n.actSubj = o.Prefix + ".control"
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -490,7 +534,7 @@ var lostLabels = [numLost]string{"broker_down", "queue_full", "closed", "error"}
 // queue; the publisher goroutine hands it to the broker.
 func (n *Node) Publish(roomID string, payload []byte) bool {
 	switch {
-	case n.closing.Load():
+	case n.closing.Load() || n.standby.Load() || n.pubPaused.Load():
 		n.c.lost[lostClosed].Add(1)
 		return false
 	case !n.connected.Load():
@@ -500,7 +544,7 @@ func (n *Node) Publish(roomID string, payload []byte) bool {
 	b := bytebufferpool.Get()
 	b.B = append(b.B[:0], payload...)
 	select {
-	case n.out <- outMsg{room: roomID, buf: b, presence: isPresence(payload)}:
+	case n.out <- outMsg{room: roomID, buf: b}:
 		return true
 	default:
 		bytebufferpool.Put(b)
@@ -510,10 +554,21 @@ func (n *Node) Publish(roomID string, payload []byte) bool {
 }
 
 // publish is the publisher goroutine: it hands queued room messages to the
-// NATS client, which batches them into its socket writes.
+// NATS client, which batches them into its socket writes. Every message
+// carries this node's origin (node and incarnation) and the next number of
+// the node's sequence of room messages, in headers: a user-joined or
+// user-left's origin tells the others whose member it is (presence.go), and
+// the sequence lets a successor taking over this node's place in a handoff
+// deliver each message exactly once (handoff.go).
 func (n *Node) publish() {
 	subjects := make(map[string]string) // room id → subject, so a busy room is encoded once
+	seq := []string{""}
+	msg := &nats.Msg{Header: nats.Header{originHeader: []string{origin{n.id, n.inc}.String()}, seqHeader: seq}}
 	send := func(m outMsg) {
+		if m.barrier != nil {
+			close(m.barrier)
+			return
+		}
 		subj, ok := subjects[m.room]
 		if !ok {
 			if len(subjects) >= 4096 {
@@ -522,12 +577,10 @@ func (n *Node) publish() {
 			subj = n.RoomSubject(m.room)
 			subjects[m.room] = subj
 		}
-		var err error
-		if m.presence {
-			err = n.nc.PublishMsg(n.presenceMsg(subj, m.buf.B))
-		} else {
-			err = n.nc.Publish(subj, m.buf.B)
-		}
+		seq[0] = strconv.FormatUint(n.pubSeq.Add(1), 10)
+		msg.Subject, msg.Data = subj, m.buf.B
+		err := n.nc.PublishMsg(msg)
+		msg.Data = nil
 		if err != nil {
 			if errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) {
 				n.c.lost[lostBrokerDown].Add(1)
@@ -558,31 +611,89 @@ func (n *Node) publish() {
 }
 
 // inbound is the goroutine that delivers the rooms' messages from the other
-// nodes, and answers their requests for member lists.
+// nodes, and answers their requests for member lists. In a successor
+// (Options.Takeover) it starts at Activate: what came before waits in the
+// queue.
 func (n *Node) inbound() {
+	if n.standby.Load() {
+		select {
+		case <-n.bg.Quit():
+			return
+		case <-n.activated:
+		}
+		// The old process answered the requests that came meanwhile.
+		for k := len(n.in); k > 0; k-- {
+			n.onRoomMsg(<-n.in, true)
+		}
+	}
 	for {
 		select {
 		case <-n.bg.Quit():
 			return
+		case f := <-n.inCtl:
+			f()
 		case m := <-n.in:
-			n.onRoomMsg(m)
+			n.onRoomMsg(m, false)
 		}
 	}
 }
 
-func (n *Node) onRoomMsg(m *nats.Msg) {
+// onRoomMsg takes a message of a room subject; backlog: it came before this
+// successor took over.
+func (n *Node) onRoomMsg(m *nats.Msg, backlog bool) {
 	id, ok := n.roomOf(m.Subject)
 	if !ok {
 		return
 	}
-	if len(m.Data) == 0 && m.Reply != "" {
-		n.answerMembers(id, m.Reply)
-		return
-	}
+	// The catch-all of a handoff (handoff.go), even after it ended.
+	wild := m.Sub != nil && m.Sub.Subject == n.wildSubj
 	n.imu.Lock()
 	it := n.interest[id]
-	current := it != nil && it.sub == m.Sub
+	current := it != nil && (it.sub == m.Sub || wild)
 	n.imu.Unlock()
+	if len(m.Data) == 0 && m.Reply != "" {
+		if !backlog && !wild {
+			n.answerMembers(id, m.Reply)
+		}
+		return
+	}
+	if n.inPaused {
+		// A handoff is under way: the successor delivers from here on, or,
+		// if it fails, this node does (Resume).
+		if !current {
+			n.c.stale.Add(1)
+			return
+		}
+		if len(n.held) < n.opts.InboundQueue {
+			n.held = append(n.held, m)
+		} else if len(n.held) == n.opts.InboundQueue {
+			// Delivered by the successor; lost here only if the handoff
+			// fails.
+			n.held = append(n.held, nil)
+			n.log.Warn("cluster: room messages held during a handoff past the inbound queue are dropped; a rollback loses them")
+		}
+		return
+	}
+	o, seq, hasSeq := msgSeq(m)
+	switch {
+	case hasSeq && o.node == n.id:
+		// The broker never echoes this node's messages: these are its
+		// previous process's, seen by the successor, delivered already.
+		n.c.stale.Add(1)
+		return
+	case hasSeq:
+		last, ok := n.seen[o.node]
+		if ok && (o.inc < last.inc || o.inc == last.inc && seq <= last.seq) {
+			n.c.stale.Add(1) // delivered already (a handoff's cut), or a straggler
+			return
+		}
+		n.seen[o.node] = originSeq{o.inc, seq}
+	case wild:
+		// Without a sequence a copy cannot be told apart: the room's own
+		// subscription delivers it.
+		n.c.stale.Add(1)
+		return
+	}
 	if !current {
 		// Left by a subscription since replaced or ended: the members it was
 		// for are gone, and later ones must not get what came before them.
@@ -596,6 +707,20 @@ func (n *Node) onRoomMsg(m *nats.Msg) {
 	}
 	n.c.received.Add(1)
 	n.deliver.Deliver(id, m.Data)
+}
+
+// msgSeq reads a room message's origin and sequence number.
+func msgSeq(m *nats.Msg) (origin, uint64, bool) {
+	if m.Header == nil {
+		return origin{}, 0, false
+	}
+	s := m.Header.Get(seqHeader)
+	if s == "" {
+		return origin{}, 0, false
+	}
+	o, ok := parseOrigin(m.Header.Get(originHeader))
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return o, seq, ok && err == nil
 }
 
 // membersReply is one node's answer to a member-list request; a long list comes
@@ -655,17 +780,21 @@ func (n *Node) gatherMembers(ctx context.Context, roomID string, fn func(members
 	if err := n.nc.PublishRequest(n.RoomSubject(roomID), inbox, nil); err != nil {
 		return true, err
 	}
+	done := make(map[string]bool)
 	for len(want) > 0 {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			return true, nil
 		}
 		var r membersReply
-		if json.Unmarshal(m.Data, &r) != nil {
+		if json.Unmarshal(m.Data, &r) != nil || done[r.Node] {
+			// A node whose list is whole already: its process handing over
+			// to a successor may answer from both for a moment.
 			continue
 		}
 		fn(r)
 		if !r.More {
+			done[r.Node] = true
 			delete(want, r.Node)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,6 +86,16 @@ type hist struct {
 	sem    chan struct{} // bounds the recoveries and pages in flight
 
 	appended, liveOnly, recoverFailed atomic.Uint64
+
+	// A handoff (handoff.go): ctl is run by the history goroutine, which
+	// owns cc. dmu is held by the consumer's callback while it delivers:
+	// paused stops it, and gen tells a callback of a consumer since replaced.
+	ctl    chan func()
+	cc     jetstream.ConsumeContext
+	posSet atomic.Bool // pos came from the predecessor: start after it
+	dmu    sync.Mutex
+	paused bool   // guarded by dmu
+	gen    uint64 // guarded by dmu
 }
 
 type histOut struct {
@@ -127,6 +138,7 @@ func (n *Node) newHist(sd StreamDeliverer) {
 		sd:         sd,
 		out:        make(chan histOut, cmpOr(n.opts.OutboundQueue, DefaultOutboundQueue)),
 		sem:        make(chan struct{}, 64),
+		ctl:        make(chan func()),
 	}
 }
 
@@ -196,17 +208,16 @@ func (n *Node) liveOnly(roomID string, payload []byte) {
 // publishes the queued messages until the node stops.
 func (n *Node) histRun() {
 	h := n.h
-	var cc jetstream.ConsumeContext
 	defer func() {
-		if cc != nil {
-			cc.Stop()
+		if h.cc != nil {
+			h.cc.Stop()
 		}
 	}()
 	retry := time.NewTicker(n.opts.ReconnectWait)
 	defer retry.Stop()
 	for tries := 0; !h.ready.Load(); tries++ {
-		var err error
-		if cc, err = n.histSetup(); err == nil {
+		err := n.histSetup()
+		if err == nil {
 			break
 		}
 		if tries == 0 {
@@ -215,18 +226,12 @@ func (n *Node) histRun() {
 			n.log.Debug("cluster: history stream still not reachable", "err", err)
 		}
 		// Whatever was queued meanwhile goes live.
-		for drained := false; !drained; {
-			select {
-			case m := <-h.out:
-				n.liveOnly(m.room, m.buf.B)
-				bytebufferpool.Put(m.buf)
-			default:
-				drained = true
-			}
-		}
+		n.histLiveAll()
 		select {
 		case <-n.bg.Quit():
 			return
+		case f := <-h.ctl:
+			f()
 		case <-retry.C:
 		}
 	}
@@ -235,31 +240,54 @@ func (n *Node) histRun() {
 		select {
 		case <-n.bg.Quit():
 			return
+		case f := <-h.ctl:
+			f()
 		case m := <-h.out:
-			subj, ok := subjects[m.room]
-			if !ok {
-				if len(subjects) >= 4096 {
-					clear(subjects)
-				}
-				subj = n.histSubject(m.room)
-				subjects[m.room] = subj
-			}
-			// The payload is copied into the NATS message: the buffer goes
-			// back now; a failure's handler gets the message's own copy.
-			data := append([]byte(nil), m.buf.B...)
-			bytebufferpool.Put(m.buf)
-			if _, err := h.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: data}); err != nil {
-				n.liveOnly(m.room, data)
-				continue
-			}
-			h.appended.Add(1)
+			n.histPublish(subjects, m)
 		}
 	}
 }
 
-// histSetup makes or updates the stream and starts the ordered consumer from
-// the stream's end.
-func (n *Node) histSetup() (jetstream.ConsumeContext, error) {
+// histLiveAll delivers live what is queued for the stream while it is not
+// reachable.
+func (n *Node) histLiveAll() {
+	for {
+		select {
+		case m := <-n.h.out:
+			n.liveOnly(m.room, m.buf.B)
+			bytebufferpool.Put(m.buf)
+		default:
+			return
+		}
+	}
+}
+
+// histPublish hands a queued message to the stream.
+func (n *Node) histPublish(subjects map[string]string, m histOut) {
+	h := n.h
+	subj, ok := subjects[m.room]
+	if !ok {
+		if len(subjects) >= 4096 {
+			clear(subjects)
+		}
+		subj = n.histSubject(m.room)
+		subjects[m.room] = subj
+	}
+	// The payload is copied into the NATS message: the buffer goes
+	// back now; a failure's handler gets the message's own copy.
+	data := append([]byte(nil), m.buf.B...)
+	bytebufferpool.Put(m.buf)
+	if _, err := h.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: data}); err != nil {
+		n.liveOnly(m.room, data)
+		return
+	}
+	h.appended.Add(1)
+}
+
+// histSetup makes or updates the stream and, unless the node is a successor
+// waiting to take over, starts the ordered consumer from the stream's end
+// (or after the predecessor's position).
+func (n *Node) histSetup() error {
 	h := n.h
 	js, err := jetstream.New(n.nc,
 		jetstream.WithPublishAsyncMaxPending(4096),
@@ -271,7 +299,7 @@ func (n *Node) histSetup() (jetstream.ConsumeContext, error) {
 			}
 		}))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	h.js = js
 	storage := jetstream.FileStorage
@@ -293,28 +321,60 @@ func (n *Node) histSetup() (jetstream.ConsumeContext, error) {
 		AllowDirect:       true,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	epoch := strconv.FormatInt(info.Created.UnixNano(), 36)
 	h.epoch.Store(&epoch)
 	h.stream.Store(&st)
-	h.pos.Store(info.State.LastSeq)
+	if !h.posSet.Load() {
+		h.pos.Store(info.State.LastSeq)
+	}
+	if !n.standby.Load() {
+		if err := n.histConsume(ctx); err != nil {
+			return err
+		}
+	}
+	h.ready.Store(true)
+	n.log.Info("cluster: history stream ready", "stream", h.name, "epoch", epoch, "last_seq", info.State.LastSeq,
+		"from", h.pos.Load()+1)
+	return nil
+}
+
+// histConsume starts an ordered consumer of the stream after the position,
+// replacing any other. Run by the history goroutine.
+func (n *Node) histConsume(ctx context.Context) error {
+	h := n.h
+	if h.cc != nil {
+		h.cc.Stop()
+		h.cc = nil
+	}
+	h.dmu.Lock()
+	h.gen++
+	gen := h.gen
+	h.dmu.Unlock()
+	epoch := *h.epoch.Load()
+	st := *h.stream.Load()
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{h.subjPrefix + ">"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    info.State.LastSeq + 1,
+		OptStartSeq:    h.pos.Load() + 1,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			return
+		}
+		h.dmu.Lock()
+		defer h.dmu.Unlock()
+		if h.paused || gen != h.gen {
+			return // a handoff's: the successor, or the next consumer, delivers it
 		}
 		// The position moves first: a room's cursor made from it during the
 		// delivery is of another room, whose messages up to it are all
@@ -325,11 +385,78 @@ func (n *Node) histSetup() (jetstream.ConsumeContext, error) {
 		}
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	h.ready.Store(true)
-	n.log.Info("cluster: history stream ready", "stream", h.name, "epoch", epoch, "last_seq", info.State.LastSeq)
-	return cc, nil
+	h.cc = cc
+	return nil
+}
+
+// histPause stops the consumer's deliveries, publishes what is queued for
+// the stream and waits until the stream has taken it, and returns the last
+// sequence delivered here.
+func (n *Node) histPause(ctx context.Context) (uint64, error) {
+	h := n.h
+	var err error
+	rerr := n.run(h.ctl, func() {
+		h.dmu.Lock()
+		h.paused = true
+		h.dmu.Unlock()
+		if !h.ready.Load() {
+			n.histLiveAll()
+			return
+		}
+		subjects := make(map[string]string)
+		for drained := false; !drained; {
+			select {
+			case m := <-h.out:
+				n.histPublish(subjects, m)
+			default:
+				drained = true
+			}
+		}
+		select {
+		case <-h.js.PublishAsyncComplete():
+		case <-ctx.Done():
+			err = errors.New("cluster: pause: the history stream did not take the queued messages")
+		}
+	})
+	if rerr != nil {
+		return 0, rerr
+	}
+	return h.pos.Load(), err
+}
+
+// histResume undoes histPause: a new consumer goes on after the position.
+func (n *Node) histResume() {
+	h := n.h
+	n.run(h.ctl, func() {
+		h.dmu.Lock()
+		was := h.paused
+		h.paused = false
+		h.dmu.Unlock()
+		if was && h.ready.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := n.histConsume(ctx); err != nil {
+				n.log.Error("cluster: history consumer not restarted after a failed handoff; rooms get no stream messages here", "err", err)
+			}
+		}
+	})
+}
+
+// histActivate starts a successor's consumer after its predecessor's
+// position (if the stream is not reachable yet, setting it up will).
+func (n *Node) histActivate() {
+	h := n.h
+	n.run(h.ctl, func() {
+		if h.ready.Load() && h.cc == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := n.histConsume(ctx); err != nil {
+				n.log.Warn("cluster: history consumer not started", "err", err)
+			}
+		}
+	})
 }
 
 // direct sends a direct-get request and gathers the messages of its answer:

@@ -84,6 +84,9 @@ func (n *Node) dropped() uint64 {
 	n.imu.Lock()
 	defer n.imu.Unlock()
 	for _, it := range n.interest {
+		if it.sub == nil {
+			continue
+		}
 		if v, err := it.sub.Dropped(); err == nil {
 			d += uint64(v)
 		}
@@ -107,7 +110,7 @@ func (n *Node) Collector() prometheus.Collector {
 		lost:         d("lost_total", "Room messages that reached no other node (delivered here only), by reason: broker_down, queue_full, closed, error.", "reason"),
 		received:     d("received_total", "Room messages from other nodes delivered to this node's members."),
 		dropped:      d("inbound_dropped_total", "Room messages from other nodes dropped because the inbound queue was full."),
-		stale:        d("inbound_stale_total", "Room messages dropped because they came on a subscription since ended (its members left)."),
+		stale:        d("inbound_stale_total", "Room messages dropped because they came on a subscription since ended (its members left), or were delivered already (a copy around an upgrade's cut)."),
 		subs:         d("subscriptions", "Rooms with local members: one broker subscription each."),
 		peers:        d("peers", "Other nodes heard within --cluster-dead-after."),
 		peersDead:    d("peers_dead_total", "Nodes dropped from every count after --cluster-dead-after of silence."),

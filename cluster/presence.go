@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/throng-ws/throng/room"
 )
 
@@ -29,8 +27,12 @@ import (
 // produce a stray or a missing user-left; the counts are the state streams'
 // and never depend on it.
 
-// originHeader carries a presence message's origin: "<node> <incarnation>".
-const originHeader = "Throng-Origin"
+// originHeader carries a room message's origin: "<node> <incarnation>";
+// seqHeader its number in the origin's sequence of room messages.
+const (
+	originHeader = "Throng-Origin"
+	seqHeader    = "Throng-Seq"
+)
 
 var (
 	joinedPrefix = []byte(`{"type":"user-joined"`)
@@ -226,9 +228,4 @@ func (n *Node) fetchMembers(roomID string) {
 	for o, ms := range lists {
 		n.remote.list(roomID, o, ms)
 	}
-}
-
-// presenceMsg wraps a presence payload with this node's origin header.
-func (n *Node) presenceMsg(subject string, payload []byte) *nats.Msg {
-	return &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{originHeader: []string{origin{n.id, n.inc}.String()}}}
 }

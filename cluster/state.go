@@ -293,12 +293,17 @@ func (n *Node) work() {
 	t := time.NewTicker(n.opts.Heartbeat)
 	defer t.Stop()
 	// The first message is a snapshot, so the others have this node whole at
-	// once. If the broker is not there yet, connecting asks for another.
-	n.publishSnapshot()
+	// once. If the broker is not there yet, connecting asks for another. A
+	// successor is that node already: it publishes once it takes over.
+	if !n.quiet() {
+		n.publishSnapshot()
+	}
 	for {
 		select {
 		case <-n.bg.Quit():
 			return
+		case f := <-n.workCtl:
+			f()
 		case m := <-n.state:
 			n.onState(m)
 			for range 255 { // take what else is queued before announcing
@@ -312,16 +317,18 @@ func (n *Node) work() {
 			}
 		case <-n.wake:
 		case <-t.C:
-			hb := &stateMsg{Kind: kindHeartbeat}
-			if n.opts.Conns != nil {
-				hb.Conns = int64(n.opts.Conns())
+			if !n.quiet() {
+				n.heartbeat()
 			}
-			n.publishState(hb)
 			for _, id := range n.peers.sweep(time.Now()) {
-				n.nodeGone(id, 0, true)
+				n.nodeGone(id, 0, !n.quiet())
 				n.c.peersDead.Add(1)
 				n.log.Warn("cluster: node silent; dropped from every count", "peer", id, "dead_after", n.opts.DeadAfter)
 			}
+		}
+		if n.quiet() {
+			n.flushDirty() // a successor's interest; nothing is published
+			continue
 		}
 		if n.resync.Swap(false) {
 			n.snapWant, n.lastSnap = true, time.Time{}
@@ -335,6 +342,20 @@ func (n *Node) work() {
 		}
 	}
 }
+
+// heartbeat publishes the canary's message.
+func (n *Node) heartbeat() {
+	hb := &stateMsg{Kind: kindHeartbeat}
+	if n.opts.Conns != nil {
+		hb.Conns = int64(n.opts.Conns())
+	}
+	n.publishState(hb)
+}
+
+// quiet reports whether the worker must publish nothing and write nothing to
+// the members here: a successor before Activate, or a node paused for a
+// handoff. Called by the worker.
+func (n *Node) quiet() bool { return n.wPaused || n.standby.Load() }
 
 // onState takes in a message on the state subject or this node's sync
 // subject.
@@ -369,7 +390,7 @@ func (n *Node) onState(m *nats.Msg) {
 	if a.replaced != 0 {
 		// The node came back before it was counted dead: the connections of
 		// its previous life went with it.
-		n.nodeGone(s.Node, a.replaced, true)
+		n.nodeGone(s.Node, a.replaced, !n.quiet())
 	}
 	if a.ask {
 		n.c.snapRequests.Add(1)
@@ -383,6 +404,9 @@ func (n *Node) onState(m *nats.Msg) {
 // the room table and the user table: whatever order the loops marked them in,
 // the last announcement has the last count.
 func (n *Node) flushDirty() {
+	if n.wPaused {
+		return // handed over: the successor announces
+	}
 	n.dmu.Lock()
 	if len(n.dirtyRooms) == 0 && len(n.dirtyUsers) == 0 {
 		n.dmu.Unlock()
@@ -393,6 +417,11 @@ func (n *Node) flushDirty() {
 	n.dmu.Unlock()
 
 	b := stateBuilder{emit: n.publishState, kind: kindDelta}
+	if n.standby.Load() {
+		// A successor takes the rooms its imported connections joined; what
+		// the counts are, its predecessor announced.
+		b.emit = func(*stateMsg) {}
+	}
 	for id := range rooms {
 		c := n.rooms.Count(id)
 		if n.setInterest(id, c) {
@@ -415,6 +444,16 @@ func (n *Node) setInterest(roomID string, count int) bool {
 	defer n.imu.Unlock()
 	it := n.interest[roomID]
 	switch {
+	case count > 0 && it == nil && n.standby.Load():
+		// A successor listens to every room until it takes over (handoff.go).
+		n.remote.track(roomID)
+		n.interest[roomID] = &interest{count: count}
+		n.fetches.Add(1)
+		go func() {
+			defer n.fetches.Done()
+			n.fetchMembers(roomID)
+		}()
+		return true
 	case count > 0 && it == nil:
 		n.remote.track(roomID)
 		sub, err := n.nc.ChanSubscribe(n.RoomSubject(roomID), n.in)
@@ -438,10 +477,12 @@ func (n *Node) setInterest(roomID string, count int) bool {
 		it.count = count
 		return true
 	case it != nil:
-		if d, err := it.sub.Dropped(); err == nil {
-			n.c.droppedGone.Add(uint64(d))
+		if it.sub != nil {
+			if d, err := it.sub.Dropped(); err == nil {
+				n.c.droppedGone.Add(uint64(d))
+			}
+			it.sub.Unsubscribe()
 		}
-		it.sub.Unsubscribe()
 		delete(n.interest, roomID)
 		n.remote.forget(roomID)
 		return true
@@ -467,6 +508,9 @@ func (n *Node) publishSnapshot() {
 // publishState numbers m and publishes it on the state subject. A message the
 // broker does not take still uses its number: the others see the gap.
 func (n *Node) publishState(m *stateMsg) {
+	if n.quiet() {
+		return // the predecessor's or the successor's sequence, not this one's
+	}
 	n.seq++
 	m.Node, m.Inc, m.Seq, m.Sent = n.id, n.inc, n.seq, time.Now().UnixNano()
 	b, err := json.Marshal(m)

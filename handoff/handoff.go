@@ -15,8 +15,17 @@
 //
 //	old: hello{version}                 new: ready{version, pid} | refuse{reason}
 //	old: listeners{names} + fds         new: ack
+//	old: state{part, format, last, chunk} (×n)   new: ack | refuse{reason}
 //	old: batch{records} + fds (×n)      new: ack{n} | refuse{reason}
-//	old: commit                         new: committed, then thaws and accepts
+//	old: commit                         new: (prepare) committed, then thaws
+//	                                    and accepts | refuse{reason}
+//
+// The state messages carry the application's state that is not any one
+// connection's (the rooms' history, a cluster node's place in its streams),
+// part by part, each in chunks of a bounded size, and each part under a
+// format number of its own: a process that does not read a part's format,
+// or does not know the part, refuses the handoff, and the old process keeps
+// everything (StatePart).
 //
 // Each message is an 8-byte header (type, descriptor count, payload length)
 // sent with its descriptors in one sendmsg, then the payload.
@@ -67,6 +76,7 @@ const (
 	msgAck       = 6
 	msgCommit    = 7
 	msgCommitted = 8
+	msgState     = 9
 )
 
 // Errors.
@@ -78,6 +88,10 @@ var (
 	// ErrVersion is wrapped by the error of a handoff between processes of
 	// different protocol versions.
 	ErrVersion = errors.New("handoff: protocol version mismatch")
+	// ErrStateFormat is wrapped by the error of a handoff whose application
+	// state the new process cannot read: a part of another format, or one it
+	// does not know.
+	ErrStateFormat = errors.New("handoff: application state format mismatch")
 )
 
 // Conn is one end of the handoff socket.
@@ -284,6 +298,55 @@ type Sink interface {
 	Abandon()
 }
 
+// StatePart is one part of the old process's application state: state that
+// is no single connection's, such as the rooms' history. It moves after the
+// listeners and before the connections, in chunks the new process
+// acknowledges one by one. Export is called after Source.Freeze, so what it
+// reads no longer changes; it must not change it either: on a rollback the
+// old process goes on with it.
+type StatePart struct {
+	// Name names the part; the new process must have an importer of it.
+	Name string
+	// Format is the version of the part's encoding. A new process that reads
+	// another refuses the handoff rather than misread it.
+	Format uint32
+	// Export appends the next chunk to dst, about max bytes (at least one
+	// whole item, however big), and reports whether it was the last.
+	Export func(dst []byte, max int) (data []byte, last bool, err error)
+}
+
+// StateImporter takes one part of the application state in the new process.
+type StateImporter struct {
+	Name   string
+	Format uint32
+	// Import takes one chunk, in order; last marks the part's last chunk. An
+	// error refuses the handoff.
+	Import func(chunk []byte, last bool) error
+}
+
+// StateSource is a Source with application state to hand over.
+type StateSource interface {
+	Source
+	// State lists the parts, in the order they move. Called once, after Freeze.
+	State() []StatePart
+}
+
+// StateSink is a Sink that takes application state. A part the old process
+// sends and the sink has no importer for refuses the handoff.
+type StateSink interface {
+	Sink
+	StateImporters() []StateImporter
+}
+
+// Preparer is a Sink with a last check before the commit: an error refuses
+// the handoff, and the old process keeps everything.
+type Preparer interface {
+	Prepare() error
+}
+
+// DefaultStateChunk bounds a state chunk, besides its last item.
+const DefaultStateChunk = 1 << 20
+
 // Result describes a finished handoff.
 type Result struct {
 	Conns    int           // connections handed over
@@ -291,6 +354,9 @@ type Result struct {
 	Bytes    int64         // state bytes sent
 	MaxBatch int           // the largest batch's state bytes
 	Frozen   time.Duration // from the freeze to the commit's acknowledgement
+	// StateBytes and StateChunks are the application state sent.
+	StateBytes  int64
+	StateChunks int
 }
 
 // SendOptions bound the old side's waits.
@@ -302,6 +368,9 @@ type SendOptions struct {
 	StepTimeout time.Duration
 	// Version is the version announced; if zero, Version. Tests set another.
 	Version uint32
+	// StateChunk bounds a state chunk, besides its last item. If zero,
+	// DefaultStateChunk.
+	StateChunk int
 	// Stop is called on a failure after the freeze, before the rollback:
 	// it must make sure the new process can no longer touch a connection
 	// (kill it and wait). If nil, the socket is closed.
@@ -374,6 +443,35 @@ func Send(ctx context.Context, c *Conn, src Source, o SendOptions) (res Result, 
 	}
 
 	var data []byte
+	if ss, ok := src.(StateSource); ok {
+		chunk := o.StateChunk
+		if chunk <= 0 {
+			chunk = DefaultStateChunk
+		}
+		for _, p := range ss.State() {
+			for last := false; !last; {
+				var e Enc
+				e.String(p.Name)
+				e.Uint(uint64(p.Format))
+				mark := len(e.B)
+				e.Bool(false)
+				if e.B, last, err = p.Export(e.B, chunk); err != nil {
+					return fail(fmt.Errorf("handoff: state %q: %w", p.Name, err))
+				}
+				if last {
+					e.B[mark] = 1
+				}
+				if err := c.send(step(o.StepTimeout), msgState, nil, e.B); err != nil {
+					return fail(err)
+				}
+				if buf, err = expect(c, step(o.StepTimeout), buf, msgAck); err != nil {
+					return fail(err)
+				}
+				res.StateChunks++
+				res.StateBytes += int64(len(e.B))
+			}
+		}
+	}
 	var fds []int
 	for done := false; !done; {
 		var n int
@@ -483,6 +581,13 @@ func Receive(c *Conn, sink Sink, o ReceiveOptions) (res Result, err error) {
 	}
 	var buf []byte
 	start := time.Now()
+	var importers map[string]StateImporter
+	if ss, ok := sink.(StateSink); ok {
+		importers = make(map[string]StateImporter)
+		for _, im := range ss.StateImporters() {
+			importers[im.Name] = im
+		}
+	}
 	for {
 		typ, fds, payload, err := c.recv(step(), buf)
 		if err != nil {
@@ -520,7 +625,23 @@ func Receive(c *Conn, sink Sink, o ReceiveOptions) (res Result, err error) {
 				sink.Abandon()
 				return res, err
 			}
+		case msgState:
+			closeAll(fds)
+			if err := importState(importers, payload); err != nil {
+				return refuse(err)
+			}
+			res.StateChunks++
+			res.StateBytes += int64(len(payload))
+			if err := c.send(step(), msgAck, nil, nil); err != nil {
+				sink.Abandon()
+				return res, err
+			}
 		case msgCommit:
+			if p, ok := sink.(Preparer); ok {
+				if err := p.Prepare(); err != nil {
+					return refuse(err)
+				}
+			}
 			// Committed goes out before anything is thawed: until the old
 			// process reads it, it may still take everything back, and
 			// this process must not have written a byte.
@@ -536,6 +657,28 @@ func Receive(c *Conn, sink Sink, o ReceiveOptions) (res Result, err error) {
 			return refuse(fmt.Errorf("handoff: unexpected message of type %d", typ))
 		}
 	}
+}
+
+// importState hands one state chunk to its part's importer.
+func importState(importers map[string]StateImporter, payload []byte) error {
+	d := Dec{B: payload}
+	name := d.String()
+	format := d.Uint()
+	last := d.Bool()
+	if d.Err() != nil {
+		return fmt.Errorf("handoff: state chunk: %w", d.Err())
+	}
+	im, ok := importers[name]
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: the old process sends state %q, which this process does not take", ErrStateFormat, name)
+	case format != uint64(im.Format):
+		return fmt.Errorf("%w: state %q of format %d, this process reads %d", ErrStateFormat, name, format, im.Format)
+	}
+	if err := im.Import(d.B, last); err != nil {
+		return fmt.Errorf("handoff: state %q: %w", name, err)
+	}
+	return nil
 }
 
 func splitNames(b []byte) []string {

@@ -100,7 +100,8 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 	u.stats.Nanos.Store(int64(res.Frozen))
 	u.stats.MaxBatch.Store(int64(res.MaxBatch))
 	log.Info("upgrade: handed over", "new_pid", newPID, "conns", res.Conns, "batches", res.Batches,
-		"state_bytes", res.Bytes, "frozen", res.Frozen, "total", time.Since(begin))
+		"state_bytes", res.Bytes, "app_state_bytes", res.StateBytes, "app_state_chunks", res.StateChunks,
+		"frozen", res.Frozen, "total", time.Since(begin))
 	return res, nil
 }
 

@@ -210,35 +210,7 @@ func (l *Log) Latest() uint64 { return l.next - 1 }
 
 // Append keeps payload (copied) as the message with offset Next, and moves
 // Next on. It evicts what the bounds require.
-func (l *Log) Append(payload []byte) {
-	s := l.s
-	p := make([]byte, len(payload))
-	copy(p, payload)
-	now := s.now()
-	e := &entry{log: l, offset: l.next, at: now.UnixNano(), payload: p}
-	s.mu.Lock()
-	l.next++
-	l.last = now
-	if len(l.ring)-l.head >= s.size {
-		s.evictLocked(l.ring[l.head])
-		s.evictSize.Add(1)
-	}
-	l.ring = append(l.ring, e)
-	e.prev = s.newest
-	if s.newest != nil {
-		s.newest.next = e
-	} else {
-		s.oldest = e
-	}
-	s.newest = e
-	s.bytes += int64(len(p)) + EntryOverhead
-	s.entries++
-	for s.bytes > s.memory && s.oldest != nil && s.oldest != e {
-		s.evictLocked(s.oldest)
-		s.evictMemory.Add(1)
-	}
-	s.mu.Unlock()
-}
+func (l *Log) Append(payload []byte) { l.appendAt(payload, l.s.now()) }
 
 // evictLocked drops e, which is the oldest message of its room.
 func (s *Store) evictLocked(e *entry) {

@@ -51,9 +51,10 @@ type epollLoop struct {
 
 	buf       []byte // the shared read buffer
 	iov       []unix.Iovec
-	lnfd      int    // the listener while it is in this loop's epoll set, else -1
-	acceptOff bool   // accepting paused after EMFILE until the next tick
-	cork      []byte // replies to l.inData's input, sent when OnData returns
+	fiov      []unix.Iovec // writeFrames' scratch
+	lnfd      int          // the listener while it is in this loop's epoll set, else -1
+	acceptOff bool         // accepting paused after EMFILE until the next tick
+	cork      []byte       // replies to l.inData's input, sent when OnData returns
 
 	incoming atomic.Int64 // accepted connections posted to this loop, not yet adopted
 	wakeups  atomic.Bool  // the eventfd has been written since the loop last drained jobs
@@ -88,7 +89,8 @@ func (be *epollBackend) newLoop(idx int) (*epollLoop, error) {
 		return nil, fmt.Errorf("poller: eventfd: %w", err)
 	}
 	el := &epollLoop{be: be, epfd: epfd, evfd: evfd, lnfd: -1,
-		buf: make([]byte, be.p.opts.ReadBufferSize), iov: make([]unix.Iovec, 0, maxIov)}
+		buf: make([]byte, be.p.opts.ReadBufferSize), iov: make([]unix.Iovec, 0, maxIov),
+		fiov: make([]unix.Iovec, 0, maxIov)}
 	el.l = &Loop{p: be.p, idx: idx, be: el}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
@@ -613,6 +615,65 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 	}
 	f.Retain()
 	return el.enqueue(c, segment{frame: f, off: n}, len(b)-n)
+}
+
+// writeFrames is writeFrame for several frames in one writev; what the
+// socket does not take is queued as references to the frames.
+func (el *epollLoop) writeFrames(c *Conn, fs []*Frame) (int, error) {
+	if el.l.inData == c && len(el.cork) > 0 {
+		el.uncork(c) // keep the order of what was written
+		if c.flags&flagClosed != 0 {
+			return 0, ErrClosed
+		}
+	}
+	limit := el.l.inData != c // as in write2
+	total := 0
+	for _, f := range fs {
+		total += len(f.buf.B)
+	}
+	n := 0
+	if c.out == nil && c.flags&flagFrozen == 0 {
+		iov := el.fiov[:0]
+		for _, f := range fs {
+			if b := f.buf.B; len(b) > 0 && len(iov) < maxIov {
+				var v unix.Iovec
+				v.Base = &b[0]
+				v.SetLen(len(b))
+				iov = append(iov, v)
+			}
+		}
+		el.fiov = iov
+		if len(iov) == 0 {
+			return len(fs), nil
+		}
+		w, err := writev(int(c.fd), iov)
+		clear(el.fiov) // hold no frame's bytes
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			return 0, err
+		}
+		n = max(w, 0)
+		if n == total {
+			return len(fs), nil
+		}
+	}
+	// A frame partly written must be finished, whatever the limit: dropping
+	// its tail would break the stream.
+	if err := c.checkPendingIf(limit, total-n); err != nil && n == 0 {
+		return 0, err
+	}
+	for _, f := range fs {
+		b := len(f.buf.B)
+		if n >= b {
+			n -= b
+			continue
+		}
+		f.Retain()
+		if err := el.enqueue(c, segment{frame: f, off: n}, b-n); err != nil {
+			return 0, err // the connection is closed
+		}
+		n = 0
+	}
+	return len(fs), nil
 }
 
 func (c *Conn) checkPendingIf(limit bool, add int) error {

@@ -533,6 +533,17 @@ func (nl *npLoop) writeFrame(c *Conn, f *Frame) error {
 	return err
 }
 
+// writeFrames writes the frames one after the other: netpoll takes one
+// buffer at a time.
+func (nl *npLoop) writeFrames(c *Conn, fs []*Frame) (int, error) {
+	for i, f := range fs {
+		if err := nl.writeFrame(c, f); err != nil {
+			return i, err
+		}
+	}
+	return len(fs), nil
+}
+
 // write writes s straight to the socket if it can (see writeDirect) and
 // queues what the socket does not take, reporting whether the queue kept s.
 // A queued frame gets the queue's own reference; a buffer the queue did not

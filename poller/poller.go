@@ -219,6 +219,7 @@ type loopBackend interface {
 	// backend_other.go), never through the interface: see there.
 	write2(c *Conn, a, b []byte) error
 	writeFrame(c *Conn, f *Frame) error
+	writeFrames(c *Conn, fs []*Frame) (int, error)
 	closeWrite(c *Conn)
 	closeConn(c *Conn, cause error)
 	// queued is the connection's unsent bytes, as Conn.Pending reports them.
@@ -767,6 +768,28 @@ func (c *Conn) WriteFrame(f *Frame) error {
 		return ErrClosed
 	}
 	return c.loop.be.writeFrame(c, f)
+}
+
+// WriteFrames sends shared frames in order, as WriteFrame does each, but in
+// one system call where the backend can: a member with several broadcasts
+// waiting gets them in one write. It returns how many it accepted (sent or
+// queued): on epoll all or none, as one write; on netpoll, which writes them
+// one by one, a refusal may come after the first were accepted, and the rest
+// are not written.
+func (c *Conn) WriteFrames(fs []*Frame) (int, error) {
+	if c.flags&(flagClosed|flagShutdown) != 0 {
+		return 0, ErrClosed
+	}
+	switch len(fs) {
+	case 0:
+		return 0, nil
+	case 1:
+		if err := c.loop.be.writeFrame(c, fs[0]); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	return c.loop.be.writeFrames(c, fs)
 }
 
 // CloseWrite shuts down the sending side once the queued output is flushed. The

@@ -6,7 +6,10 @@
 // own loop, and a broadcast posts one job to each loop that has members, which
 // then writes the same shared frame to each of its members. No socket is written
 // while a lock is held, and a room whose members sit on every loop is fanned out
-// by every core.
+// by every core. A loop writes a broadcast to at most Options.Chunk members in
+// one turn and then reads its sockets and runs its other jobs (a sender's next
+// message, a broadcast's result) before it writes on, so a large room does not
+// keep a loop from reading for the whole fan-out.
 //
 // The table's locks only guard the map from room id to room and each room's
 // counts. Broadcasts to one room are ordered: every member sees a room's
@@ -42,6 +45,15 @@ var (
 // frame when it has one.
 type Sink interface {
 	Deliver(f *poller.Frame)
+}
+
+// FramesSink is a Sink that takes several of a room's frames at once, in
+// order, as Deliver would take them one by one: a member with broadcasts
+// waiting gets them in one write. The same rules as Deliver's hold for each
+// frame.
+type FramesSink interface {
+	Sink
+	DeliverFrames(fs []*poller.Frame)
 }
 
 // Member is one connection's membership in one room. The caller fills in Sink,
@@ -96,6 +108,10 @@ type Options struct {
 	Shards int
 	// MaxMembers bounds a room's members. If zero, rooms are unbounded.
 	MaxMembers int
+	// Chunk is how many of a room's members a loop writes a broadcast to
+	// before it reads its sockets again; a broadcast to more goes out over
+	// several turns of the loop. If zero, DefaultChunk is used.
+	Chunk int
 }
 
 // DefaultShards spreads the table's locks far enough that joins on different
@@ -109,6 +125,8 @@ type Table struct {
 	mask   uint64
 	seed   maphash.Seed
 	max    int
+	chunk  int
+	fans   []loopFan // fans[i] belongs to loop i
 
 	jobs    sync.Pool
 	fanouts sync.Pool
@@ -161,6 +179,14 @@ func New(loops []*poller.Loop, o Options) *Table {
 		fanSize: newHistogram(recipientBounds), fanTime: newHistogram(durationBounds)}
 	for i := range t.shards {
 		t.shards[i].rooms = make(map[string]*Room)
+	}
+	t.chunk = o.Chunk
+	if t.chunk <= 0 {
+		t.chunk = DefaultChunk
+	}
+	t.fans = make([]loopFan, len(loops))
+	for i, l := range loops {
+		t.fans[i] = loopFan{t: t, loop: l}
 	}
 	t.jobs.New = func() any { return new(deliverJob) }
 	t.fanouts.New = func() any { return new(fanout) }
@@ -333,25 +359,45 @@ type deliverJob struct {
 	deflated *poller.Frame // for members with Deflate; nil if none
 }
 
-// Run writes the frame to the loop's members of the room. It walks the list
-// backwards: a member whose delivery closes it leaves, and the member moved into
-// its slot has already been served.
+// Run writes the frame to the loop's members of the room. A room with more
+// members on the loop than a chunk, or any broadcast while one is queued, goes
+// to the loop's loopFan, which writes it over several turns. Otherwise it
+// walks the list backwards: a member whose delivery closes it leaves, and the
+// member moved into its slot has already been served.
 func (j *deliverJob) Run(l *poller.Loop) {
+	lf := &j.t.fans[l.Index()]
+	if len(j.room.parts[l.Index()].members) > j.t.chunk || lf.head < len(lf.q) {
+		lf.queue(j)
+		return
+	}
 	ms := j.room.parts[l.Index()].members
 	for i := len(ms) - 1; i >= 0; i-- {
 		ms = j.room.parts[l.Index()].members
 		if i >= len(ms) {
 			continue
 		}
-		if m := ms[i]; m.Sink != j.except && m.since < j.seq {
-			if m.Deflate && j.deflated != nil {
-				m.Sink.Deliver(j.deflated)
-			} else {
-				m.Sink.Deliver(j.f)
-			}
-		}
+		j.deliver(ms[i])
 	}
 	j.finish()
+}
+
+// deliver writes the broadcast to m unless m is excepted or joined after it.
+func (j *deliverJob) deliver(m *Member) {
+	if f := j.frameFor(m); f != nil {
+		m.Sink.Deliver(f)
+	}
+}
+
+// frameFor is the frame m gets, or nil if m is excepted or joined after the
+// broadcast.
+func (j *deliverJob) frameFor(m *Member) *poller.Frame {
+	if m.Sink == j.except || m.since >= j.seq {
+		return nil
+	}
+	if m.Deflate && j.deflated != nil {
+		return j.deflated
+	}
+	return j.f
 }
 
 func (j *deliverJob) finish() {

@@ -186,6 +186,39 @@ func (c *Conn) WriteFrame(f *poller.Frame) error {
 	return err
 }
 
+// WriteFrames sends several shared frames in order, as WriteFrame does each,
+// in one write where the backend can (a member with broadcasts waiting gets
+// them at once). Under SlowDrop the frames the poller refused are dropped and
+// counted; the error is about the first of them.
+func (c *Conn) WriteFrames(fs []*poller.Frame) error {
+	if c.state != stateOpen {
+		return poller.ErrClosed
+	}
+	sent, err := c.pc.WriteFrames(fs)
+	n := 0
+	for _, f := range fs[:sent] {
+		b := f.Bytes()
+		n += framePayloadLen(b)
+		if len(b) > 0 && b[0]&0x40 != 0 {
+			c.ctr().deflateOut.Add(1)
+		}
+	}
+	if sent > 0 {
+		ctr := c.ctr()
+		ctr.msgsOut.Add(uint64(sent))
+		ctr.bytesOut.Add(uint64(n))
+	}
+	if err == nil {
+		return nil
+	}
+	err = c.checkWrite(err, 0)
+	if left := len(fs) - sent - 1; left > 0 && errors.Is(err, ErrDropped) {
+		c.dropped += uint32(left) // checkWrite counted the first
+		c.ctr().slow[SlowDrop].Add(uint64(left))
+	}
+	return err
+}
+
 // Deflate reports whether the connection negotiated permessage-deflate.
 func (c *Conn) Deflate() bool { return c.deflate != 0 }
 

@@ -27,6 +27,8 @@ type memberSink struct {
 
 func (s *memberSink) Deliver(f *poller.Frame) { s.c.WriteFrame(f) }
 
+func (s *memberSink) DeliverFrames(fs []*poller.Frame) { s.c.WriteFrames(fs) }
+
 func (h *roomMember) OnOpen(c *Conn) {
 	s := &memberSink{c: c}
 	s.m.Sink = s
@@ -57,6 +59,13 @@ func newFanOutRig(tb testing.TB, members int) *fanOutRig {
 // negotiating permessage-deflate.
 func newFanOutRigDeflate(tb testing.TB, members, deflated int) *fanOutRig {
 	tb.Helper()
+	return newFanOutRigChunk(tb, members, deflated, 0)
+}
+
+// newFanOutRigChunk is newFanOutRigDeflate with the room table writing chunk
+// members per turn of a loop (room.Options.Chunk).
+func newFanOutRigChunk(tb testing.TB, members, deflated, chunk int) *fanOutRig {
+	tb.Helper()
 	o := Options{Loops: 2}
 	if deflated > 0 {
 		o.Compression = CompressionOn
@@ -65,7 +74,7 @@ func newFanOutRigDeflate(tb testing.TB, members, deflated int) *fanOutRig {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rig := &fanOutRig{rooms: room.New(s.Loops(), room.Options{}), deflater: s.Deflater(), deflated: deflated}
+	rig := &fanOutRig{rooms: room.New(s.Loops(), room.Options{Chunk: chunk}), deflater: s.Deflater(), deflated: deflated}
 	s.Handle("/r", &roomMember{rooms: rig.rooms})
 	addr, err := s.Listen("127.0.0.1:0")
 	if err != nil {
@@ -109,10 +118,26 @@ func newFanOutRigDeflate(tb testing.TB, members, deflated int) *fanOutRig {
 
 // publish broadcasts one frame of payload and waits until every member has read
 // it.
-func (rig *fanOutRig) publish(payload []byte, members int) {
+func (rig *fanOutRig) publish(payload []byte, members int) { rig.publishN(payload, members, 1) }
+
+// publishN broadcasts k frames of payload back to back and waits until every
+// member has read them all.
+func (rig *fanOutRig) publishN(payload []byte, members, k int) {
+	want := rig.got.Load()
+	for range k {
+		want += rig.post(payload, members)
+	}
+	for rig.got.Load() < want {
+		runtime.Gosched()
+	}
+}
+
+// post broadcasts one frame of payload and returns the bytes the members
+// will read.
+func (rig *fanOutRig) post(payload []byte, members int) int64 {
 	f := poller.NewFrame()
 	f.Buffer().B = AppendFrame(f.Buffer().B, ws.OpText, payload)
-	want := rig.got.Load() + int64(members*len(f.Bytes()))
+	want := int64(members * len(f.Bytes()))
 	var z *poller.Frame
 	if rig.deflater != nil && rig.rooms.Deflaters("r") > 0 {
 		z = rig.deflater.Frame(ws.OpText, payload)
@@ -123,9 +148,7 @@ func (rig *fanOutRig) publish(payload []byte, members int) {
 	if z != nil {
 		z.Release()
 	}
-	for rig.got.Load() < want {
-		runtime.Gosched()
-	}
+	return want
 }
 
 // TestFanOutSocketsNoAlloc proves the server's fan-out over real sockets
@@ -145,6 +168,25 @@ func TestFanOutSocketsNoAlloc(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { rig.publish(payload, members) }); n != 0 {
 		t.Fatalf("%.2f allocations per broadcast to %d sockets, want 0", n, members)
+	}
+}
+
+// TestFanOutSocketsGroupedNoAlloc is TestFanOutSocketsNoAlloc with the
+// loops writing a few members per turn, and broadcasts posted back to back:
+// the ones waiting behind another go to each member together, in one write,
+// and that too allocates nothing.
+func TestFanOutSocketsGroupedNoAlloc(t *testing.T) {
+	if raceEnabled || testing.CoverMode() != "" {
+		t.Skip("allocation counts are not meaningful under -race or -cover")
+	}
+	const members = 200
+	rig := newFanOutRigChunk(t, members, 0, 8)
+	payload := []byte(`{"type":"message","content":"hello"}`)
+	for range 20 {
+		rig.publishN(payload, members, 4)
+	}
+	if n := testing.AllocsPerRun(100, func() { rig.publishN(payload, members, 4) }); n != 0 {
+		t.Fatalf("%.2f allocations per 4 broadcasts to %d sockets, want 0", n, members)
 	}
 }
 

@@ -630,6 +630,13 @@ type HandoffSource struct {
 	// OnCommit runs once the new process owns everything, before the
 	// connections are detached. May be nil.
 	OnCommit func()
+	// Parts lists the application state to hand over (handoff.StateSource),
+	// once the server is frozen. May be nil.
+	Parts func() []handoff.StatePart
+	// OnRollback runs after a failed handoff, before the connections thaw:
+	// what it writes to them waits in their queues, and what they send once
+	// thawed finds it done. May be nil.
+	OnRollback func()
 
 	batch HandoffBatch
 }
@@ -663,7 +670,20 @@ func (h *HandoffSource) Export(dst []byte, fds []int) ([]byte, []int, int, bool,
 }
 
 // Rollback implements handoff.Source.
-func (h *HandoffSource) Rollback() { h.Server.ThawHandoff() }
+func (h *HandoffSource) Rollback() {
+	if h.OnRollback != nil {
+		h.OnRollback()
+	}
+	h.Server.ThawHandoff()
+}
+
+// State implements handoff.StateSource.
+func (h *HandoffSource) State() []handoff.StatePart {
+	if h.Parts == nil {
+		return nil
+	}
+	return h.Parts()
+}
 
 // Commit implements handoff.Source.
 func (h *HandoffSource) Commit() {
@@ -686,8 +706,17 @@ type HandoffSink struct {
 	// Listener takes the listeners other than "ws" (it owns fd). If nil,
 	// they are refused.
 	Listener func(name string, fd int) error
+	// OnCommit runs once the old process has committed, before anything is
+	// thawed: what it writes to the connections waits in their queues. May
+	// be nil.
+	OnCommit func()
 	// OnActivate runs once everything is thawed. May be nil.
 	OnActivate func()
+	// Importers take the application state (handoff.StateSink). May be nil.
+	Importers []handoff.StateImporter
+	// Check runs when the old process commits, before this one answers: an
+	// error refuses the handoff (handoff.Preparer). May be nil.
+	Check func() error
 	// Addr is the WebSocket listener's address, once adopted.
 	Addr net.Addr
 }
@@ -713,6 +742,9 @@ func (h *HandoffSink) Import(data []byte, fds []int) (int, error) {
 
 // Activate implements handoff.Sink.
 func (h *HandoffSink) Activate() {
+	if h.OnCommit != nil {
+		h.OnCommit()
+	}
 	h.Server.ActivateHandoff()
 	if h.OnActivate != nil {
 		h.OnActivate()
@@ -722,9 +754,21 @@ func (h *HandoffSink) Activate() {
 // Abandon implements handoff.Sink.
 func (h *HandoffSink) Abandon() { h.Server.AbandonHandoff() }
 
+// StateImporters implements handoff.StateSink.
+func (h *HandoffSink) StateImporters() []handoff.StateImporter { return h.Importers }
+
+// Prepare implements handoff.Preparer.
+func (h *HandoffSink) Prepare() error {
+	if h.Check == nil {
+		return nil
+	}
+	return h.Check()
+}
+
 var (
-	_ handoff.Source = (*HandoffSource)(nil)
-	_ handoff.Sink   = (*HandoffSink)(nil)
+	_ handoff.StateSource = (*HandoffSource)(nil)
+	_ handoff.StateSink   = (*HandoffSink)(nil)
+	_ handoff.Preparer    = (*HandoffSink)(nil)
 )
 
 // CanHandOff reports whether the server's connections can be handed to

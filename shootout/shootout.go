@@ -58,6 +58,10 @@ func (sc *shootoutConn) Deliver(f *poller.Frame) { sc.c.WriteFrame(f) }
 // UserID implements room.UserSink.
 func (sc *shootoutConn) UserID() string { return sc.c.UserID() }
 
+// DeliverFrames implements room.FramesSink: a room's frames waiting for the
+// connection go out in one write.
+func (sc *shootoutConn) DeliverFrames(fs []*poller.Frame) { sc.c.WriteFrames(fs) }
+
 // OnOpen implements server.Handler: every connection joins the broadcast room.
 func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}

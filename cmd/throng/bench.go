@@ -179,6 +179,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 		fs.Var(&stages, "stages", "ramp the connection count as duration:target stages, such as 30s:10000,2m:10000,30s:0 (replaces --conns and the ramp and hold)")
 	}
 	fs.Var(&thresholds, "threshold", "fail the run (exit status 1) unless metric op value holds, such as 'p99<50ms', 'errors==0', 'bytes_per_conn<800'; repeat for several. Metrics: "+strings.Join(bench.ThresholdMetrics(), ", "))
+	fs.StringVar(&c.Floor, "floor", "", "the --target the others are quoted against as ratios (CPU per echo or delivery, latency), a server that does only the I/O such as bench/peers/floor (default: the target named "+bench.DefaultFloorTarget+", if any)")
 	fs.StringVar(&jsonFile, "json", "", "write every figure to this JSON file")
 	fs.StringVar(&reportFile, "report", "", "write a self-contained HTML report with charts to this file")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line on stderr")

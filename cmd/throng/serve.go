@@ -70,6 +70,18 @@ func serve(ctx context.Context, c *config.Serve) error {
 	if hoConn != nil {
 		defer hoConn.Close()
 	}
+	// Started by the upgrade of a cluster node: this process takes the node's
+	// id and incarnation, so the other nodes see the same node go on.
+	var takeover *cluster.Takeover
+	var takeoverID string
+	if v, ok := os.LookupEnv(cluster.TakeoverEnv); ok {
+		os.Unsetenv(cluster.TakeoverEnv)
+		if inherited {
+			if takeoverID, takeover, err = cluster.ParseTakeover(v); err != nil {
+				return fmt.Errorf("upgrade: %w", err)
+			}
+		}
+	}
 	// Catch the signals before anything is announced: a SIGTERM that arrives
 	// just after the "serving" line must drain, not kill.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
@@ -103,6 +115,12 @@ func serve(ctx context.Context, c *config.Serve) error {
 	var srv *server.Server // made below; the node reads it only once started
 	if co, ok := c.ClusterOptions(log); ok {
 		co.Conns = func() int { return srv.Conns() }
+		if takeover != nil {
+			if co.NodeID != "" && co.NodeID != takeoverID {
+				log.Warn("upgrade: --node-id differs from the old process's; the node keeps its id", "node_id", co.NodeID, "kept", takeoverID)
+			}
+			co.NodeID, co.Takeover = takeoverID, takeover
+		}
 		if node, err = cluster.New(co); err != nil {
 			return err
 		}
@@ -118,6 +136,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	// Every error path below closes the server; after a Shutdown, a no-op.
 	defer srv.Close()
 	endpoints, _ := c.EndpointSet() // checked by Validate
+	var ch *chat.Handler
 	// Metrics go on a registry of their own, never the global one.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -134,7 +153,7 @@ func serve(ctx context.Context, c *config.Serve) error {
 	reg.MustRegister(hs.Collector())
 	if endpoints["ws"] {
 		rooms := room.New(srv.Loops(), c.RoomOptions())
-		ch := c.Chat(rooms, verifier, log)
+		ch = c.Chat(rooms, verifier, log)
 		ch.Deflater = srv.Deflater()
 		var api *chat.API
 		if c.APIKey != "" {
@@ -185,6 +204,9 @@ func serve(ctx context.Context, c *config.Serve) error {
 		srv.Handle("/shootout", &shootout.Handler{Rooms: room.New(srv.Loops(), room.Options{Shards: 1}), RateLimit: c.RateLimit(), Deflater: srv.Deflater()})
 	}
 	up := &handoff.Upgrader{Exe: exe, Args: os.Args[1:], Logger: log}
+	if node != nil {
+		up.Env = append(os.Environ(), cluster.TakeoverEnv+"="+node.TakeoverValue())
+	}
 	reg.MustRegister(up.Collector())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	var wsAddr net.Addr
@@ -202,6 +224,26 @@ func serve(ctx context.Context, c *config.Serve) error {
 			hln = ln
 			return err
 		}}
+		if ch != nil {
+			sink.Importers = ch.HandoffImporters()
+		}
+		if node != nil {
+			sink.Importers = append(sink.Importers, node.HandoffImporter())
+			if takeover != nil {
+				// Every live node's counts whole, and every room's messages
+				// coming, before the old process freezes anything.
+				sctx, scancel := context.WithTimeout(ctx, c.ClusterDeadAfter)
+				err := node.Standby(sctx)
+				scancel()
+				if err != nil {
+					return fmt.Errorf("upgrade: %w", err)
+				}
+				sink.Check = node.CheckTakeover
+				// The node takes over before the connections thaw: what they
+				// send at once goes to the other nodes.
+				sink.OnCommit = node.Activate
+			}
+		}
 		res, err := handoff.Receive(hoConn, sink, handoff.ReceiveOptions{})
 		hoConn.Close()
 		if err == nil && hln == nil {
@@ -215,7 +257,8 @@ func serve(ctx context.Context, c *config.Serve) error {
 		}
 		wsAddr = sink.Addr
 		log.Info("upgrade: took over", "conns", res.Conns, "batches", res.Batches, "state_bytes", res.Bytes,
-			"max_batch_bytes", res.MaxBatch, "frozen", res.Frozen)
+			"max_batch_bytes", res.MaxBatch, "app_state_bytes", res.StateBytes, "app_state_chunks", res.StateChunks,
+			"frozen", res.Frozen)
 		handoff.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	} else {
 		if wsAddr, err = srv.Listen(c.WSAddr); err != nil {
@@ -226,13 +269,30 @@ func serve(ctx context.Context, c *config.Serve) error {
 		}
 		handoff.Notify("READY=1")
 	}
-	up.Source = &server.HandoffSource{Server: srv, Extra: func() ([]handoff.Listener, error) {
+	src := &server.HandoffSource{Server: srv, Extra: func() ([]handoff.Listener, error) {
 		fd, err := dupListener(hln)
 		if err != nil {
 			return nil, err
 		}
 		return []handoff.Listener{{Name: "http", FD: fd}}, nil
 	}}
+	// The application's state, once the server is frozen: the cluster node's
+	// place first (pausing it), then the chat's history and cursors.
+	src.Parts = func() []handoff.StatePart {
+		var parts []handoff.StatePart
+		if node != nil {
+			parts = append(parts, node.HandoffPart())
+		}
+		if ch != nil {
+			parts = append(parts, ch.HandoffState()...)
+		}
+		return parts
+	}
+	if node != nil {
+		src.OnRollback = node.Resume
+		src.OnCommit = node.Retire
+	}
+	up.Source = src
 	// The demo page and /client.js; the page connects to the WebSocket listener.
 	wo := c.WebOptions(wsAddr.String(), verifier, devSecret)
 	wo.Dashboard = c.APIKey != "" && endpoints["ws"] // the page reads /api/dashboard
@@ -282,15 +342,12 @@ wait:
 			case !srv.CanHandOff():
 				up.Refuse()
 				log.Warn("upgrade: refused: --poller netpoll cannot hand connections over; restart with a drain (SIGTERM) instead")
-			case node != nil:
-				up.Refuse()
-				log.Warn("upgrade: refused: a cluster node (--nats) cannot hand connections over yet; restart with a drain (SIGTERM) instead")
 			case exeErr != nil:
 				up.Refuse()
 				log.Warn("upgrade: refused: the binary's path is unknown", "err", exeErr)
 			default:
 				upgrading = true
-				go func() { _, err := up.Upgrade(context.Background()); upDone <- err }()
+				go func() { upDone <- upgrade(up, node) }()
 			}
 		case err := <-upDone:
 			upgrading = false
@@ -319,6 +376,27 @@ wait:
 	hs.Shutdown(hctx)
 	log.Info("stopped")
 	return nil
+}
+
+// upgrade runs one upgrade. A cluster node first listens to every room, so
+// that it knows each other node's last message when it pauses, whichever
+// rooms its members join meanwhile (cluster.Node.Watch).
+func upgrade(up *handoff.Upgrader, node *cluster.Node) error {
+	if node != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := node.Watch(ctx)
+		cancel()
+		if err != nil {
+			node.Unwatch()
+			up.Logger.Error("upgrade: failed, keeping every connection", "err", err)
+			return err
+		}
+	}
+	_, err := up.Upgrade(context.Background())
+	if err != nil && node != nil {
+		node.Unwatch()
+	}
+	return err
 }
 
 // upgraded ends the old process after a committed upgrade: the server has

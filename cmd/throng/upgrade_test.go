@@ -49,6 +49,9 @@ func TestServeUpgrade(t *testing.T) {
 		}
 	}
 	seq := 0
+	// History is on (the default): the room's epoch and offsets go on
+	// across both upgrades, without a gap or a repeat.
+	var epoch string
 	// chat has client 0 say the next number and checks every client reads
 	// it next: nothing lost, repeated or reordered, no close.
 	chat := func() {
@@ -62,10 +65,19 @@ func TestServeUpgrade(t *testing.T) {
 			if err != nil {
 				t.Fatalf("client %d: %v", i, err)
 			}
-			var m struct{ Type, Content string }
+			var m struct {
+				Type, Content, Epoch string
+				Offset               int
+			}
 			json.Unmarshal(b, &m)
 			if m.Type != "message" || m.Content != strconv.Itoa(seq) {
 				t.Fatalf("client %d read %s, want message %d", i, b, seq)
+			}
+			if epoch == "" {
+				epoch = m.Epoch
+			}
+			if m.Epoch != epoch || m.Offset != seq+1 {
+				t.Fatalf("client %d read %s, want offset %d of epoch %s", i, b, seq+1, epoch)
 			}
 		}
 		seq++
@@ -120,6 +132,30 @@ func TestServeUpgrade(t *testing.T) {
 	late.ReadJSON(&joined)
 	if joined.Type != "joined" || joined.UserCount != n+1 {
 		t.Fatalf("late join: %+v", joined)
+	}
+	// A client that recovers from the first message's offset gets every
+	// later one, from both sides of the upgrades.
+	rec := dialWS(t, "ws://"+wsAddr+"/ws")
+	readMsgType(t, rec)
+	rec.WriteJSON(map[string]any{"type": "join", "roomId": "lobby", "userName": "rec",
+		"since": map[string]any{"offset": 1, "epoch": epoch}})
+	for k := 2; k <= seq; k++ {
+		var m struct {
+			Type, Content string
+			Offset        int
+		}
+		if err := rec.ReadJSON(&m); err != nil || m.Type != "message" || m.Offset != k || m.Content != strconv.Itoa(k-1) {
+			t.Fatalf("recovery read %+v, %v; want the message at offset %d", m, err, k)
+		}
+	}
+	var rj struct {
+		Type      string
+		Recovered bool
+		Offset    int
+		Epoch     string
+	}
+	if err := rec.ReadJSON(&rj); err != nil || rj.Type != "joined" || !rj.Recovered || rj.Offset != seq || rj.Epoch != epoch {
+		t.Fatalf("recovery joined %+v, %v; want recovered at offset %d of epoch %s", rj, err, seq, epoch)
 	}
 }
 
