@@ -55,6 +55,12 @@ type agentConfig struct {
 	// MaxConns is the most connections the agent holds at once. If zero,
 	// MaxConnsPerProcess.
 	MaxConns int `json:"max_conns,omitempty"`
+	// Upgrade makes chat members record every delivery by sender and
+	// sequence number, and redial with Backoff (doubling up to BackoffMax)
+	// when their connection ends while the upgrade scenario runs.
+	Upgrade    bool          `json:"upgrade,omitempty"`
+	Backoff    time.Duration `json:"backoff,omitempty"`
+	BackoffMax time.Duration `json:"backoff_max,omitempty"`
 }
 
 // command is one instruction from the coordinator to an agent, the same whether
@@ -101,6 +107,7 @@ type reply struct {
 	Elapsed time.Duration `json:"elapsed,omitempty"`
 	Step    *stepReport   `json:"step,omitempty"`
 	Closed  int           `json:"closed,omitempty"`
+	Up      *upReport     `json:"up,omitempty"`
 
 	// Gone is set by the coordinator, never sent: the agent that should have
 	// answered is lost (its process died or it stopped answering).
@@ -222,6 +229,8 @@ type agent struct {
 	// sem bounds broadcasts in flight: the sender goroutine fills it, result
 	// handlers on the loops drain it without blocking.
 	sem atomic.Pointer[chan struct{}]
+
+	up upAgent // the upgrade scenario
 }
 
 // agentLoop is an agent's per-loop state, owned by that loop's goroutine.
@@ -252,8 +261,10 @@ type peer struct {
 	churn  bool // closed on purpose by churn: dial again
 	redial bool // this connection is churn's redial
 	joined bool
-	rs     *roomState  // chat: the peer's room
-	parked atomic.Bool // closed by shrink: its close is no drop, and it is not redialed
+	rs     *roomState    // chat: the peer's room
+	parked atomic.Bool   // closed by shrink: its close is no drop, and it is not redialed
+	up     *upTrack      // upgrade scenario: what the member got
+	usent  atomic.Uint32 // upgrade scenario: messages the member sent
 }
 
 // roomState is one chat room of the agent's: rooms never straddle agents, so an
@@ -360,6 +371,14 @@ func (a *agent) do(ctx context.Context, cmd command) (r reply) {
 		a.closeAll(ctx)
 	case opShrink:
 		r.Closed, err = a.shrink(ctx, cmd.N)
+	case opUpStart:
+		err = a.upStart(cmd.Rate)
+	case opUpMark:
+		r.Up = &upReport{Pauses: a.upMark()}
+	case opUpStop:
+		r.Sent, err = a.upStop(ctx)
+	case opUpTally:
+		r.Up = a.upTally()
 	default:
 		err = fmt.Errorf("bench: unknown command %q", cmd.Op)
 	}
@@ -477,6 +496,9 @@ func (a *agent) connect(ctx context.Context, n int, rate float64) (opened, faile
 				}
 				p.rs = a.rooms[local]
 				p.rs.members++
+			}
+			if a.cfg.Upgrade {
+				p.up = newUpTrack(a.cfg.RoomSize)
 			}
 			a.peers = append(a.peers, p)
 		}
@@ -596,7 +618,11 @@ func (a *agent) OnOpen(c *Conn) {
 	b = appendRoom(b, p.room)
 	b = append(b, `","userName":"u`...)
 	b = appendUint(b, uint64(p.id))
-	b = append(b, `"}`...)
+	b = append(b, '"')
+	if p.up != nil {
+		b = upJoinSince(b, p.up)
+	}
+	b = append(b, '}')
 	al.buf = b
 	a.send(c, ws.OpText, b)
 }
@@ -651,6 +677,9 @@ func (a *agent) OnClose(c *Conn, err error) {
 	p.probe = false
 	p.c = nil
 	p.loop.Store(nil)
+	if p.up != nil {
+		a.upClosed(p, wasReady)
+	}
 	if p.churn {
 		p.churn = false
 		// Set before the dial is posted: the redial may open on another loop
@@ -1044,6 +1073,9 @@ func (a *agent) onChat(c *Conn, p *peer, al *agentLoop, data []byte) {
 	switch string(v.GetStringBytes("type")) {
 	case "joined":
 		if !p.joined {
+			if p.up != nil {
+				a.upJoined(p, v)
+			}
 			p.joined = true
 			a.ready(c)
 		}
@@ -1060,6 +1092,9 @@ func (a *agent) onChat(c *Conn, p *peer, al *agentLoop, data []byte) {
 			p.rs.got.Add(1)
 		}
 		al.lat.RecordValue(max((time.Now().UnixNano()-int64(ts))/1e3, 1))
+		if p.up != nil {
+			a.upMessage(p, v, content)
+		}
 	case "error":
 		if !p.joined {
 			c.fail(fmt.Errorf("%w: %s", errJoinRefused, v.GetStringBytes("code")))

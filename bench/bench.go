@@ -40,10 +40,11 @@ const (
 	ScenarioChat      = "chat"
 	ScenarioChurn     = "churn"
 	ScenarioStorm     = "reconnect-storm"
+	ScenarioUpgrade   = "upgrade"
 )
 
 // Scenarios lists every scenario, in the order the help text gives them.
-var Scenarios = []string{ScenarioIdle, ScenarioEcho, ScenarioBroadcast, ScenarioChat, ScenarioChurn, ScenarioStorm}
+var Scenarios = []string{ScenarioIdle, ScenarioEcho, ScenarioBroadcast, ScenarioChat, ScenarioChurn, ScenarioStorm, ScenarioUpgrade}
 
 // ScenarioHelp is a line of help per scenario.
 var ScenarioHelp = map[string]string{
@@ -53,6 +54,7 @@ var ScenarioHelp = map[string]string{
 	ScenarioChat:      "rooms of --room-size, --room-rate messages per room per second; deliveries/s and latency",
 	ScenarioChurn:     "hold --conns while closing and reopening --churn-rate per second",
 	ScenarioStorm:     "drop every connection at once; seconds until all are back and handshakes/s",
+	ScenarioUpgrade:   "rooms chat while the target --pid upgrades (SIGUSR2) or drains and restarts (--mode drain); drops, lost/duplicated/reordered messages, pauses, memory",
 }
 
 // Target is one server to measure.
@@ -199,6 +201,8 @@ type Config struct {
 	// ReconnectRate paces reconnect-storm's redial. If zero, every client
 	// redials at once.
 	ReconnectRate float64 `json:"reconnect_rate,omitempty"`
+	// Upgrade configures the upgrade scenario.
+	Upgrade UpgradeOptions `json:"upgrade,omitzero"`
 
 	// JWTSecret, if set, mints an HS256 token per client, subject "bench-<i>".
 	JWTSecret string `json:"-"`
@@ -298,8 +302,16 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Conns <= 0 {
 		c.Conns = 100
-		if c.Scenario == ScenarioIdle || c.Scenario == ScenarioStorm {
+		switch c.Scenario {
+		case ScenarioIdle, ScenarioStorm:
 			c.Conns = 1000
+		case ScenarioUpgrade:
+			c.Conns = DefaultUpgradeConns
+		}
+	}
+	if c.Scenario == ScenarioUpgrade {
+		if err := c.Upgrade.setDefaults(c); err != nil {
+			return err
 		}
 	}
 	setDef(&c.Rate, 1000)
@@ -338,7 +350,7 @@ func (c *Config) setDefaults() error {
 	if c.Scenario == ScenarioBroadcast && c.Samples > 1<<16 {
 		return errors.New("bench: --samples is at most 65536 per step")
 	}
-	if c.Scenario == ScenarioChat {
+	if c.inRooms() {
 		c.Conns -= c.Conns % c.RoomSize
 		if c.Conns == 0 {
 			return errors.New("bench: chat needs --conns of at least --room-size")
@@ -468,7 +480,7 @@ func (c *Config) defaultPath() string {
 	switch c.Scenario {
 	case ScenarioBroadcast:
 		return "/shootout"
-	case ScenarioChat:
+	case ScenarioChat, ScenarioUpgrade:
 		return "/ws"
 	}
 	return "/echo"
@@ -478,11 +490,15 @@ func (c *Config) protocol() string {
 	switch c.Scenario {
 	case ScenarioBroadcast:
 		return c.Protocol
-	case ScenarioChat:
+	case ScenarioChat, ScenarioUpgrade:
 		return ProtoChat
 	}
 	return ProtoEcho
 }
+
+// inRooms reports whether the scenario's connections are chat room members,
+// counted and spread in whole rooms.
+func (c *Config) inRooms() bool { return c.Scenario == ScenarioChat || c.Scenario == ScenarioUpgrade }
 
 // ParseSourceIPs parses a comma-separated list of addresses and inclusive
 // IPv4 ranges ("127.0.0.2-127.0.0.50").
@@ -604,6 +620,8 @@ func runTarget(ctx context.Context, cfg Config, t Target) *Result {
 		err = r.churn(ctx)
 	case ScenarioStorm:
 		err = r.storm(ctx)
+	case ScenarioUpgrade:
+		err = r.upgrade(ctx)
 	}
 	r.setPhase("closing")
 	r.all(context.Background(), func(int) command { return command{Op: opClose} })
@@ -644,7 +662,7 @@ func (r *run) startParts(ctx context.Context) error {
 	// boundaries. Each part's ids start past the previous part's capacity,
 	// so ids never collide whatever share each ends up with.
 	unit := 1
-	if cfg.Scenario == ScenarioChat {
+	if cfg.inRooms() {
 		unit = cfg.RoomSize
 	}
 	ac := agentConfig{
@@ -661,8 +679,12 @@ func (r *run) startParts(ctx context.Context) error {
 		RoomSize:         cfg.RoomSize,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 	}
-	if cfg.Scenario != ScenarioChat {
+	if !cfg.inRooms() {
 		ac.RoomSize = 0
+	}
+	if cfg.Scenario == ScenarioUpgrade {
+		ac.Upgrade = true
+		ac.Backoff, ac.BackoffMax = cfg.Upgrade.Backoff, cfg.Upgrade.BackoffMax
 	}
 	if cfg.Agents != "" {
 		return r.startAgents(ctx, ac, unit)
@@ -803,7 +825,7 @@ func (r *run) lose(i int, why string) {
 	}
 	r.dead[i] = true
 	lost := r.share.drop(i)
-	if r.cfg.Scenario == ScenarioChat {
+	if r.cfg.inRooms() {
 		lost *= r.cfg.RoomSize
 	}
 	r.res.LostConns += lost
@@ -839,7 +861,7 @@ func (r *run) connect(ctx context.Context, n int) (opened, failed int, err error
 
 func (r *run) connectAt(ctx context.Context, n int, rate float64) (opened, failed int, err error) {
 	unit := 1
-	if r.cfg.Scenario == ScenarioChat {
+	if r.cfg.inRooms() {
 		unit = r.cfg.RoomSize
 	}
 	r.mu.Lock()
@@ -864,7 +886,7 @@ func (r *run) connectAt(ctx context.Context, n int, rate float64) (opened, faile
 // their weighted share first.
 func (r *run) shrink(ctx context.Context, n int) error {
 	unit := 1
-	if r.cfg.Scenario == ScenarioChat {
+	if r.cfg.inRooms() {
 		unit = r.cfg.RoomSize
 	}
 	r.mu.Lock()

@@ -113,3 +113,56 @@ func raiseFileLimit() {
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
 	}
 }
+
+// procStat is what the upgrade scenario samples of a server process.
+type procStat struct {
+	rss    int64
+	exited bool // a zombie: it has exited and waits for its parent
+}
+
+// procState reads a process's RSS and whether it has exited. A process that
+// is gone is an error.
+func procState(pid int) (procStat, error) {
+	if pid <= 0 {
+		return procStat{}, fmt.Errorf("bench: no process %d", pid)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return procStat{}, fmt.Errorf("bench: process %d: %w", pid, err)
+	}
+	var st procStat
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("State:")); ok {
+			f := bytes.Fields(v)
+			st.exited = len(f) > 0 && (f[0][0] == 'Z' || f[0][0] == 'X')
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("VmRSS:")); ok {
+			if f := bytes.Fields(v); len(f) > 0 {
+				kb, _ := strconv.ParseInt(string(f[0]), 10, 64)
+				st.rss = kb << 10
+			}
+		}
+	}
+	return st, nil
+}
+
+// procChildren lists a process's children, from every thread's children file.
+func procChildren(pid int) []int {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for f := range bytes.FieldsSeq(b) {
+			if k, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}

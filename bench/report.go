@@ -53,16 +53,17 @@ type Result struct {
 	Server    *ServerStats      `json:"server,omitempty"`
 	Client    ClientStats       `json:"client"`
 
-	Memory     []MemPoint  `json:"memory,omitempty"`
-	Probe      *ProbeStats `json:"probe,omitempty"`
-	Echo       *EchoStats  `json:"echo,omitempty"`
-	Steps      []Step      `json:"steps,omitempty"`
-	MaxClients int         `json:"max_clients,omitempty"`
-	Chat       *ChatStats  `json:"chat,omitempty"`
-	Churn      *ChurnStats `json:"churn,omitempty"`
-	Storm      *StormStats `json:"storm,omitempty"`
-	Timeline   []Tick      `json:"timeline,omitempty"`
-	Notes      []string    `json:"notes,omitempty"`
+	Memory     []MemPoint    `json:"memory,omitempty"`
+	Probe      *ProbeStats   `json:"probe,omitempty"`
+	Echo       *EchoStats    `json:"echo,omitempty"`
+	Steps      []Step        `json:"steps,omitempty"`
+	MaxClients int           `json:"max_clients,omitempty"`
+	Chat       *ChatStats    `json:"chat,omitempty"`
+	Churn      *ChurnStats   `json:"churn,omitempty"`
+	Storm      *StormStats   `json:"storm,omitempty"`
+	Upgrade    *UpgradeStats `json:"upgrade,omitempty"`
+	Timeline   []Tick        `json:"timeline,omitempty"`
+	Notes      []string      `json:"notes,omitempty"`
 	// VsFloor is this result over the floor target's (Config.Floor).
 	VsFloor *VsFloor `json:"vs_floor,omitempty"`
 }
@@ -521,6 +522,7 @@ func (rep *Report) rows() []row {
 		}
 		return fmt.Sprintf("%.0f / %.0f", r.Storm.HandshakesPerSec, r.Storm.PeakHandshakesPerSec)
 	})
+	upgradeRows(add)
 	lat("latency", func(r *Result) *Latency { return r.Latency })
 	lat("handshake", func(r *Result) *Latency { return r.Handshake })
 	add("messages sent/received", func(r *Result) string {
@@ -823,7 +825,20 @@ td:first-child,th:first-child{text-align:left}h2{margin-top:2em}svg{background:#
 	chart("Broadcast round trip per step", "clients", "RTT (ms)", steps, limit)
 	chart("Server memory per connection", "connections", "KiB per connection", mem, 0)
 	chart("Connections open", "seconds", "connections", open, 0)
-	if rep.Scenario == ScenarioEcho || rep.Scenario == ScenarioChat || rep.Scenario == ScenarioBroadcast {
+	var rss []series
+	for i, r := range rep.Results {
+		if r.Upgrade == nil || len(r.Upgrade.RSS) == 0 {
+			continue
+		}
+		o, n := series{name: r.Target + " old process", color: i}, series{name: r.Target + " new process", color: i, dash: 1}
+		for _, p := range r.Upgrade.RSS {
+			o.pts = append(o.pts, [2]float64{p.T, float64(p.Old) / (1 << 20)})
+			n.pts = append(n.pts, [2]float64{p.T, float64(p.New) / (1 << 20)})
+		}
+		rss = append(rss, o, n)
+	}
+	chart("Server RSS from the signal", "seconds after the signal", "MiB", rss, 0)
+	if rep.Scenario == ScenarioEcho || rep.Scenario == ScenarioChat || rep.Scenario == ScenarioBroadcast || rep.Scenario == ScenarioUpgrade {
 		chart("Messages received per second", "seconds", "msgs/s", thr, 0)
 		chart("p99 latency per second", "seconds", "ms", p99, 0)
 	}

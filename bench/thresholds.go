@@ -51,7 +51,25 @@ var thresholdMetrics = map[string]struct {
 	"cpu_us_per_msg":   {false, "server CPU µs per echo or delivery", cpuPerMsg},
 	"cpu_vs_floor":     {false, "server CPU per echo, or per delivery at the last broadcast step, over the floor target's", cpuVsFloor},
 	"lost_connections": {false, "connections of lost agents", func(r *Result) (float64, bool) { return float64(r.LostConns), true }},
+	"lost":             {false, "upgrade: chat deliveries lost", upQ(func(u *UpgradeStats) float64 { return float64(u.Lost) })},
+	"duplicated":       {false, "upgrade: chat deliveries duplicated", upQ(func(u *UpgradeStats) float64 { return float64(u.Duplicated) })},
+	"out_of_order":     {false, "upgrade: chat deliveries out of order", upQ(func(u *UpgradeStats) float64 { return float64(u.OutOfOrder) })},
+	"pause_max":        {true, "upgrade: the longest pause any member saw", upQ(func(u *UpgradeStats) float64 { return latMax(u.Pause) })},
+	"pause_p99":        {true, "upgrade: p99 of the members' longest pauses", upQ(func(u *UpgradeStats) float64 { return latP99(u.Pause) })},
+	"handoff":          {true, "upgrade: signal to the old process's exit", upQ(func(u *UpgradeStats) float64 { return u.HandoffSeconds * 1e3 })},
 }
+
+func upQ(f func(u *UpgradeStats) float64) func(r *Result) (float64, bool) {
+	return func(r *Result) (float64, bool) {
+		if r.Upgrade == nil || r.Upgrade.Pause == nil {
+			return 0, false // not measured: the run ended before the tally
+		}
+		return f(r.Upgrade), true
+	}
+}
+
+func latMax(l *Latency) float64 { return l.Max }
+func latP99(l *Latency) float64 { return l.P99 }
 
 func latOf(l *Latency, f func(*Latency) float64) (float64, bool) {
 	if l == nil {

@@ -70,13 +70,20 @@ var _ server.HandoffHandler = (*Handler)(nil)
 // cursorsFormat versions the "cursors" part below.
 const cursorsFormat = 1
 
+// userRatePart names the per-user rate's part (server.KeyedLimitFormat).
+const userRatePart = "user-rate"
+
 // HandoffState lists the handler's parts of a handoff's application state
-// (handoff.StatePart): this node's history store, so that the rooms keep
-// their epochs and offsets; in a cluster, the rooms' delivery cursors, so
-// that a join on the new process reports the offset it would have on the
-// old one. Call it with the server frozen.
+// (handoff.StatePart): the users' rate buckets, so that a user at its limit
+// gets no fresh burst from an upgrade; this node's history store, so that
+// the rooms keep their epochs and offsets; in a cluster, the rooms' delivery
+// cursors, so that a join on the new process reports the offset it would
+// have on the old one. Call it with the server frozen.
 func (h *Handler) HandoffState() []handoff.StatePart {
 	var parts []handoff.StatePart
+	if users := h.userLimit(); users != nil {
+		parts = append(parts, users.HandoffPart(userRatePart, func(e *handoff.Enc, user string) { e.String(user) }))
+	}
 	if h.History != nil {
 		parts = append(parts, h.History.HandoffPart())
 	}
@@ -87,8 +94,14 @@ func (h *Handler) HandoffState() []handoff.StatePart {
 }
 
 // HandoffImporters takes what HandoffState sends, in the new process.
+// The users' buckets are taken whatever this process's settings (without a
+// per-user limit, read and dropped), so that a change of --user-rate does
+// not refuse the upgrade.
 func (h *Handler) HandoffImporters() []handoff.StateImporter {
-	var ims []handoff.StateImporter
+	ims := []handoff.StateImporter{h.userLimit().HandoffImporter(userRatePart, func(d *handoff.Dec) (string, error) {
+		user := d.String()
+		return user, d.Err()
+	})}
 	if h.History != nil {
 		ims = append(ims, h.History.HandoffImporter())
 	}

@@ -3,9 +3,11 @@ package server
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -614,6 +616,114 @@ func (st *RateState) ReadHandoff(d *handoff.Dec) {
 	st.banned = uint32(min(d.Uint(), math.MaxUint32))
 }
 
+// KeyedLimitFormat versions a KeyedLimit's part of a handoff: per key, the
+// key as its caller writes it, then the bucket's tokens and last refill.
+const KeyedLimitFormat = 1
+
+// HandoffPart is l's part of a handoff's application state, so that a key at
+// its limit is not given a fresh burst by an upgrade: every bucket l holds
+// (only keys that spoke recently; Prune forgets the rest), put writing each
+// key. It takes one shard at a time, copied under the shard's lock, so a
+// chunk costs at most a shard's keys besides itself. Call it with the
+// server frozen; it changes nothing, for a rollback.
+func (l *KeyedLimit[K]) HandoffPart(name string, put func(*handoff.Enc, K)) handoff.StatePart {
+	type entry struct {
+		k K
+		b bucket
+	}
+	var pend []entry
+	next, shard := 0, 0
+	return handoff.StatePart{Name: name, Format: KeyedLimitFormat, Export: func(dst []byte, max int) ([]byte, bool, error) {
+		e := handoff.Enc{B: dst}
+		start := len(dst)
+		for len(e.B)-start < max {
+			if next == len(pend) {
+				if shard == limitShards {
+					break
+				}
+				sh := &l.shards[shard]
+				shard++
+				pend, next = pend[:0], 0
+				sh.mu.Lock()
+				for k, b := range sh.m {
+					pend = append(pend, entry{k, *b})
+				}
+				sh.mu.Unlock()
+				continue
+			}
+			en := &pend[next]
+			next++
+			put(&e, en.k)
+			e.Float(en.b.tokens)
+			e.Int(en.b.last)
+		}
+		return e.B, shard == limitShards && next == len(pend), nil
+	}}
+}
+
+// HandoffImporter takes what HandoffPart sent, get reading each key. A nil l
+// (the new process does not limit these keys) reads the part and keeps
+// nothing, so that a change of settings does not refuse the upgrade. A bucket
+// fuller than l's burst (a smaller burst in the new settings) is cut to it.
+func (l *KeyedLimit[K]) HandoffImporter(name string, get func(*handoff.Dec) (K, error)) handoff.StateImporter {
+	return handoff.StateImporter{Name: name, Format: KeyedLimitFormat, Import: func(chunk []byte, _ bool) error {
+		d := handoff.Dec{B: chunk}
+		for len(d.B) > 0 {
+			k, err := get(&d)
+			if err != nil {
+				return fmt.Errorf("server: %s: %w", name, err)
+			}
+			tokens, last := d.Float(), d.Int()
+			if d.Err() != nil {
+				return fmt.Errorf("server: %s: %w", name, d.Err())
+			}
+			if !(tokens >= 0) || last <= 0 {
+				return fmt.Errorf("%w: %s: a bucket of %v tokens at %d", handoff.ErrCorrupt, name, tokens, last)
+			}
+			if l == nil {
+				continue
+			}
+			sh := &l.shards[maphash.Comparable(l.seed, k)%limitShards]
+			sh.mu.Lock()
+			sh.m[k] = &bucket{tokens: min(tokens, float64(l.burst)), last: last}
+			sh.peak = max(sh.peak, len(sh.m))
+			sh.mu.Unlock()
+		}
+		return nil
+	}}
+}
+
+// handshakeRatePart names the per-address handshake limit's part.
+const handshakeRatePart = "handshake-rate"
+
+// handoffParts are the server's own parts of a handoff's application state:
+// the per-address handshake limit, if there is one.
+func (s *Server) handoffParts() []handoff.StatePart {
+	if s.ipLimit == nil {
+		return nil
+	}
+	return []handoff.StatePart{s.ipLimit.HandoffPart(handshakeRatePart, func(e *handoff.Enc, a netip.Addr) {
+		b, _ := a.MarshalBinary() // never fails
+		e.Bytes(b)
+	})}
+}
+
+// handoffImporters take the server's own parts, whatever this process's
+// settings: a limit it does not have reads its part and keeps nothing.
+func (s *Server) handoffImporters() []handoff.StateImporter {
+	return []handoff.StateImporter{s.ipLimit.HandoffImporter(handshakeRatePart, func(d *handoff.Dec) (netip.Addr, error) {
+		var a netip.Addr
+		b := d.Bytes()
+		if d.Err() != nil {
+			return a, d.Err()
+		}
+		if err := a.UnmarshalBinary(b); err != nil {
+			return a, fmt.Errorf("%w: %v", handoff.ErrCorrupt, err)
+		}
+		return a, nil
+	})}
+}
+
 // DefaultHandoffBatchBytes is the state a handoff batch carries before it is
 // sent: with one connection's output (at most MaxPending) on top, it bounds
 // the memory a handoff adds to either process.
@@ -631,7 +741,8 @@ type HandoffSource struct {
 	// connections are detached. May be nil.
 	OnCommit func()
 	// Parts lists the application state to hand over (handoff.StateSource),
-	// once the server is frozen. May be nil.
+	// once the server is frozen, after the server's own (its per-address
+	// handshake limit). May be nil.
 	Parts func() []handoff.StatePart
 	// OnRollback runs after a failed handoff, before the connections thaw:
 	// what it writes to them waits in their queues, and what they send once
@@ -679,10 +790,11 @@ func (h *HandoffSource) Rollback() {
 
 // State implements handoff.StateSource.
 func (h *HandoffSource) State() []handoff.StatePart {
-	if h.Parts == nil {
-		return nil
+	parts := h.Server.handoffParts()
+	if h.Parts != nil {
+		parts = append(parts, h.Parts()...)
 	}
-	return h.Parts()
+	return parts
 }
 
 // Commit implements handoff.Source.
@@ -755,7 +867,10 @@ func (h *HandoffSink) Activate() {
 func (h *HandoffSink) Abandon() { h.Server.AbandonHandoff() }
 
 // StateImporters implements handoff.StateSink.
-func (h *HandoffSink) StateImporters() []handoff.StateImporter { return h.Importers }
+// The server's own importers come first.
+func (h *HandoffSink) StateImporters() []handoff.StateImporter {
+	return append(h.Server.handoffImporters(), h.Importers...)
+}
 
 // Prepare implements handoff.Preparer.
 func (h *HandoffSink) Prepare() error {

@@ -122,11 +122,14 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	in := func(ss ...string) bool { return slices.Contains(ss, scenario) }
 	const (
 		idle, echo, broadcast, chat = bench.ScenarioIdle, bench.ScenarioEcho, bench.ScenarioBroadcast, bench.ScenarioChat
-		churn, storm                = bench.ScenarioChurn, bench.ScenarioStorm
+		churn, storm, upgrade       = bench.ScenarioChurn, bench.ScenarioStorm, bench.ScenarioUpgrade
 	)
 	conns := 100
-	if in(idle, storm) {
+	switch {
+	case in(idle, storm):
 		conns = 1000
+	case in(upgrade):
+		conns = bench.DefaultUpgradeConns
 	}
 	fs.IntVar(&c.Conns, "conns", conns, "connections")
 	fs.Float64Var(&c.Rate, "rate", 1000, "connections opened per second while ramping up")
@@ -135,10 +138,23 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 		fs.DurationVar(&c.Traffic, "traffic", 0, "after the hold, echo on every connection this long (one --size message in flight each), hold again and read server memory again (0: no traffic)")
 		fs.IntVar(&c.Sample, "sample", 100, "connections pinged after the hold to check they are alive")
 	}
-	if in(chat) {
-		fs.DurationVar(&c.JoinHold, "join-hold", 0, "hold the joined, silent clients this long, then read server memory per member (0: no hold)")
+	if in(chat, upgrade) {
 		fs.IntVar(&c.RoomSize, "room-size", 10, "members per room")
 		fs.Float64Var(&c.RoomRate, "room-rate", 1, "messages per second per room")
+	}
+	if in(upgrade) {
+		u := &c.Upgrade
+		fs.StringVar(&u.Mode, "mode", bench.UpgradeHandoff, "handoff: SIGUSR2, the new process takes every connection; drain: SIGTERM (close 1001 at the server's --drain-rate), then --restart, and the clients redial and recover")
+		fs.IntVar(&u.PID, "pid", 0, "the target server's process id, on this machine (required)")
+		fs.StringVar(&u.Restart, "restart", "", "with --mode drain: the command that starts the server again, run as sh -c 'exec COMMAND' once the old process has exited (as systemctl restart does); it is left serving")
+		fs.DurationVar(&u.Warmup, "warmup", 10*time.Second, "how long the rooms chat before the signal (the baseline pauses)")
+		fs.DurationVar(&u.Settle, "settle", 5*time.Second, "how long the rooms go on chatting once every member is served again")
+		fs.DurationVar(&u.SettleTimeout, "settle-timeout", time.Minute, "fail if the members are not all served again this long after the signal")
+		fs.DurationVar(&u.Backoff, "backoff", 100*time.Millisecond, "a member's first redial waits a random time between half this and this, doubling each failure")
+		fs.DurationVar(&u.BackoffMax, "backoff-max", 5*time.Second, "the most a redial waits")
+	}
+	if in(chat) {
+		fs.DurationVar(&c.JoinHold, "join-hold", 0, "hold the joined, silent clients this long, then read server memory per member (0: no hold)")
 	}
 	if in(echo, chat, churn) {
 		fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to run")
@@ -147,7 +163,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 		fs.IntVar(&c.Inflight, "inflight", 1, "messages in flight per connection")
 		fs.BoolVar(&c.Text, "text", false, "send text frames instead of binary")
 	}
-	if in(idle, echo, broadcast, chat) {
+	if in(idle, echo, broadcast, chat, upgrade) {
 		fs.IntVar(&c.Size, "size", 64, "payload bytes (echo needs at least 32)")
 	}
 	if in(broadcast) {
@@ -186,6 +202,7 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 	return &ffcli.Command{
 		Name:       scenario,
 		ShortUsage: "throng bench " + scenario + " [flags]",
+		LongHelp:   bench.ScenarioLongHelp[scenario],
 		ShortHelp:  bench.ScenarioHelp[scenario],
 		FlagSet:    fs,
 		Options:    envOptions,
@@ -212,6 +229,9 @@ func benchScenarioCommand(scenario string) *ffcli.Command {
 				targets = append(targets, bench.Target{URL: url, PID: pid, StatsURL: statsURL})
 			case pid != 0 || statsURL != "":
 				return errors.New("bench: --server-pid and --stats-url go with --url; use pid= and stats= in --target")
+			}
+			if scenario == upgrade && len(targets) == 1 && targets[0].PID == 0 {
+				targets[0].PID = c.Upgrade.PID
 			}
 			c.Targets = targets
 			c.Stages = stages
