@@ -156,6 +156,9 @@ type chatConn struct {
 // Deliver implements room.Sink.
 func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
 
+// UserID implements room.UserSink.
+func (cc *chatConn) UserID() string { return cc.c.UserID() }
+
 // DeliverFrames implements room.FramesSink: a room's frames waiting for the
 // connection go out in one write.
 func (cc *chatConn) DeliverFrames(fs []*poller.Frame) { cc.c.WriteFrames(fs) }
@@ -266,6 +269,12 @@ func (h *Handler) allow(cc *chatConn) bool {
 	return false
 }
 
+// userPruneEvery is how often, at most, the users whose buckets refilled are
+// forgotten: a user bucket refills in UserBurst/UserRate seconds (2 s by
+// default), and an idle member should not keep one. A prune costs a pass over
+// the users who spoke since the last one.
+const userPruneEvery = 1_000 // ms
+
 // userLimit is the per-user limit, made at first use; nil when users are not
 // limited.
 func (h *Handler) userLimit() *server.KeyedLimit[string] {
@@ -283,13 +292,25 @@ func (h *Handler) userAllows(user string, now int64) bool {
 	if users == nil {
 		return true
 	}
-	// Users whose buckets refilled are forgotten, so the table holds only
-	// those who spoke in the last half minute or so.
-	if last := h.lastPrune.Load(); now-last >= 30_000 && h.lastPrune.CompareAndSwap(last, now) {
-		h.users.Prune(now)
-	}
-	ok, _ := h.users.Allow(user, now)
+	h.pruneUsers(users, now)
+	ok, _ := users.Allow(user, now)
 	return ok
+}
+
+// pruneUsers forgets the users whose buckets refilled, so the table holds
+// only those who spoke in the last few seconds, if userPruneEvery has passed.
+func (h *Handler) pruneUsers(users *server.KeyedLimit[string], now int64) {
+	if last := h.lastPrune.Load(); now-last >= userPruneEvery && h.lastPrune.CompareAndSwap(last, now) {
+		users.Prune(now)
+	}
+}
+
+// Sweep implements server.Sweeper: while nobody speaks, the users' buckets
+// are still forgotten once they refill.
+func (h *Handler) Sweep(now time.Time) {
+	if users := h.userLimit(); users != nil {
+		h.pruneUsers(users, now.UnixMilli())
+	}
 }
 
 // stringField returns v's field as a string, or reports it as the bad field.
@@ -346,7 +367,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
-	m := &room.Member{Sink: cc, UserID: c.UserID(), Name: string(name), Deflate: c.SharesDeflated()}
+	m := &room.Member{Sink: cc, Name: string(name), Deflate: c.SharesDeflated()}
 	roomID := string(id)
 	var (
 		count int
@@ -410,7 +431,7 @@ func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count 
 	b.B = append(b.B, `{"type":"joined","roomId":`...)
 	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = protocol.AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID())
 	b.B = append(b.B, `,"userCount":`...)
 	b.B = strconv.AppendInt(b.B, int64(count), 10)
 	if rec.epoch != "" {
@@ -502,7 +523,7 @@ func (h *Handler) presence(m *room.Member, roomID, typ string, count int, except
 	b.B = append(b.B, `","roomId":`...)
 	b.B = protocol.AppendJSONString(b.B, roomID)
 	b.B = append(b.B, `,"userId":`...)
-	b.B = protocol.AppendJSONString(b.B, m.UserID)
+	b.B = protocol.AppendJSONString(b.B, m.UserID())
 	b.B = append(b.B, `,"userName":`...)
 	b.B = protocol.AppendJSONString(b.B, m.Name)
 	b.B = append(b.B, `,"userCount":`...)
@@ -549,7 +570,7 @@ func (h *Handler) chat(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeNotInRoom, protocol.TextNotInRoom, "")
 		return
 	}
-	h.publish(m.Room(), m.UserID, m.Name, string(content), c.Now())
+	h.publish(m.Room(), c.UserID(), m.Name, string(content), c.Now())
 }
 
 // Publish sends a `message` to every member of a room and returns how many

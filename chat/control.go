@@ -36,7 +36,7 @@ func (h *Handler) RemoveMember(roomID, user, reason string) int {
 		return 0
 	}
 	return h.Rooms.Each(roomID, func(m *room.Member) bool {
-		if m.UserID != user {
+		if m.UserID() != user {
 			return false
 		}
 		return h.evict(m, reason, true)

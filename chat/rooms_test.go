@@ -935,7 +935,7 @@ func joinQuietly(t *testing.T, ts *testServer, roomID string) int {
 					return true
 				}
 				cc := ts.Chat.state(c)
-				m := &room.Member{Sink: cc, UserID: c.UserID(), Name: c.UserID()}
+				m := &room.Member{Sink: cc, Name: c.UserID()}
 				if _, err := ts.Rooms.Join(l.Index(), roomID, m); err == nil {
 					cc.rooms = append(cc.rooms, m)
 					joined.Add(1)

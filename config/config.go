@@ -87,6 +87,8 @@ type Serve struct {
 	MemoryLimit     ByteSize // --memory-limit
 	MemoryHighWater float64  // --memory-high-water, percent of MemoryLimit
 	MemoryLowWater  float64  // --memory-low-water, percent of MemoryLimit
+	GCPercent       int      // --gc-percent
+	TrimIdleMemory  bool     // --trim-idle-memory
 
 	MaxRoomsPerConn int           // --max-rooms-per-conn
 	MaxRoomMembers  int           // --max-room-members
@@ -138,6 +140,12 @@ const (
 	DefaultStatsInterval   = time.Minute
 	DefaultMemoryHighWater = server.DefaultMemoryHighWater * 100
 	DefaultMemoryLowWater  = server.DefaultMemoryLowWater * 100
+	// DefaultGCPercent keeps the heap within a quarter of its live size:
+	// throng's steady paths (frames, fan-out) do not allocate, so the
+	// collector runs mostly during connection ramps, and there a lower goal
+	// costs little CPU for a heap that holds a connection's state and little
+	// else (docs/BENCHMARKS.md, "512 B per room member").
+	DefaultGCPercent = 25
 	// MinMemoryLimit is the smallest --memory-limit accepted: below it the
 	// process's own start-up footprint would pass the high-water mark and no
 	// connection would ever be admitted.
@@ -188,6 +196,8 @@ func (c *Serve) FlagSet() *flag.FlagSet {
 	fs.Var(&c.MemoryLimit, "memory-limit", "memory budget, such as 2GiB: sets GOMEMLIMIT, and past --memory-high-water of it (as RSS) upgrades are answered 503 (0: none)")
 	fs.Float64Var(&c.MemoryHighWater, "memory-high-water", DefaultMemoryHighWater, "percent of --memory-limit at which new connections are refused")
 	fs.Float64Var(&c.MemoryLowWater, "memory-low-water", DefaultMemoryLowWater, "percent of --memory-limit below which new connections are admitted again")
+	fs.IntVar(&c.GCPercent, "gc-percent", DefaultGCPercent, "the Go collector's heap growth between collections, in percent of the live heap; lower keeps RSS closer to the live heap for a little more GC CPU (0, or the GOGC variable set: the runtime's GOGC)")
+	fs.BoolVar(&c.TrimIdleMemory, "trim-idle-memory", true, "give the heap's free memory back to the OS once allocation goes quiet after a burst (a collection and a scavenge)")
 
 	fs.IntVar(&c.MaxRoomsPerConn, "max-rooms-per-conn", chat.DefaultMaxRoomsPerConn, "rooms one connection may be in")
 	fs.IntVar(&c.MaxRoomMembers, "max-room-members", 0, "members per room (0: unbounded)")
@@ -435,6 +445,9 @@ func (c *Serve) Validate() error {
 	if c.JWTLeeway < 0 || c.StatsInterval < 0 {
 		bad("--jwt-leeway and --stats-interval must not be negative")
 	}
+	if c.GCPercent < 0 {
+		bad("--gc-percent must be 0 (the runtime's GOGC) or more, not %d", c.GCPercent)
+	}
 	if c.PingInterval > 0 && c.IdleTimeout > 0 && c.IdleTimeout <= c.PingInterval {
 		bad("--idle-timeout %v must exceed --ping-interval %v, or every connection is closed before it is pinged", c.IdleTimeout, c.PingInterval)
 	}
@@ -619,6 +632,7 @@ func (c *Serve) ServerOptions(v *auth.Verifier, log *slog.Logger) server.Options
 		MemoryHighWater:   c.MemoryHighWater / 100,
 		MemoryLowWater:    c.MemoryLowWater / 100,
 		StatsInterval:     c.StatsInterval,
+		TrimIdleMemory:    c.TrimIdleMemory,
 		Subprotocols:      []string{"throng.v1"},
 		Loops:             c.Loops,
 		Backend:           poller.Backend(c.Poller),

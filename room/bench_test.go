@@ -50,7 +50,7 @@ func fill(tb testing.TB, loops, members int) (*Table, *poller.Poller, *countSink
 		wg.Add(1)
 		l.Post(poller.FuncJob(func() {
 			defer wg.Done()
-			if _, err := t.Join(l.Index(), "r", &Member{Sink: sink, UserID: "u"}); err != nil {
+			if _, err := t.Join(l.Index(), "r", &Member{Sink: sink}); err != nil {
 				tb.Error(err)
 			}
 		}))

@@ -92,7 +92,7 @@ func TestBroadcastDeflatedNoAllocPerRecipient(t *testing.T) {
 				wg.Add(1)
 				l.Post(poller.FuncJob(func() {
 					defer wg.Done()
-					m := &Member{Sink: plain, UserID: "u"}
+					m := &Member{Sink: plain}
 					if i%4 < 2 {
 						m.Sink, m.Deflate = z, true
 					}

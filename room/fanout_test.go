@@ -273,7 +273,7 @@ func TestChunkedGroupsWaitingBroadcasts(t *testing.T) {
 	sinks := make([]*framesSink, n)
 	for i := range sinks {
 		sinks[i] = &framesSink{recSink: recSink{name: fmt.Sprint(i)}}
-		join(t, tab, l, "r", &Member{Sink: sinks[i], UserID: "u", Name: fmt.Sprint(i)})
+		join(t, tab, l, "r", &Member{Sink: sinks[i], Name: fmt.Sprint(i)})
 	}
 	var done sync.WaitGroup
 	done.Add(4)

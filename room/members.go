@@ -49,7 +49,7 @@ func (g *gather) take(part []*Member) {
 		if len(g.members) >= g.limit {
 			break
 		}
-		g.members = append(g.members, MemberInfo{UserID: m.UserID, Name: m.Name})
+		g.members = append(g.members, MemberInfo{UserID: m.UserID(), Name: m.Name})
 	}
 	g.mu.Unlock()
 	if g.left.Add(-1) == 0 {

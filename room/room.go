@@ -57,22 +57,40 @@ type FramesSink interface {
 }
 
 // Member is one connection's membership in one room. The caller fills in Sink,
-// UserID, Name and Deflate before Join and must not change them while joined.
+// Name and Deflate before Join and must not change them while joined.
+//
+// It is 64 bytes, the size class of a server holding one per room member: the
+// member's user id is not kept here but asked of its Sink (UserSink), which
+// has it already.
 type Member struct {
-	Sink   Sink
-	UserID string
-	Name   string
-	// Deflate: the member takes a broadcast's compressed frame when it has one
-	// (BroadcastDeflated), as its connection negotiated permessage-deflate.
-	Deflate bool
+	Sink Sink
+	Name string
 
 	room *Room // nil when not joined
-	loop int32
-	idx  int32 // position in room.parts[loop].members
 	// since is the room's broadcast count when the member joined: a broadcast
 	// made before the join may still be on its way to the loop, and must not
 	// reach it.
 	since uint64
+	loop  int32
+	idx   int32 // position in room.parts[loop].members
+	// Deflate: the member takes a broadcast's compressed frame when it has one
+	// (BroadcastDeflated), as its connection negotiated permessage-deflate.
+	Deflate bool
+}
+
+// UserSink is a Sink that knows its member's user id. Members lists it; a
+// Sink that is not a UserSink is listed with an empty id.
+type UserSink interface {
+	Sink
+	UserID() string
+}
+
+// UserID is the member's user id, from its Sink (UserSink), or "".
+func (m *Member) UserID() string {
+	if u, ok := m.Sink.(UserSink); ok {
+		return u.UserID()
+	}
+	return ""
 }
 
 // Room returns the id of the member's room, or "" when not joined.
@@ -500,7 +518,7 @@ func (t *Table) Members(id string) (members []MemberInfo, ok bool) {
 			ms := r.parts[i].members
 			mu.Lock()
 			for _, m := range ms {
-				members = append(members, MemberInfo{UserID: m.UserID, Name: m.Name})
+				members = append(members, MemberInfo{UserID: m.UserID(), Name: m.Name})
 			}
 			mu.Unlock()
 		}))

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 
@@ -67,6 +68,9 @@ func (s *recSink) Deliver(f *poller.Frame) {
 	}
 }
 
+// UserID implements UserSink.
+func (s *recSink) UserID() string { return "id-" + s.name }
+
 func (s *recSink) got() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -75,7 +79,7 @@ func (s *recSink) got() []string {
 
 func newMember(name string) (*Member, *recSink) {
 	s := &recSink{name: name}
-	return &Member{Sink: s, UserID: "id-" + name, Name: name}, s
+	return &Member{Sink: s, Name: name}, s
 }
 
 func frameOf(s string) *poller.Frame {
@@ -565,7 +569,7 @@ func TestMembers(t *testing.T) {
 		m, _ := newMember(fmt.Sprint("n", i))
 		join(t, tab, loops[i%3], "r", m)
 		ms = append(ms, m)
-		want = append(want, MemberInfo{UserID: m.UserID, Name: m.Name})
+		want = append(want, MemberInfo{UserID: fmt.Sprint("id-n", i), Name: m.Name})
 	}
 	sortInfo := func(l []MemberInfo) {
 		slices.SortFunc(l, func(a, b MemberInfo) int {
@@ -592,6 +596,20 @@ func TestMembers(t *testing.T) {
 	}
 	if got, ok := tab.Members("nowhere"); ok || got != nil {
 		t.Fatalf("Members of no room = %+v, %v", got, ok)
+	}
+	// A Sink that does not know its user is listed without an id.
+	anon := &Member{Sink: &countSink{}, Name: "anon"}
+	join(t, tab, loops[0], "q", anon)
+	if got, _ := tab.Members("q"); !slices.Equal(got, []MemberInfo{{Name: "anon"}}) {
+		t.Fatalf("Members with a plain Sink = %+v, want one without an id", got)
+	}
+}
+
+// TestMemberSize: a room member is one 64-byte allocation, the size class a
+// server pays per member (docs/ARCHITECTURE.md, "Memory per connection").
+func TestMemberSize(t *testing.T) {
+	if n := unsafe.Sizeof(Member{}); n > 64 {
+		t.Fatalf("Member is %d bytes, over its 64-byte size class", n)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"time"
 	"unicode/utf8"
@@ -31,24 +32,42 @@ type Conn struct {
 	user  string
 	data  any
 	msg   *bytebufferpool.ByteBuffer // a fragmented message being assembled
-	exp   int64                      // token deadline (exp + leeway), unix seconds; 0 if none
-	ping  int64                      // when the last ping was sent, unix ms
-	// closeAt is the deadline for the peer's close frame once ours is sent, unix ms.
-	closeAt int64
-	utf8    utf8Stream
-	state   connState
-	fragOp  ws.OpCode // the opcode of the fragmented message in progress, or 0
-	told    bool      // the handler's OnClose has run
-	counted bool      // holds one of the user's MaxConnsPerUser
+	// timer is, while open, when the last ping was sent, and once closing,
+	// the deadline for the peer's close frame: unix ms. One field for both
+	// keeps the struct in the 80-byte size class.
+	timer int64
+	exp   uint32 // token deadline (exp + leeway), unix seconds (at most 2106); 0 if none
 	// dropped counts messages refused under SlowDrop since the handler was last
 	// told.
 	dropped uint32
+	utf8    utf8Stream
+	state   connState
+	fragOp  ws.OpCode // the opcode of the fragmented message in progress, or 0
+	flags   connFlags
 
 	// deflate is the LZ77 window bits (8 to 15) the server may use towards
 	// the peer under permessage-deflate, or 0 if it was not negotiated: all
 	// the compression state a connection keeps.
 	deflate uint8
-	inflate bool // the fragmented message in progress is compressed
+}
+
+// connFlags are a Conn's yes-or-no state, in one byte.
+type connFlags uint8
+
+const (
+	flagTold    connFlags = 1 << iota // the handler's OnClose has run
+	flagCounted                       // holds one of the user's MaxConnsPerUser
+	flagInflate                       // the fragmented message in progress is compressed
+)
+
+func (c *Conn) is(f connFlags) bool { return c.flags&f != 0 }
+
+func (c *Conn) setFlag(f connFlags, on bool) {
+	if on {
+		c.flags |= f
+	} else {
+		c.flags &^= f
+	}
 }
 
 type connState uint8
@@ -83,21 +102,28 @@ func (c *Conn) TokenDeadline() time.Time {
 	if c.exp == 0 {
 		return time.Time{}
 	}
-	return time.Unix(c.exp, 0)
+	return time.Unix(int64(c.exp), 0)
 }
 
 // SetTokenDeadline replaces the token deadline, after a token refresh. It is
 // kept in whole seconds, rounded up, so the connection never ends before the
-// token would be refused.
+// token would be refused; a deadline past 2106 (the end of 32-bit seconds) is
+// kept as 2106.
 func (c *Conn) SetTokenDeadline(t time.Time) {
 	switch {
 	case t.IsZero():
 		c.exp = 0
 	case t.Nanosecond() == 0:
-		c.exp = t.Unix()
+		c.exp = clampSeconds(t.Unix())
 	default:
-		c.exp = t.Unix() + 1
+		c.exp = clampSeconds(t.Unix() + 1)
 	}
+}
+
+// clampSeconds fits unix seconds into the 32 bits a Conn keeps them in; a
+// time before 1970 is 1 (long expired, never "none").
+func clampSeconds(sec int64) uint32 {
+	return uint32(min(max(sec, 1), math.MaxUint32))
 }
 
 // Loop is the loop that owns the connection.
@@ -247,7 +273,7 @@ func (c *Conn) ctr() *counters { return c.route.srv.stats(c.pc.Loop().Index()) }
 
 // fail reports err to the handler and closes with r.
 func (c *Conn) fail(r CloseReason, err error) {
-	if c.state == stateOpen && !c.told {
+	if c.state == stateOpen && !c.is(flagTold) {
 		c.route.h.OnError(c, err)
 	}
 	c.Close(r)
@@ -277,7 +303,7 @@ func (c *Conn) closeWith(r CloseReason, code ws.StatusCode, text string) {
 		}
 		c.pc.CloseWrite()
 	}
-	c.closeAt = s.nowMillis() + s.opts.CloseTimeout.Milliseconds()
+	c.timer = s.nowMillis() + s.opts.CloseTimeout.Milliseconds()
 	c.tell(code, text)
 	if r == CloseAbnormal {
 		c.pc.Close()
@@ -285,10 +311,10 @@ func (c *Conn) closeWith(r CloseReason, code ws.StatusCode, text string) {
 }
 
 func (c *Conn) tell(code ws.StatusCode, text string) {
-	if c.told {
+	if c.is(flagTold) {
 		return
 	}
-	c.told = true
+	c.setFlag(flagTold, true)
 	if log := c.srv().log; log.Enabled(context.Background(), slog.LevelDebug) {
 		log.LogAttrs(context.Background(), slog.LevelDebug, "connection closed",
 			slog.String("user", c.user), slog.Int("code", int(code)), slog.String("reason", text))
@@ -302,7 +328,7 @@ func (c *Conn) releaseMsg() {
 		c.msg = nil
 	}
 	c.fragOp = 0
-	c.inflate = false
+	c.setFlag(flagInflate, false)
 	c.utf8.reset()
 }
 
@@ -327,9 +353,9 @@ func closeBody(buf []byte, code ws.StatusCode, text string) []byte {
 func (s *Server) newConn(pc *poller.Conn, r *route, user string, deadline time.Time) *Conn {
 	c := &Conn{pc: pc, route: r, user: user}
 	c.SetTokenDeadline(deadline)
-	c.ping = s.nowMillis()
+	c.timer = s.nowMillis()
 	pc.SetContext(c)
-	pc.SetStamp(c.ping)
+	pc.SetStamp(c.timer)
 	s.stats(pc.Loop().Index()).open.Add(1)
 	return c
 }

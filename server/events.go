@@ -99,9 +99,9 @@ func (s *Server) OnClose(pc *poller.Conn, cause error) {
 	if c.deflate != 0 {
 		c.ctr().deflateOpen.Add(-1)
 	}
-	if c.counted {
+	if c.is(flagCounted) {
 		s.perUser.Release(c.user)
-		c.counted = false
+		c.setFlag(flagCounted, false)
 	}
 	if s.opts.MaxConns > 0 {
 		s.admitted.Add(-1) // every Conn holds one of MaxConns (see onBeforeUpgrade)
@@ -142,16 +142,16 @@ func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 					c.fail(CloseSlowConsumer, ErrSlowConsumer)
 				case quiet >= idle:
 					c.Close(CloseIdle)
-				case c.exp != 0 && sec >= c.exp:
+				case c.exp != 0 && sec >= int64(c.exp):
 					c.route.srv.tokenExpired(c)
-				case quiet >= ping && ms-c.ping >= ping:
-					c.ping = ms
+				case quiet >= ping && ms-c.timer >= ping:
+					c.timer = ms
 					var h [2]byte
 					putHeader(h[:], ws.OpPing, 0)
 					c.pc.Write(h[:])
 				}
 			case stateClosing:
-				if ms >= c.closeAt {
+				if ms >= c.timer {
 					pc.Close()
 				}
 			}

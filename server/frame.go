@@ -52,7 +52,7 @@ func (s *Server) frames(c *Conn, data []byte) int {
 			if c.msg != nil {
 				have = len(c.msg.B)
 			}
-			if compressed || (h.OpCode == ws.OpContinuation && c.inflate) {
+			if compressed || (h.OpCode == ws.OpContinuation && c.is(flagInflate)) {
 				// Compressed bytes are bounded too, so an assembled message
 				// stays in proportion to what it may inflate to; the inflated
 				// size is checked as it inflates.
@@ -121,9 +121,9 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte, compressed bool) {
 	if h.OpCode != ws.OpContinuation {
 		c.fragOp = h.OpCode
 		c.msg = bytebufferpool.Get()
-		c.inflate = compressed
+		c.setFlag(flagInflate, compressed)
 	}
-	if c.inflate {
+	if c.is(flagInflate) {
 		// A compressed message is inflated whole once its last fragment is
 		// in; until then it is held compressed.
 		c.msg.Write(p)
@@ -131,7 +131,8 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte, compressed bool) {
 			return
 		}
 		op, msg := c.fragOp, c.msg
-		c.msg, c.fragOp, c.inflate = nil, 0, false
+		c.msg, c.fragOp = nil, 0
+		c.setFlag(flagInflate, false)
 		s.inflated(c, op, msg.B)
 		bytebufferpool.Put(msg)
 		return
@@ -199,7 +200,7 @@ func (s *Server) closeFrame(c *Conn, p []byte) {
 	if c.state == stateClosing {
 		// The peer answered our close: the handshake is complete. If our close
 		// frame is still queued the peer's crossed it, and closing now would cut
-		// the stream; CloseWrite ends it once flushed, and closeAt bounds the wait.
+		// the stream; CloseWrite ends it once flushed, and the close deadline (Conn.timer) bounds the wait.
 		if c.pc.Pending() == 0 {
 			c.pc.Close()
 		}
@@ -239,7 +240,7 @@ func (s *Server) closeFrame(c *Conn, p []byte) {
 	putHeader(h[:], ws.OpClose, len(body))
 	c.pc.Write2(h[:], body)
 	c.pc.CloseWrite()
-	c.closeAt = s.nowMillis() + s.opts.CloseTimeout.Milliseconds()
+	c.timer = s.nowMillis() + s.opts.CloseTimeout.Milliseconds()
 	c.tell(code, reason)
 }
 

@@ -274,9 +274,17 @@ func (s *Server) exportConn(e *handoff.Enc, loop int, pc *poller.Conn) (int, err
 	}
 	e.String(c.route.path)
 	e.String(c.user)
-	e.Int(c.exp)
-	e.Int(c.ping)
-	e.Int(c.closeAt)
+	// The format keeps the ping time and the close deadline apart; a Conn
+	// holds whichever its state needs in timer.
+	var ping, closeAt int64
+	if c.state == stateOpen {
+		ping = c.timer
+	} else {
+		closeAt = c.timer
+	}
+	e.Int(int64(c.exp))
+	e.Int(ping)
+	e.Int(closeAt)
 	e.Uint(uint64(c.state))
 	e.Uint(uint64(c.fragOp))
 	if c.msg != nil {
@@ -285,7 +293,7 @@ func (s *Server) exportConn(e *handoff.Enc, loop int, pc *poller.Conn) (int, err
 		e.Bytes(nil)
 	}
 	e.Bytes(c.utf8.part[:c.utf8.n])
-	e.Bool(c.told)
+	e.Bool(c.is(flagTold))
 	e.Uint(uint64(c.dropped))
 	if hh, ok := c.route.h.(HandoffHandler); ok && c.state != stateClosed {
 		var app []byte
@@ -336,12 +344,12 @@ func (s *Server) DetachHandoff() {
 // it held in this process's counts.
 func (s *Server) forgetConn(c *Conn) {
 	c.state = stateClosed
-	c.told = true
+	c.setFlag(flagTold, true)
 	c.releaseMsg()
 	c.ctr().open.Add(-1)
-	if c.counted {
+	if c.is(flagCounted) {
 		s.perUser.Release(c.user)
-		c.counted = false
+		c.setFlag(flagCounted, false)
 	}
 	if s.opts.MaxConns > 0 {
 		s.admitted.Add(-1)
@@ -489,14 +497,14 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 		return fmt.Errorf("server: handoff of a connection on %q, an endpoint this process does not serve", path)
 	}
 	c := &Conn{route: r, user: d.String()}
-	c.exp = d.Int()
-	c.ping = d.Int()
-	c.closeAt = d.Int()
+	exp := d.Int()
+	ping := d.Int()
+	closeAt := d.Int()
 	state := connState(d.Uint())
 	c.fragOp = ws.OpCode(d.Uint())
 	msg := d.Bytes()
 	part := d.Bytes()
-	c.told = d.Bool()
+	told := d.Bool()
 	dropped := d.Uint()
 	app := d.Bytes()
 	if d.Err() != nil || state > stateClosing || len(part) > len(c.utf8.part) || dropped > math.MaxUint32 {
@@ -504,6 +512,14 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 		return fmt.Errorf("%w: connection on %q", handoff.ErrCorrupt, path)
 	}
 	c.state = state
+	c.setFlag(flagTold, told)
+	if exp != 0 {
+		c.exp = clampSeconds(exp)
+	}
+	c.timer = ping
+	if state == stateClosing {
+		c.timer = closeAt
+	}
 	c.dropped = uint32(dropped)
 	c.utf8.n = uint8(copy(c.utf8.part[:], part))
 	if c.fragOp != 0 {
@@ -520,7 +536,7 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 	if s.perUser != nil {
 		// Counted whatever the limit says: the connection exists.
 		s.perUser.Acquire(c.user, math.MaxInt)
-		c.counted = true
+		c.setFlag(flagCounted, true)
 	}
 	if s.opts.MaxConns > 0 {
 		s.admitted.Add(1)
@@ -670,6 +686,7 @@ func (l *KeyedLimit[K]) HandoffImporter(name string, get func(*handoff.Dec) (K, 
 			sh := &l.shards[maphash.Comparable(l.seed, k)%limitShards]
 			sh.mu.Lock()
 			sh.m[k] = &bucket{tokens: min(tokens, float64(l.burst)), last: last}
+			sh.peak = max(sh.peak, len(sh.m))
 			sh.mu.Unlock()
 		}
 		return nil

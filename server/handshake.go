@@ -351,14 +351,14 @@ func (hs *handshake) serve(pc *poller.Conn, data []byte) (int, *Conn) {
 	s.stats(hs.loop).handshakes[HandshakeOK].Add(1)
 
 	c := s.newConn(pc, hs.req.route, hs.req.user, hs.req.claims.Deadline)
-	c.counted = hs.req.counted
+	c.setFlag(flagCounted, hs.req.counted)
 	if hs.req.deflate != 0 {
 		c.deflate = hs.req.deflate
 		s.stats(hs.loop).deflateOpen.Add(1)
 	}
 	if hs.req.authErr != nil {
 		// AuthFailClose: the browser can read this reason, unlike a 401.
-		c.told = true
+		c.setFlag(flagTold, true)
 		if auth.ReasonOf(hs.req.authErr) == auth.ReasonMissing {
 			c.Close(CloseAuthRequired)
 		} else {

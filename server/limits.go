@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"hash/maphash"
+	"maps"
 	"sync"
 	"time"
 )
@@ -138,6 +139,10 @@ func (l *RateLimit) Admit(c *Conn, st *RateState) bool {
 
 const limitShards = 16
 
+// limitShrinkMin is the peak below which a shard's map is kept as it is:
+// remaking a small map gives back too little to be worth it.
+const limitShrinkMin = 64
+
 // KeyedLimit is a token bucket per key (a client IP, a user id), in shards so
 // that loops seldom wait on each other. A key whose bucket has refilled is
 // the same as a new one, so Prune forgets it: the table holds only the keys
@@ -149,6 +154,10 @@ type KeyedLimit[K comparable] struct {
 	shards [limitShards]struct {
 		mu sync.Mutex
 		m  map[K]*bucket // guarded by mu
+		// peak is the most keys m held since it was made: a Go map never
+		// gives back the room of deleted keys, so Prune makes a new one
+		// when most of it is empty. Guarded by mu.
+		peak int
 	}
 }
 
@@ -171,6 +180,7 @@ func (l *KeyedLimit[K]) Allow(key K, now int64) (bool, time.Duration) {
 	if b == nil {
 		b = new(bucket)
 		sh.m[key] = b
+		sh.peak = max(sh.peak, len(sh.m))
 	}
 	return b.take(now, l.rate, l.burst)
 }
@@ -184,6 +194,12 @@ func (l *KeyedLimit[K]) Prune(now int64) {
 			if b.full(now, l.rate, l.burst) {
 				delete(sh.m, k)
 			}
+		}
+		if len(sh.m) <= sh.peak/4 && sh.peak >= limitShrinkMin {
+			// Not maps.Clone: a clone keeps the old map's capacity.
+			m := make(map[K]*bucket, len(sh.m))
+			maps.Copy(m, sh.m)
+			sh.m, sh.peak = m, len(m)
 		}
 		sh.mu.Unlock()
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"math"
 	"net"
 	"net/http"
 	"testing"
@@ -242,4 +243,71 @@ func TestNonReaderClosedAsSlowConsumer(t *testing.T) {
 		return st.SlowClosed == 1 && st.Closes["slow_consumer"] == 1
 	})
 	waitFor(t, "its socket to be closed", func() bool { return ts.Conns() == 0 })
+}
+
+// TestKeyedLimitPruneShrinks: Prune forgets the keys whose buckets refilled,
+// keeps the others with their state, and makes a shard's map anew once most
+// of it is empty, since a Go map never gives back the room of deleted keys.
+func TestKeyedLimitPruneShrinks(t *testing.T) {
+	l := NewKeyedLimit[int](10, 2) // a bucket of 2 refills in 200 ms
+	const n = 4000
+	for k := range n {
+		if ok, _ := l.Allow(k, 1000); !ok {
+			t.Fatalf("key %d refused its first message", k)
+		}
+	}
+	// Key 0 spends its burst: refused now, and not full 50 ms later.
+	l.Allow(0, 1000)
+	if ok, _ := l.Allow(0, 1000); ok {
+		t.Fatal("key 0 allowed past its burst")
+	}
+	peak := 0
+	for i := range l.shards {
+		peak = max(peak, l.shards[i].peak)
+	}
+	if peak < limitShrinkMin {
+		t.Fatalf("peak %d: too few keys per shard for the test", peak)
+	}
+	l.Prune(1150) // every other bucket (1 token left) refilled by 1100
+	if got := l.Len(); got != 1 {
+		t.Fatalf("%d keys after the prune, want 1 (key 0, still refilling)", got)
+	}
+	for i := range l.shards {
+		sh := &l.shards[i]
+		if sh.peak != len(sh.m) {
+			t.Errorf("shard %d: peak %d after the prune, want its %d keys: the map was not made anew", i, sh.peak, len(sh.m))
+		}
+	}
+	// 1.5 tokens by now: one message, not two, as a forgotten key would get.
+	if ok, _ := l.Allow(0, 1150); !ok {
+		t.Fatal("key 0 refused with 1.5 tokens")
+	}
+	if ok, _ := l.Allow(0, 1150); ok {
+		t.Fatal("key 0 lost its state in the prune: allowed a second message with half a token")
+	}
+	l.Prune(2000)
+	if got := l.Len(); got != 0 {
+		t.Fatalf("%d keys after every bucket refilled, want 0", got)
+	}
+}
+
+// TestTokenDeadlineSeconds: a Conn keeps its token deadline in 32-bit
+// seconds, rounded up; one past 2106 is kept as the last second it can hold,
+// and zero stays "none".
+func TestTokenDeadlineSeconds(t *testing.T) {
+	var c Conn
+	for _, tc := range []struct {
+		in, want time.Time
+	}{
+		{time.Time{}, time.Time{}},
+		{time.Unix(1_800_000_000, 0), time.Unix(1_800_000_000, 0)},
+		{time.Unix(1_800_000_000, 1), time.Unix(1_800_000_001, 0)},
+		{time.Unix(1<<40, 0), time.Unix(math.MaxUint32, 0)},
+		{time.Unix(-5, 0), time.Unix(1, 0)},
+	} {
+		c.SetTokenDeadline(tc.in)
+		if got := c.TokenDeadline(); !got.Equal(tc.want) {
+			t.Errorf("SetTokenDeadline(%v): TokenDeadline %v, want %v", tc.in, got, tc.want)
+		}
+	}
 }

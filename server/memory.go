@@ -106,8 +106,9 @@ func (s *Server) sampleMemory() {
 }
 
 // monitor is the server's one background goroutine: it samples memory for
-// admission and the baseline, and logs the periodic stats line. It runs until
-// Close.
+// admission and the baseline, lets handlers shed idle state (Sweeper), trims
+// the heap when it went quiet (Options.TrimIdleMemory), and logs the periodic
+// stats line. It runs until Close.
 func (s *Server) monitor() {
 	var statsC <-chan time.Time
 	mt := time.NewTicker(s.opts.MemoryInterval)
@@ -125,6 +126,10 @@ func (s *Server) monitor() {
 			return
 		case <-memC:
 			s.sampleMemory()
+			s.sweep()
+			if s.trim != nil {
+				s.trim.check(s.log)
+			}
 		case <-statsC:
 			s.logStats(&leak)
 		}
@@ -184,4 +189,27 @@ func (w *leakWatch) add(conns int64, bpc float64) (from, to float64, leak bool) 
 		return from, bpc, true
 	}
 	return 0, 0, false
+}
+
+// Sweeper is implemented by a Handler that holds state it can shed while the
+// server is quiet (chat's per-user rate buckets). The monitor goroutine calls
+// Sweep once every Options.MemoryInterval, before it decides whether to trim
+// the heap; Sweep runs concurrently with the loops and must not block them
+// for long.
+type Sweeper interface {
+	Sweep(now time.Time)
+}
+
+// sweep calls every handler that is a Sweeper. Until Listen, Handle may still
+// be adding routes; from then on the map is only read.
+func (s *Server) sweep() {
+	if !s.listened.Load() {
+		return
+	}
+	now := s.now()
+	for _, r := range s.routes {
+		if sw, ok := r.h.(Sweeper); ok {
+			sw.Sweep(now)
+		}
+	}
 }

@@ -31,6 +31,7 @@ type metricDescs struct {
 	slowClosed, slowDropped, slowPolicy       *prometheus.Desc
 	rss, baseline, bytesPerConn               *prometheus.Desc
 	memLimit, memHigh, memLow, memRefusing    *prometheus.Desc
+	memTrims                                  *prometheus.Desc
 	deflateConns, deflateOut, deflateIn       *prometheus.Desc
 }
 
@@ -63,6 +64,7 @@ func newMetricDescs() *metricDescs {
 		memHigh:      d("memory_high_water_bytes", "RSS at which new connections are refused."),
 		memLow:       d("memory_low_water_bytes", "RSS below which new connections are admitted again."),
 		memRefusing:  d("memory_refusing", "1 while new connections are refused because RSS passed the high-water mark."),
+		memTrims:     d("memory_trims_total", "Times the heap's free memory was given back to the OS after allocation went quiet (--trim-idle-memory)."),
 		deflateConns: d("deflate_connections", "Open connections that negotiated permessage-deflate."),
 		deflateOut:   d("deflate_messages_sent_total", "Data messages sent compressed (permessage-deflate); sent_bytes_total counts them compressed."),
 		deflateIn:    d("deflate_messages_received_total", "Data messages received compressed; received_bytes_total counts them compressed."),
@@ -79,7 +81,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{
 		d.conns, d.sockets, d.maxConns, d.accepted, d.acceptErrors, d.shed, d.ready, d.handshakes, d.authFailures, d.closes,
 		d.msgsIn, d.msgsOut, d.bytesIn, d.bytesOut, d.slowClosed, d.slowDropped, d.slowPolicy,
-		d.rss, d.baseline, d.bytesPerConn, d.memLimit, d.memHigh, d.memLow, d.memRefusing,
+		d.rss, d.baseline, d.bytesPerConn, d.memLimit, d.memHigh, d.memLow, d.memRefusing, d.memTrims,
 		d.deflateConns, d.deflateOut, d.deflateIn,
 	} {
 		ch <- x
@@ -176,6 +178,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(d.memHigh, float64(m.HighWater))
 	gauge(d.memLow, float64(m.LowWater))
 	gauge(d.memRefusing, boolean(m.Refusing))
+	if s.trim != nil {
+		counter(d.memTrims, s.trim.trims.Load())
+	}
 }
 
 // Overview is the JSON of /api/stats: the essentials of the metrics, for a

@@ -130,6 +130,15 @@ type Options struct {
 	// MemoryReader returns the process's RSS in bytes, 0 if unknown. If nil,
 	// ReadRSS is used. Tests inject readings.
 	MemoryReader func() uint64
+	// TrimIdleMemory has the server give the heap's free memory back to the
+	// operating system once allocation goes quiet after a burst (a ramp of
+	// connections and joins, then silence): a collection and a scavenge
+	// (debug.FreeOSMemory), at most once per MemoryInterval and only after
+	// a quarter of the live heap has been allocated since the last trim.
+	// Without it an idle server keeps the heap's growth headroom (up to the
+	// GC's heap goal) resident until traffic resumes. It is process-wide. If
+	// false, the Go runtime alone decides.
+	TrimIdleMemory bool
 	// StatsInterval is how often a line with the connections, RSS and bytes per
 	// connection is logged, with a warning when bytes per connection rise
 	// steadily while the count holds: a leak signal (leakWatch defines it). If
@@ -243,6 +252,7 @@ type Server struct {
 	perUser  UserConns               // nil without Options.MaxConnsPerUser
 	admitted atomic.Int64            // connections holding one of Options.MaxConns
 	mem      *memMonitor             // nil without Options.MemoryLimit
+	trim     *memTrim                // nil without Options.TrimIdleMemory
 	listened atomic.Bool
 	started  time.Time
 	// baseline is the RSS the last time the server had no socket open (first
@@ -352,6 +362,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.MemoryLimit > 0 {
 		s.mem = newMemMonitor(o.MemoryLimit, o.MemoryHighWater, o.MemoryLowWater)
+	}
+	if o.TrimIdleMemory {
+		s.trim = newMemTrim()
 	}
 	s.opts = o
 	s.log = o.Logger

@@ -55,6 +55,9 @@ type shootoutConn struct {
 // Deliver implements room.Sink.
 func (sc *shootoutConn) Deliver(f *poller.Frame) { sc.c.WriteFrame(f) }
 
+// UserID implements room.UserSink.
+func (sc *shootoutConn) UserID() string { return sc.c.UserID() }
+
 // DeliverFrames implements room.FramesSink: a room's frames waiting for the
 // connection go out in one write.
 func (sc *shootoutConn) DeliverFrames(fs []*poller.Frame) { sc.c.WriteFrames(fs) }
@@ -63,7 +66,6 @@ func (sc *shootoutConn) DeliverFrames(fs []*poller.Frame) { sc.c.WriteFrames(fs)
 func (h *Handler) OnOpen(c *server.Conn) {
 	sc := &shootoutConn{c: c}
 	sc.m.Sink = sc
-	sc.m.UserID = c.UserID()
 	sc.m.Deflate = c.SharesDeflated()
 	c.SetData(sc)
 	h.Rooms.Join(c.Loop().Index(), shootoutRoom, &sc.m)

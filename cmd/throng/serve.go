@@ -100,6 +100,10 @@ func serve(ctx context.Context, c *config.Serve) error {
 		// (in the server) stops new connections at the high-water mark of the same.
 		debug.SetMemoryLimit(int64(c.MemoryLimit))
 	}
+	if _, set := os.LookupEnv("GOGC"); !set && c.GCPercent > 0 {
+		// GOGC, when the operator sets it, is the runtime's own and wins.
+		debug.SetGCPercent(c.GCPercent)
+	}
 	if c.APIKey == "" && c.Dev {
 		var b [16]byte
 		rand.Read(b[:])
