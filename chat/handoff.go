@@ -54,7 +54,7 @@ func (h *Handler) ImportConn(c *server.Conn, state []byte) error {
 		if h.Rooms == nil {
 			return fmt.Errorf("chat: connection in room %q, and this process has no rooms", id)
 		}
-		m := &room.Member{Sink: cc, Name: name}
+		m := &room.Member{Sink: cc, Name: name, Deflate: c.SharesDeflated()}
 		count, err := h.Rooms.Join(c.Loop().Index(), id, m)
 		if err != nil {
 			return fmt.Errorf("chat: rejoin %q: %w", id, err)

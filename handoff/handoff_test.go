@@ -304,14 +304,19 @@ type rawConn struct {
 	net.Conn
 }
 
-func rawDial(t *testing.T, addr string) *rawConn {
+// rawDial upgrades a bare socket; each of extra is one more header line.
+func rawDial(t *testing.T, addr string, extra ...string) *rawConn {
 	t.Helper()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(nc, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+	for _, h := range extra {
+		fmt.Fprintf(nc, "%s\r\n", h)
+	}
+	fmt.Fprintf(nc, "\r\n")
 	buf := make([]byte, 4096)
 	got := ""
 	for !strings.Contains(got, "\r\n\r\n") {
@@ -330,8 +335,14 @@ func rawDial(t *testing.T, addr string) *rawConn {
 
 // frame is a masked client frame.
 func frame(op byte, payload string) []byte {
+	return frameBits(0x80|op, payload)
+}
+
+// frameBits is a masked client frame with the first byte given: FIN, RSV and
+// opcode.
+func frameBits(first byte, payload string) []byte {
 	mask := [4]byte{1, 2, 3, 4}
-	b := []byte{0x80 | op}
+	b := []byte{first}
 	if len(payload) < 126 {
 		b = append(b, 0x80|byte(len(payload)))
 	} else {

@@ -42,7 +42,7 @@ import (
 
 // HandoffFormat is the version of the per-connection state record. A process
 // refuses a batch of another version rather than misread it.
-const HandoffFormat = 1
+const HandoffFormat = 2 // 2: the permessage-deflate window and a compressed fragment in progress
 
 // Errors of a handoff.
 var (
@@ -295,6 +295,8 @@ func (s *Server) exportConn(e *handoff.Enc, loop int, pc *poller.Conn) (int, err
 	e.Bytes(c.utf8.part[:c.utf8.n])
 	e.Bool(c.is(flagTold))
 	e.Uint(uint64(c.dropped))
+	e.Uint(uint64(c.deflate))
+	e.Bool(c.is(flagInflate))
 	if hh, ok := c.route.h.(HandoffHandler); ok && c.state != stateClosed {
 		var app []byte
 		app = hh.ExportConn(c, app)
@@ -432,6 +434,8 @@ func (s *Server) ImportHandoff(data []byte, fds []int) (n int, err error) {
 			d.Bytes()
 			d.Bool()
 			d.Uint()
+			d.Uint()
+			d.Bool()
 			d.Bytes()
 			r.body = handoff.Dec{B: start[:len(start)-len(d.B)]}
 		} else if r.kind != recHandshake {
@@ -506,8 +510,11 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 	part := d.Bytes()
 	told := d.Bool()
 	dropped := d.Uint()
+	window := d.Uint()
+	inflate := d.Bool()
 	app := d.Bytes()
-	if d.Err() != nil || state > stateClosing || len(part) > len(c.utf8.part) || dropped > math.MaxUint32 {
+	if d.Err() != nil || state > stateClosing || len(part) > len(c.utf8.part) || dropped > math.MaxUint32 ||
+		(window != 0 && (window < 8 || window > 15)) || (inflate && (window == 0 || c.fragOp == 0)) {
 		closeFD(fd)
 		return fmt.Errorf("%w: connection on %q", handoff.ErrCorrupt, path)
 	}
@@ -521,6 +528,8 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 		c.timer = closeAt
 	}
 	c.dropped = uint32(dropped)
+	c.deflate = uint8(window)
+	c.setFlag(flagInflate, inflate)
 	c.utf8.n = uint8(copy(c.utf8.part[:], part))
 	if c.fragOp != 0 {
 		c.msg = bytebufferpool.Get()
@@ -533,6 +542,9 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 	}
 	c.pc = pc
 	c.ctr().open.Add(1)
+	if c.deflate != 0 {
+		c.ctr().deflateOpen.Add(1)
+	}
 	if s.perUser != nil {
 		// Counted whatever the limit says: the connection exists.
 		s.perUser.Acquire(c.user, math.MaxInt)
