@@ -11,12 +11,7 @@ import (
 // arrive whole and in order.
 func TestWriteFramesInOrder(t *testing.T) {
 	const size, count = 40 << 10, 240 // 9.6 MB: far past the socket buffers
-	conns := make(chan *Conn, 1)
-	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
-	_, addr := startPoller(t, h, Options{Loops: 1})
-	c := dialRcvBuf(t, addr, 4<<10)
-	c.Write([]byte("go"))
-	pc := <-conns
+	pc, c := slowReaderConn(t, Options{Loops: 1})
 	pc.Loop().Post(FuncJob(func() {
 		fs := numberedFrames(0, count, size)
 		for i := 0; i < count; {
@@ -42,12 +37,7 @@ func TestWriteFramesInOrder(t *testing.T) {
 // (on epoll a group is refused whole).
 func TestWriteFramesPendingLimit(t *testing.T) {
 	const size = 40 << 10
-	conns := make(chan *Conn, 1)
-	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
-	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 8 << 10})
-	c := dialRcvBuf(t, addr, 4<<10)
-	c.Write([]byte("go"))
-	pc := <-conns
+	pc, c := slowReaderConn(t, Options{Loops: 1, MaxPending: 8 << 10})
 	accepted := make(chan int, 1)
 	pc.Loop().Post(FuncJob(func() {
 		fs := numberedFrames(0, 999, size)

@@ -472,12 +472,7 @@ func readNumbered(t *testing.T, c net.Conn, size int) int {
 // whole and in order.
 func TestFramesFromJobInOrder(t *testing.T) {
 	const size, count = 40 << 10, 240 // 9.6 MB: far past the socket buffers
-	conns := make(chan *Conn, 1)
-	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
-	_, addr := startPoller(t, h, Options{Loops: 1})
-	c := dialRcvBuf(t, addr, 4<<10)
-	c.Write([]byte("go"))
-	pc := <-conns
+	pc, c := slowReaderConn(t, Options{Loops: 1})
 	pc.Loop().Post(FuncJob(func() {
 		for i, f := range numberedFrames(0, count, size) {
 			if err := pc.WriteFrame(f); err != nil {
@@ -492,18 +487,26 @@ func TestFramesFromJobInOrder(t *testing.T) {
 	}
 }
 
+// slowReaderConn is a poller with opts holding one connection, and that
+// connection's client end with a 4 KiB receive buffer, so that writes soon
+// outrun what the kernel takes.
+func slowReaderConn(t *testing.T, opts Options) (*Conn, net.Conn) {
+	t.Helper()
+	conns := make(chan *Conn, 1)
+	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
+	_, addr := startPoller(t, h, opts)
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("go"))
+	return <-conns, c
+}
+
 // TestPendingLimitNeverCutsAFrame writes frames larger than MaxPending from a
 // job until one is refused. The one the socket took only part of must be
 // queued past the limit rather than cut, so the peer reads whole frames: every
 // one accepted, and none refused.
 func TestPendingLimitNeverCutsAFrame(t *testing.T) {
 	const size = 40 << 10
-	conns := make(chan *Conn, 1)
-	h := &lineEcho{onData: func(c *Conn, data []byte) int { conns <- c; return len(data) }}
-	_, addr := startPoller(t, h, Options{Loops: 1, MaxPending: 8 << 10})
-	c := dialRcvBuf(t, addr, 4<<10)
-	c.Write([]byte("go"))
-	pc := <-conns
+	pc, c := slowReaderConn(t, Options{Loops: 1, MaxPending: 8 << 10})
 	accepted := make(chan int, 1)
 	pc.Loop().Post(FuncJob(func() {
 		n := 0
