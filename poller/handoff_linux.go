@@ -181,20 +181,26 @@ func (l *Loop) Adopt(fd int, st HandoffState, ctx any) (*Conn, error) {
 	return c, nil
 }
 
+// epollListener is the epoll backend and its listening socket's descriptor
+// (-1 when there is none), or ErrHandoffUnsupported on another backend.
+func (p *Poller) epollListener() (*epollBackend, int, error) {
+	be, ok := p.be.(*epollBackend)
+	if !ok {
+		return nil, -1, ErrHandoffUnsupported
+	}
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	return be, be.lnFD, nil
+}
+
 // PauseAccept stops every loop accepting from the listener, which stays
 // open: connections wait in its backlog until ResumeAccept, or until the
 // process a handoff gave the listener to accepts them. It returns once no
 // loop will accept.
 func (p *Poller) PauseAccept() error {
-	be, ok := p.be.(*epollBackend)
-	if !ok {
-		return ErrHandoffUnsupported
-	}
-	p.lnMu.Lock()
-	fd := be.lnFD
-	p.lnMu.Unlock()
-	if fd < 0 {
-		return nil
+	be, fd, err := p.epollListener()
+	if err != nil || fd < 0 {
+		return err
 	}
 	var wg sync.WaitGroup
 	for _, el := range be.loops {
@@ -215,15 +221,9 @@ func (p *Poller) PauseAccept() error {
 // ResumeAccept has every loop accept from the listener again, after
 // PauseAccept or ListenFD.
 func (p *Poller) ResumeAccept() error {
-	be, ok := p.be.(*epollBackend)
-	if !ok {
-		return ErrHandoffUnsupported
-	}
-	p.lnMu.Lock()
-	fd := be.lnFD
-	p.lnMu.Unlock()
-	if fd < 0 {
-		return nil
+	be, fd, err := p.epollListener()
+	if err != nil || fd < 0 {
+		return err
 	}
 	for _, el := range be.loops {
 		el.l.Post(FuncJob(func() {
