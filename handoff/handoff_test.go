@@ -368,6 +368,9 @@ func TestHandoffPartialFrames(t *testing.T) {
 	watcher := dial(t, addr.String())
 	watcher.send(map[string]any{"type": "join", "roomId": "r", "userName": "w"})
 	go watcher.read()
+	// The watcher's join first: on another loop the raw client's could land
+	// before it, and the watcher would hear no user-joined.
+	waitFor(t, "the watcher's join", func() bool { return old.rooms.Count("r") == 1 })
 	rc := rawDial(t, addr.String())
 	rc.Write(frame(1, `{"type":"join","roomId":"r","userName":"raw"}`))
 	waitFor(t, "raw join", func() bool { msgs, _ := watcher.snapshot(); return countType(msgs, "user-joined") == 1 })
