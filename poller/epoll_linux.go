@@ -29,7 +29,7 @@ const (
 // epoll instance, woken for posted jobs through an eventfd. The listening
 // socket is in every loop's set (EPOLLEXCLUSIVE); a loop that accepts hands the
 // connection to the least loaded loop. A connection's output goes straight to
-// the socket; what the socket does not take is queued in Conn.out and EPOLLOUT
+// the socket; what the socket does not take is queued in Conn.bufs and EPOLLOUT
 // is armed until it drains.
 
 // epollBackend is the epoll backend's Poller half.
@@ -244,7 +244,7 @@ func (be *epollBackend) dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) er
 		return fmt.Errorf("poller: connect %v: %w", raddr, err)
 	}
 	el := be.loops[int(be.p.nextDial.Add(1))%len(be.loops)]
-	c := &Conn{loop: el.l, ctx: ctx, fd: int32(fd), flags: flagConnecting}
+	c := be.p.newConn(el.l, fd, ctx, flagConnecting)
 	if !el.l.Post(dialJob{el, c}) {
 		unix.Close(fd)
 		return ErrClosed
@@ -429,7 +429,7 @@ func (el *epollLoop) accept(lnfd int) {
 		// mostly the same one; the connection goes to the least loaded loop, so
 		// every core carries its share of reads and fan-out.
 		target := el.be.leastLoaded(el)
-		c := &Conn{loop: target.l, fd: int32(nfd)}
+		c := p.newConn(target.l, nfd, nil, 0)
 		if target == el {
 			el.adopt(c)
 			continue
@@ -554,7 +554,7 @@ func (el *epollLoop) read(c *Conn) {
 	if len(el.cork) > 0 {
 		el.uncork(c)
 	}
-	if c.flags&(flagClosed|flagReadPaused) == 0 && c.out != nil && overLimit(el.l.p, c.out.pending) {
+	if q := c.queue(); c.flags&(flagClosed|flagReadPaused) == 0 && q != nil && overLimit(el.l.p, q.pending) {
 		// Its own replies are more than MaxPending behind: leave its input
 		// in the kernel until they drain (see flush), so a client that does
 		// not read cannot make us buffer without end.
@@ -585,7 +585,7 @@ func (el *epollLoop) write2(c *Conn, a, b []byte) error {
 	total := len(a) + len(b)
 	// Replies to input being handled are gathered and sent in one write when
 	// OnData returns: a read that carried many frames costs one system call.
-	if el.l.inData == c && c.out == nil {
+	if el.l.inData == c && c.queue() == nil {
 		if len(el.cork)+total <= maxCork {
 			el.cork = append(append(el.cork, a...), b...)
 			return nil
@@ -608,8 +608,8 @@ func (el *epollLoop) queued(c *Conn) int {
 	if el.l.inData == c {
 		n = len(el.cork)
 	}
-	if c.out != nil {
-		n += c.out.pending
+	if q := c.queue(); q != nil {
+		n += q.pending
 	}
 	return n
 }
@@ -618,7 +618,7 @@ func (el *epollLoop) queued(c *Conn) int {
 // limit, a queue that would pass MaxPending refuses the write.
 func (el *epollLoop) writeNow(c *Conn, a, b []byte, limit bool) error {
 	total := len(a) + len(b)
-	if c.out != nil || c.flags&flagFrozen != 0 {
+	if c.queue() != nil || c.flags&flagFrozen != 0 {
 		if err := c.checkPendingIf(limit, total); err != nil {
 			return err
 		}
@@ -657,7 +657,7 @@ func (el *epollLoop) writeFrame(c *Conn, f *Frame) error {
 	}
 	b := f.buf.B
 	limit := el.l.inData != c // as in write2
-	if c.out != nil || c.flags&flagFrozen != 0 {
+	if c.queue() != nil || c.flags&flagFrozen != 0 {
 		if err := c.checkPendingIf(limit, len(b)); err != nil {
 			return err
 		}
@@ -696,7 +696,7 @@ func (el *epollLoop) writeFrames(c *Conn, fs []*Frame) (int, error) {
 		total += len(f.buf.B)
 	}
 	n := 0
-	if c.out == nil && c.flags&flagFrozen == 0 {
+	if c.queue() == nil && c.flags&flagFrozen == 0 {
 		iov := el.fiov[:0]
 		for _, f := range fs {
 			if b := f.buf.B; len(b) > 0 && len(iov) < maxIov {
@@ -767,12 +767,12 @@ func (el *epollLoop) queueCopy(c *Conn, a, b []byte) error {
 // arming fails: the write was accepted, and the error closes the connection,
 // which releases the queue.
 func (el *epollLoop) enqueue(c *Conn, s segment, n int) error {
-	if c.out == nil {
-		c.out = queuePool.Get().(*outQueue)
-		c.out.moved = time.Now().UnixMilli()
+	q := c.buffers()
+	if len(q.segs) == 0 {
+		q.moved = time.Now().UnixMilli()
 	}
-	c.out.segs = append(c.out.segs, s)
-	c.out.pending += n
+	q.segs = append(q.segs, s)
+	q.pending += n
 	if err := el.armWrite(c); err != nil {
 		el.closeConn(c, err)
 		return err
@@ -804,7 +804,7 @@ func (el *epollLoop) disarmWrite(c *Conn) error {
 
 // flush writes as much of the queue as the socket takes.
 func (el *epollLoop) flush(c *Conn) error {
-	q := c.out
+	q := c.queue()
 	if q == nil {
 		return el.disarmWrite(c)
 	}
@@ -851,11 +851,11 @@ func (el *epollLoop) flush(c *Conn) error {
 			return nil // the socket is full
 		}
 	}
-	c.out = nil
 	q.segs = q.segs[:0]
 	q.pending = 0
-	queuePool.Put(q)
-	c.flags &^= flagReadPaused // drained: read again, in the same epoll_ctl
+	c.tidyBufs() // q is not to be used from here
+	// Drained: read again, in the same epoll_ctl.
+	c.flags &^= flagReadPaused
 	if err := el.disarmWrite(c); err != nil {
 		return err
 	}
@@ -877,7 +877,7 @@ func (el *epollLoop) closeWrite(c *Conn) {
 			return
 		}
 	}
-	if c.out != nil || c.flags&flagFrozen != 0 {
+	if c.queue() != nil || c.flags&flagFrozen != 0 {
 		// A frozen socket is not touched: thaw shuts it once it is flushed.
 		c.flags |= flagShutdownOnFlush
 		return
@@ -887,7 +887,7 @@ func (el *epollLoop) closeWrite(c *Conn) {
 }
 
 func (el *epollLoop) dropQueued(c *Conn) {
-	q := c.out
+	q := c.queue()
 	if q == nil || len(q.segs) < 2 {
 		return
 	}
@@ -909,16 +909,20 @@ func (el *epollLoop) closeConn(c *Conn, cause error) {
 	// removes the descriptor from the set in any case.
 	unix.EpollCtl(el.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
 	unix.Close(int(c.fd))
-	if q := c.out; q != nil {
+	c.dropQueue()
+	el.l.forget(c, cause)
+}
+
+// dropQueue releases everything queued for c, for a closed or detached
+// connection; the loop's unlist then frees the input and c.bufs.
+func (c *Conn) dropQueue() {
+	if q := c.queue(); q != nil {
 		for i := range q.segs {
 			q.segs[i].release()
 		}
 		q.segs = q.segs[:0]
 		q.pending = 0
-		queuePool.Put(q)
-		c.out = nil
 	}
-	el.l.forget(c, cause)
 }
 
 // The connections' reads and writes are raw system calls, which the

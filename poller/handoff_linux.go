@@ -61,12 +61,12 @@ func (c *Conn) Thaw() error {
 		return nil
 	}
 	c.flags &^= flagFrozen | flagWriteArmed | flagReadPaused
-	if c.out != nil {
+	if q := c.queue(); q != nil {
 		c.flags |= flagWriteArmed
-		if overLimit(el.l.p, c.out.pending) {
+		if overLimit(el.l.p, q.pending) {
 			c.flags |= flagReadPaused
 		}
-		c.out.moved = time.Now().UnixMilli()
+		q.moved = time.Now().UnixMilli()
 	} else if c.flags&flagShutdownOnFlush != 0 {
 		c.flags |= flagShutdown
 		unix.Shutdown(int(c.fd), unix.SHUT_WR)
@@ -92,12 +92,12 @@ func (c *Conn) Export() (fd int, st HandoffState, err error) {
 	if c.flags&flagFrozen == 0 {
 		return -1, st, fmt.Errorf("poller: fd %d: export of a connection not frozen", c.fd)
 	}
-	if c.in != nil {
-		st.In = c.in.B
+	if in := c.input(); in != nil {
+		st.In = in.B
 	}
-	if c.out != nil {
-		for i := range c.out.segs {
-			st.Out = append(st.Out, c.out.segs[i].bytes())
+	if q := c.queue(); q != nil {
+		for i := range q.segs {
+			st.Out = append(st.Out, q.segs[i].bytes())
 		}
 	}
 	st.ShutdownWrite = c.flags&(flagShutdownOnFlush|flagShutdown) != 0
@@ -125,15 +125,7 @@ func (c *Conn) Detach() error {
 	c.flags |= flagClosed
 	el.be.fds.set(int(c.fd), nil)
 	unix.Close(int(c.fd))
-	if q := c.out; q != nil {
-		for i := range q.segs {
-			q.segs[i].release()
-		}
-		q.segs = q.segs[:0]
-		q.pending = 0
-		queuePool.Put(q)
-		c.out = nil
-	}
+	c.dropQueue()
 	el.l.unlist(c)
 	return nil
 }
@@ -154,20 +146,22 @@ func (l *Loop) Adopt(fd int, st HandoffState, ctx any) (*Conn, error) {
 		return nil, fmt.Errorf("poller: adopt fd %d: %w", fd, err)
 	}
 	unix.CloseOnExec(fd)
-	c := &Conn{loop: l, ctx: ctx, fd: int32(fd), stamp: st.Stamp, flags: flagFrozen}
+	c := l.p.newConn(l, fd, ctx, flagFrozen)
+	c.stamp = st.Stamp
 	if len(st.In) > 0 {
-		c.in = inPool.Get()
-		c.in.Write(st.In)
+		in := inPool.Get()
+		in.Write(st.In)
+		c.buffers().in = in
 	}
 	if n := st.OutLen(); n > 0 {
 		buf := inPool.Get()
 		for _, b := range st.Out {
 			buf.Write(b)
 		}
-		c.out = queuePool.Get().(*outQueue)
-		c.out.moved = time.Now().UnixMilli()
-		c.out.segs = append(c.out.segs, segment{buf: buf})
-		c.out.pending = n
+		q := c.buffers()
+		q.moved = time.Now().UnixMilli()
+		q.segs = append(q.segs, segment{buf: buf})
+		q.pending = n
 		c.flags |= flagWriteArmed
 	}
 	if st.ShutdownWrite {

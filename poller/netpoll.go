@@ -280,7 +280,7 @@ func (be *npBackend) adopt(fd int, ctx any) {
 	fd = freshFD(fd)
 	nl := be.loops[int(p.nextDial.Add(1))%len(be.loops)]
 	l := nl.l
-	c := &Conn{loop: l, ctx: ctx, fd: int32(fd)}
+	c := p.newConn(l, fd, ctx, 0)
 	np := &npConn{c: c}
 	// Registered under exec, so OnRequest cannot run before OnOpen has.
 	nl.exec.Lock()
@@ -377,10 +377,11 @@ func (nl *npLoop) request(np *npConn) {
 	if len(data) == 0 || c.flags&flagClosed != 0 {
 		return
 	}
-	if c.in == nil {
-		c.in = inPool.Get()
+	b := c.buffers()
+	if b.in == nil {
+		b.in = inPool.Get()
 	}
-	c.in.Write(data)
+	b.in.Write(data)
 	np.held += len(data)
 	if overLimit(nl.l.p, np.held) {
 		np.limited = true
@@ -459,7 +460,7 @@ func (j resumeJob) Run(*Loop) {
 	}
 	np.paused = false
 	np.mu.Unlock()
-	if c.in != nil {
+	if c.input() != nil {
 		j.nl.deliver(np, nil)
 	}
 }
@@ -495,7 +496,7 @@ func (be *npBackend) dial(raddr netip.AddrPort, laddr netip.Addr, ctx any) error
 			}
 		}
 		l := p.loops[int(p.nextDial.Add(1))%len(p.loops)]
-		l.Post(FuncJob(func() { p.h.OnClose(&Conn{loop: l, ctx: ctx, fd: -1, flags: flagClosed}, err) }))
+		l.Post(FuncJob(func() { p.h.OnClose(p.newConn(l, -1, ctx, flagClosed), err) }))
 	}()
 	return nil
 }

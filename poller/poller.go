@@ -117,6 +117,17 @@ type Options struct {
 	// LinkBufferCap): process-wide netpoll settings taken from the first netpoll
 	// poller. If zero, DefaultNetpollBufferSize is used.
 	NetpollBufferSize int
+	// NewConn, if set, allocates every Conn the poller makes: accepted,
+	// dialed, adopted in a handoff, and the stand-in a failed netpoll dial
+	// is reported on. It must return a new zeroed Conn each time. A handler
+	// sets it to embed the Conn in a per-connection struct of its own, so
+	// that the two are one allocation and need no pointers to each other:
+	// with the Conn as that struct's first field, the handler finds its
+	// struct from the *Conn it is handed (server.Conn does). The poller
+	// writes only the Conn's own fields. It is called on loop goroutines,
+	// and on Dial's caller, possibly at once: it must not use shared state
+	// unguarded. If nil, the poller allocates a Conn on its own.
+	NewConn func() *Conn
 	// Logger receives the poller's own warnings: descriptors running out at
 	// accept (at most one line a second) and event registrations the kernel
 	// refused. If nil, slog.Default() is used, as net/http.Server does with
@@ -291,16 +302,16 @@ func (f FuncJob) Run(*Loop) { f() }
 // owning loop's goroutine (inside a Handler callback or a Job); other goroutines
 // post a Job to Conn.Loop.
 //
-// It is kept to 64 bytes, as a server holds hundreds of thousands: the epoll
-// backend's queue is the one backend field here, nil while nothing is queued;
-// netpoll, whose connections cost kilobytes anyway, keeps its per-connection
-// state on the side (npConn).
+// It is kept to 56 bytes, as a server holds hundreds of thousands: the input
+// kept and the output queued share one pointer (bufs), nil while the
+// connection holds neither, as an idle one does; netpoll, whose connections
+// cost kilobytes anyway, keeps its per-connection state on the side (npConn).
+// A handler may embed it in its own per-connection struct (Options.NewConn).
 type Conn struct {
 	loop  *Loop
 	ctx   any
-	in    *bytebufferpool.ByteBuffer // unconsumed input; nil when there is none
-	out   *outQueue                  // epoll: unsent output; nil when there is none, and always on netpoll
-	stamp int64                      // the handler's: a deadline or last-seen time, see SetStamp
+	bufs  *connBufs // unconsumed input and (epoll) unsent output; nil when there is neither
+	stamp int64     // the handler's: a deadline or last-seen time, see SetStamp
 	fd    int32
 	idx   int32 // position in loop.conns
 	flags connFlags
@@ -319,13 +330,68 @@ const (
 	flagFrozen                    // epoll: out of the epoll set for a handoff; writes are queued, never sent (handoff_linux.go)
 )
 
-// outQueue is the epoll backend's queue of a connection's unsent output.
-type outQueue struct {
+// connBufs is what a connection holds only while it is not idle: the input
+// OnData left (both backends) and the epoll backend's queue of unsent output.
+// A Conn takes one from bufsPool when it first needs either and gives it back
+// once it holds neither (tidyBufs), so an idle connection pays one nil
+// pointer for both.
+type connBufs struct {
+	in *bytebufferpool.ByteBuffer // unconsumed input; nil when there is none
+
+	// The epoll backend's output queue, oldest first; empty when nothing is
+	// queued, and always on netpoll (npConn has its own).
 	segs    []segment
 	pending int
 	// moved is when the socket last took bytes from the queue, or when the
 	// queue began (unix ms): how long a backed-up connection has stalled.
 	moved int64
+}
+
+// buffers is c's connBufs, taken from the pool if it has none.
+func (c *Conn) buffers() *connBufs {
+	if c.bufs == nil {
+		c.bufs = bufsPool.Get().(*connBufs)
+	}
+	return c.bufs
+}
+
+// queue is c's output queue, or nil when nothing is queued.
+func (c *Conn) queue() *connBufs {
+	if b := c.bufs; b != nil && len(b.segs) > 0 {
+		return b
+	}
+	return nil
+}
+
+// input is c's kept input, or nil.
+func (c *Conn) input() *bytebufferpool.ByteBuffer {
+	if c.bufs == nil {
+		return nil
+	}
+	return c.bufs.in
+}
+
+// freeIn returns c's kept input, if any, to the pool, and its connBufs with
+// it once the queue is empty too.
+func (c *Conn) freeIn() {
+	if b := c.bufs; b != nil {
+		if b.in != nil {
+			inPool.Put(b.in)
+			b.in = nil
+		}
+		c.tidyBufs()
+	}
+}
+
+// tidyBufs gives c's connBufs back to the pool once it holds neither input
+// nor queued output. A queue's segments are released (and pending zeroed) by
+// whoever empties it.
+func (c *Conn) tidyBufs() {
+	if b := c.bufs; b != nil && b.in == nil && len(b.segs) == 0 {
+		c.bufs = nil
+		b.pending, b.moved = 0, 0
+		bufsPool.Put(b)
+	}
 }
 
 // segment is one queued write: either a shared frame or an owned copy.
@@ -352,8 +418,8 @@ func (s *segment) release() {
 }
 
 var (
-	inPool    bytebufferpool.Pool
-	queuePool = sync.Pool{New: func() any { return new(outQueue) }}
+	inPool   bytebufferpool.Pool
+	bufsPool = sync.Pool{New: func() any { return new(connBufs) }}
 )
 
 // Loops returns the poller's loops.
@@ -435,6 +501,18 @@ func (l *Loop) runJobs() {
 	l.spare = jobs
 }
 
+// newConn makes a Conn of l for fd, through Options.NewConn if it is set.
+func (p *Poller) newConn(l *Loop, fd int, ctx any, flags connFlags) *Conn {
+	var c *Conn
+	if p.opts.NewConn != nil {
+		c = p.opts.NewConn()
+	} else {
+		c = new(Conn)
+	}
+	*c = Conn{loop: l, ctx: ctx, fd: int32(fd), flags: flags}
+	return c
+}
+
 func (l *Loop) add(c *Conn) {
 	c.idx = int32(len(l.conns))
 	l.conns = append(l.conns, c)
@@ -473,15 +551,16 @@ func (c *Conn) Pending() int { return c.loop.be.queued(c) }
 // as a slow consumer. It is always false on netpoll, which applies its
 // WriteTimeout itself. Call it on c's loop.
 func (c *Conn) Stalled(now time.Time, d time.Duration) bool {
-	return c.flags&flagReadPaused != 0 && c.out != nil && now.UnixMilli()-c.out.moved >= d.Milliseconds()
+	q := c.queue()
+	return c.flags&flagReadPaused != 0 && q != nil && now.UnixMilli()-q.moved >= d.Milliseconds()
 }
 
 // Buffered is the number of input bytes kept from earlier reads.
 func (c *Conn) Buffered() int {
-	if c.in == nil {
-		return 0
+	if in := c.input(); in != nil {
+		return len(in.B)
 	}
-	return len(c.in.B)
+	return 0
 }
 
 // DropQueued discards the queued output except the segment being sent, whose
@@ -511,9 +590,8 @@ func (l *Loop) unlist(c *Conn) {
 	l.conns[len(l.conns)-1] = nil
 	l.conns = l.conns[:len(l.conns)-1]
 	l.nconns.Add(-1)
-	if c.in != nil && l.inData != c {
-		inPool.Put(c.in)
-		c.in = nil
+	if l.inData != c {
+		c.freeIn()
 	}
 }
 
@@ -835,33 +913,29 @@ func (l *Loop) finish() {
 // deliver hands the connection's kept input plus data to OnData and keeps what
 // OnData leaves.
 func (l *Loop) deliver(c *Conn, data []byte) {
-	if c.in != nil {
-		c.in.Write(data)
-		data = c.in.B
+	if in := c.input(); in != nil {
+		in.Write(data)
+		data = in.B
 	}
 	l.inData = c
 	used := l.p.h.OnData(c, data)
 	l.inData = nil
 	if c.flags&flagClosed != 0 {
 		// Close left the input buffer for us, as data pointed into it.
-		if c.in != nil {
-			inPool.Put(c.in)
-			c.in = nil
-		}
+		c.freeIn()
 		return
 	}
+	// c.bufs may have come or gone while OnData wrote: read it afresh.
 	rest := data[min(max(used, 0), len(data)):]
-	switch {
+	switch in := c.input(); {
 	case len(rest) == 0:
-		if c.in != nil {
-			inPool.Put(c.in)
-			c.in = nil
-		}
-	case c.in != nil:
-		c.in.B = c.in.B[:copy(c.in.B, rest)]
+		c.freeIn()
+	case in != nil:
+		in.B = in.B[:copy(in.B, rest)]
 	default:
-		c.in = inPool.Get()
-		c.in.Write(rest)
+		in = inPool.Get()
+		in.Write(rest)
+		c.buffers().in = in
 	}
 }
 

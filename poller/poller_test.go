@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 // testBackend is the backend the suite is running on; TestMain runs every test
@@ -533,12 +534,181 @@ func TestPendingLimitNeverCutsAFrame(t *testing.T) {
 	}
 }
 
-// TestConnSize keeps a connection in the 64-byte size class: a server holds
-// hundreds of thousands of them.
+// TestConnSize keeps a connection at 56 bytes: a server holds hundreds of
+// thousands of them, and server.Conn embeds one in its 112-byte size class
+// (docs/ARCHITECTURE.md, "Where the bytes of a joined member go").
 func TestConnSize(t *testing.T) {
-	if n := unsafe.Sizeof(Conn{}); n > 64 {
-		t.Fatalf("Conn is %d bytes, want at most 64", n)
+	if n := unsafe.Sizeof(Conn{}); n > 56 {
+		t.Fatalf("Conn is %d bytes, want at most 56", n)
 	}
+}
+
+// taggedConn is a handler's per-connection struct with the Conn embedded
+// first, as Options.NewConn allows.
+type taggedConn struct {
+	Conn
+	tag uint64
+}
+
+const connTag = 0x7468726f6e67
+
+// allocHandler checks that every Conn it is handed came from its NewConn,
+// and finds its taggedConn from it as server.Conn does.
+type allocHandler struct {
+	*lineEcho
+	t      *testing.T
+	madeMu sync.Mutex
+	made   map[*Conn]bool
+}
+
+func (h *allocHandler) newConn() *Conn {
+	tc := &taggedConn{tag: connTag}
+	h.madeMu.Lock()
+	h.made[&tc.Conn] = true
+	h.madeMu.Unlock()
+	return &tc.Conn
+}
+
+func (h *allocHandler) check(c *Conn, where string) {
+	h.madeMu.Lock()
+	ok := h.made[c]
+	h.madeMu.Unlock()
+	if !ok {
+		h.t.Errorf("%s: a Conn NewConn did not make", where)
+		return
+	}
+	if tag := (*taggedConn)(unsafe.Pointer(c)).tag; tag != connTag {
+		h.t.Errorf("%s: the Conn's struct has tag %#x, want %#x", where, tag, connTag)
+	}
+}
+
+func (h *allocHandler) OnOpen(c *Conn) { h.check(c, "OnOpen"); h.lineEcho.OnOpen(c) }
+
+func (h *allocHandler) OnData(c *Conn, data []byte) int {
+	h.check(c, "OnData")
+	return h.lineEcho.OnData(c, data)
+}
+
+func (h *allocHandler) OnClose(c *Conn, cause error) {
+	h.check(c, "OnClose")
+	h.lineEcho.OnClose(c, cause)
+}
+
+// TestNewConnMakesEveryConn: with Options.NewConn set, every Conn the poller
+// hands over (accepted, dialed, a refused dial's, adopted in a handoff) is
+// one NewConn made, and the poller leaves the rest of its struct alone.
+func TestNewConnMakesEveryConn(t *testing.T) {
+	srv := &allocHandler{lineEcho: &lineEcho{}, t: t, made: map[*Conn]bool{}}
+	p, addr := startPoller(t, srv, Options{Loops: 2, NewConn: srv.newConn})
+	c := connect(t, addr)
+	c.Write([]byte("split "))
+	time.Sleep(5 * time.Millisecond) // a partial line: the input is kept
+	c.Write([]byte("line\n"))
+	got := make([]byte, len("split line\n"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "split line\n" {
+		t.Fatalf("echo %q %v", got, err)
+	}
+
+	cli := &allocHandler{lineEcho: &lineEcho{}, t: t, made: map[*Conn]bool{}}
+	cp, err := New(cli, Options{Loops: 2, Backend: testBackend, NewConn: cli.newConn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+	if err := cp.Dial(netip.MustParseAddrPort(addr), netip.Addr{}, "ctx"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "dial", func() bool { cli.mu.Lock(); defer cli.mu.Unlock(); return cli.opened == 1 })
+	if err := cp.Dial(netip.MustParseAddrPort("127.0.0.1:1"), netip.Addr{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "refused dial", func() bool { cli.mu.Lock(); defer cli.mu.Unlock(); return len(cli.closed) == 1 })
+	onLoops(cp, func(l *Loop) {
+		l.Range(func(c *Conn) bool {
+			cli.check(c, "dialed")
+			if c.Context() != "ctx" {
+				t.Errorf("dialed context %v, want ctx", c.Context())
+			}
+			return true
+		})
+	})
+
+	if testBackend == BackendEpoll {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fds[1])
+		l := p.Loops()[0]
+		onLoops(p, func(ll *Loop) {
+			if ll != l {
+				return
+			}
+			ac, err := l.Adopt(fds[0], HandoffState{In: []byte("kept"), Stamp: 7}, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			srv.check(ac, "Adopt")
+			if ac.Buffered() != 4 || ac.Stamp() != 7 {
+				t.Errorf("adopted: %d bytes kept, stamp %d; want 4 and 7", ac.Buffered(), ac.Stamp())
+			}
+			ac.Close()
+		})
+	}
+	onLoops(p, func(l *Loop) { l.Range(func(c *Conn) bool { srv.check(c, "listed"); return true }) })
+}
+
+// TestIdleConnHoldsNoBuffers: once a connection's kept input is consumed and
+// its queue has drained, it gives its connBufs back: an idle connection holds
+// no pointer but its own.
+func TestIdleConnHoldsNoBuffers(t *testing.T) {
+	const total = 8 << 20
+	h := &lineEcho{}
+	h.onData = func(c *Conn, data []byte) int {
+		if bytes.IndexByte(data, '\n') < 0 {
+			return 0 // kept
+		}
+		// A whole line: 8 MiB of answer, which backs up the socket.
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for off := 0; off < total; off += len(chunk) {
+			if err := c.Write(chunk); err != nil {
+				t.Errorf("write: %v", err)
+				break
+			}
+		}
+		return len(data)
+	}
+	p, addr := startPoller(t, h, Options{Loops: 1})
+	c := dialRcvBuf(t, addr, 4<<10)
+	c.Write([]byte("partial"))
+	eventually(t, "kept input", func() bool {
+		n := 0
+		onLoops(p, func(l *Loop) { l.Range(func(c *Conn) bool { n += c.Buffered(); return true }) })
+		return n == len("partial")
+	})
+	queued := 0
+	c.Write([]byte(" line\n"))
+	eventually(t, "queued output", func() bool {
+		onLoops(p, func(l *Loop) { l.Range(func(c *Conn) bool { queued = c.Pending(); return true }) })
+		return queued > 0
+	})
+	got, err := io.ReadAll(io.LimitReader(c, total))
+	if err != nil || len(got) != total {
+		t.Fatalf("read %d bytes, want %d: %v", len(got), total, err)
+	}
+	eventually(t, "buffers given back", func() bool {
+		held := 0
+		onLoops(p, func(l *Loop) {
+			l.Range(func(c *Conn) bool {
+				if c.bufs != nil {
+					held++
+				}
+				return true
+			})
+		})
+		return held == 0
+	})
 }
 
 // inputHeld is the input the poller holds for c: its kept input, and on
