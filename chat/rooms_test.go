@@ -930,8 +930,8 @@ func joinQuietly(t *testing.T, ts *testServer, roomID string) int {
 		l.Post(poller.FuncJob(func() {
 			defer wg.Done()
 			l.Range(func(pc *poller.Conn) bool {
-				c, ok := pc.Context().(*server.Conn)
-				if !ok || c.Path() != "/ws" || !c.Open() {
+				c := ts.ConnOf(pc)
+				if c == nil || c.Path() != "/ws" || !c.Open() {
 					return true
 				}
 				cc := ts.Chat.state(c)
@@ -1253,7 +1253,7 @@ func setServerSndBuf(t *testing.T, ts *testServer, user string, size int) {
 		l.Post(poller.FuncJob(func() {
 			defer wg.Done()
 			l.Range(func(pc *poller.Conn) bool {
-				if c, ok := pc.Context().(*server.Conn); ok && c.UserID() == user {
+				if c := ts.ConnOf(pc); c != nil && c.UserID() == user {
 					found.Add(1)
 					if err := syscall.SetsockoptInt(pc.Fd(), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size); err != nil {
 						errs <- err

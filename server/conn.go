@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 	"github.com/valyala/bytebufferpool"
@@ -25,16 +26,23 @@ import (
 // with Post.
 //
 // It is kept small, as a server holds hundreds of thousands of them: no buffer is
-// held while the connection is idle.
+// held while the connection is idle, and the poller's Conn is part of it, so
+// that a connection is one allocation of 112 bytes (docs/ARCHITECTURE.md,
+// "Where the bytes of a joined member go"). The poller makes every one of the
+// server's sockets a Conn from the moment it is accepted (Options.NewConn is
+// newPollerConn); until the upgrade its state says it is in the handshake,
+// and only the poller's part is used.
 type Conn struct {
-	pc    *poller.Conn
+	// pc is the poller's part, and must stay the first field: connOf finds
+	// the Conn from the *poller.Conn the poller hands over, at the same
+	// address. Its context (Context, SetContext) is the handler's Data.
+	pc    poller.Conn
 	route *route
 	user  string
-	data  any
 	msg   *bytebufferpool.ByteBuffer // a fragmented message being assembled
 	// timer is, while open, when the last ping was sent, and once closing,
 	// the deadline for the peer's close frame: unix ms. One field for both
-	// keeps the struct in the 80-byte size class.
+	// keeps the struct in the 112-byte size class.
 	timer int64
 	exp   uint32 // token deadline (exp + leeway), unix seconds (at most 2106); 0 if none
 	// dropped counts messages refused under SlowDrop since the handler was last
@@ -73,14 +81,54 @@ func (c *Conn) setFlag(f connFlags, on bool) {
 type connState uint8
 
 const (
+	// The states of an upgraded connection, the only ones its handler sees.
+	// Their numbers are in the handoff format.
 	stateOpen connState = iota
 	stateClosing
 	stateClosed
+	// stateHandshake: the socket's upgrade request is still being read; the
+	// Conn has only its poller part. Every Conn starts here (newPollerConn).
+	stateHandshake
+	// stateRejected: the socket's handshake was refused; its response is
+	// being flushed and any further input is discarded.
+	stateRejected
 )
 
-// rejected marks a socket whose handshake was refused: its response is being
-// flushed and any further input is discarded.
-type rejected struct{}
+// upgraded reports whether c is a WebSocket connection, open or not, rather
+// than a socket in or refused at the handshake.
+func (c *Conn) upgraded() bool { return c.state <= stateClosed }
+
+// newPollerConn is the server's poller.Options.NewConn: every socket the
+// server's poller accepts or adopts is the poller part of a Conn, in the
+// handshake until it is upgraded.
+func newPollerConn() *poller.Conn {
+	c := &Conn{state: stateHandshake}
+	return &c.pc
+}
+
+// connOf is the Conn of one of the server's sockets. Every poller.Conn of the
+// server's poller was made by newPollerConn as the first field of a Conn, so
+// the Conn is at the same address: a pointer to the field is a pointer to the
+// struct. A poller.Conn from anywhere else would make this read past its
+// allocation; under -race (checkptr) the conversion panics instead.
+func connOf(pc *poller.Conn) *Conn { return (*Conn)(unsafe.Pointer(pc)) }
+
+// connOf needs pc at offset 0: this does not compile otherwise.
+var _ = [1]struct{}{}[unsafe.Offsetof(Conn{}.pc)]
+
+// ConnOf is the WebSocket connection whose socket is pc, as a job sees the
+// sockets of a loop with Loop.Range; it is nil for a socket still in its
+// handshake or refused, and for another poller's. The Conn may be closed.
+// Call it on pc's loop.
+func (s *Server) ConnOf(pc *poller.Conn) *Conn {
+	if loops := s.p.Loops(); pc == nil || pc.Loop() == nil || pc.Loop().Index() >= len(loops) || loops[pc.Loop().Index()] != pc.Loop() {
+		return nil
+	}
+	if c := connOf(pc); c.upgraded() {
+		return c
+	}
+	return nil
+}
 
 // UserID is the token's subject, or a random id for an anonymous connection.
 func (c *Conn) UserID() string { return c.user }
@@ -89,10 +137,10 @@ func (c *Conn) UserID() string { return c.user }
 func (c *Conn) Path() string { return c.route.path }
 
 // Data returns the handler's value for this connection.
-func (c *Conn) Data() any { return c.data }
+func (c *Conn) Data() any { return c.pc.Context() }
 
 // SetData stores a value for the handler.
-func (c *Conn) SetData(v any) { c.data = v }
+func (c *Conn) SetData(v any) { c.pc.SetContext(v) }
 
 // TokenDeadline is when the connection's token stops being valid: its exp
 // plus the verifier's leeway (auth.Claims.Deadline), the same instant from
@@ -349,12 +397,12 @@ func closeBody(buf []byte, code ws.StatusCode, text string) []byte {
 	return buf[:2+copy(buf[2:], text)]
 }
 
-// newConn creates the Conn for an upgraded socket.
+// newConn makes pc's Conn an upgraded connection.
 func (s *Server) newConn(pc *poller.Conn, r *route, user string, deadline time.Time) *Conn {
-	c := &Conn{pc: pc, route: r, user: user}
+	c := connOf(pc)
+	c.route, c.user, c.state = r, user, stateOpen
 	c.SetTokenDeadline(deadline)
 	c.timer = s.nowMillis()
-	pc.SetContext(c)
 	pc.SetStamp(c.timer)
 	s.stats(pc.Loop().Index()).open.Add(1)
 	return c

@@ -48,7 +48,7 @@ func (s *Server) EachUserConn(ctx context.Context, user string, fn func(*Conn) b
 				return // given up on: act on nothing after the caller has been answered
 			}
 			l.Range(func(pc *poller.Conn) bool {
-				if c, ok := pc.Context().(*Conn); ok && c.state == stateOpen && (user == "" || c.user == user) && fn(c) {
+				if c := connOf(pc); c.state == stateOpen && (user == "" || c.user == user) && fn(c) {
 					n.Add(1)
 				}
 				return true

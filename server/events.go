@@ -42,10 +42,8 @@ func (s *Server) OnOpen(pc *poller.Conn) {
 
 // OnData implements poller.Handler.
 func (s *Server) OnData(pc *poller.Conn, data []byte) int {
-	switch ctx := pc.Context().(type) {
-	case *Conn:
-		return s.frames(ctx, data)
-	case nil:
+	switch c := connOf(pc); c.state {
+	case stateHandshake:
 		ls := s.loopOf(pc)
 		n, c := ls.hs.serve(pc, data)
 		if c == nil || n == len(data) {
@@ -53,16 +51,18 @@ func (s *Server) OnData(pc *poller.Conn, data []byte) int {
 		}
 		// Frames sent right behind the request are read now.
 		return n + s.frames(c, data[n:])
-	default: // rejected: discard
+	case stateRejected: // discard
 		return len(data)
+	default:
+		return s.frames(c, data)
 	}
 }
 
 // OnWritable implements poller.Handler: a connection that had messages dropped
 // has caught up, and its handler is told how many it missed.
 func (s *Server) OnWritable(pc *poller.Conn) {
-	c, ok := pc.Context().(*Conn)
-	if !ok || c.dropped == 0 || c.state != stateOpen {
+	c := connOf(pc)
+	if c.dropped == 0 || c.state != stateOpen {
 		return
 	}
 	n := c.dropped
@@ -80,9 +80,9 @@ type DropNotifier interface {
 
 // OnClose implements poller.Handler.
 func (s *Server) OnClose(pc *poller.Conn, cause error) {
-	c, ok := pc.Context().(*Conn)
-	if !ok {
-		return
+	c := connOf(pc)
+	if !c.upgraded() {
+		return // in the handshake, or refused: nothing was taken for it
 	}
 	if c.state == stateOpen {
 		// The peer went without a close frame.
@@ -124,39 +124,36 @@ func (s *Server) OnTick(l *poller.Loop, now time.Time) {
 			// In a handoff: its deadlines are the owner's, after it.
 			return true
 		}
-		switch c := pc.Context().(type) {
-		case nil: // in the handshake: the stamp is its deadline
+		switch c := connOf(pc); c.state {
+		case stateHandshake: // the stamp is its deadline
 			if ms >= pc.Stamp() {
 				s.stats(l.Index()).handshakes[HandshakeTimeout].Add(1)
 				pc.Close()
 			}
-		case *Conn: // the stamp is when it was last heard from
-			switch c.state {
-			case stateOpen:
-				switch quiet := ms - pc.Stamp(); {
-				case pc.Stalled(now, s.opts.StallTimeout):
-					// Its own replies paused its reading, and it has taken
-					// none of them since: it does not read. Whatever the
-					// slow-consumer policy, dropping cannot help here.
-					c.ctr().slow[SlowClose].Add(1)
-					c.fail(CloseSlowConsumer, ErrSlowConsumer)
-				case quiet >= idle:
-					c.Close(CloseIdle)
-				case c.exp != 0 && sec >= int64(c.exp):
-					c.route.srv.tokenExpired(c)
-				case quiet >= ping && ms-c.timer >= ping:
-					c.timer = ms
-					var h [2]byte
-					putHeader(h[:], ws.OpPing, 0)
-					c.pc.Write(h[:])
-				}
-			case stateClosing:
-				if ms >= c.timer {
-					pc.Close()
-				}
-			}
-		default: // rejected: the stamp is when to give up flushing
+		case stateRejected: // the stamp is when to give up flushing
 			if ms >= pc.Stamp() {
+				pc.Close()
+			}
+		case stateOpen: // the stamp is when it was last heard from
+			switch quiet := ms - pc.Stamp(); {
+			case pc.Stalled(now, s.opts.StallTimeout):
+				// Its own replies paused its reading, and it has taken
+				// none of them since: it does not read. Whatever the
+				// slow-consumer policy, dropping cannot help here.
+				c.ctr().slow[SlowClose].Add(1)
+				c.fail(CloseSlowConsumer, ErrSlowConsumer)
+			case quiet >= idle:
+				c.Close(CloseIdle)
+			case c.exp != 0 && sec >= int64(c.exp):
+				c.route.srv.tokenExpired(c)
+			case quiet >= ping && ms-c.timer >= ping:
+				c.timer = ms
+				var h [2]byte
+				putHeader(h[:], ws.OpPing, 0)
+				c.pc.Write(h[:])
+			}
+		case stateClosing:
+			if ms >= c.timer {
 				pc.Close()
 			}
 		}

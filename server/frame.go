@@ -161,7 +161,7 @@ func (s *Server) frame(c *Conn, h ws.Header, p []byte, compressed bool) {
 // inflated inflates a compressed message with the loop's inflater, at most
 // MaxMessageSize bytes of it, and hands it to the handler.
 func (s *Server) inflated(c *Conn, op ws.OpCode, src []byte) {
-	ls := s.loopOf(c.pc)
+	ls := s.loopOf(&c.pc)
 	out := bytebufferpool.Get()
 	defer bytebufferpool.Put(out)
 	var err error

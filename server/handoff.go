@@ -166,12 +166,9 @@ func (s *Server) FreezeHandoff() error {
 	// First every loop stops reading: no new message starts a broadcast.
 	s.onLoops(func(i int, l *poller.Loop) {
 		l.Range(func(pc *poller.Conn) bool {
-			switch pc.Context().(type) {
-			case nil, *Conn:
-				if err := pc.Freeze(); err != nil {
-					pc.Close()
-				}
-			default: // a refused handshake: its answer is as good as sent
+			if connOf(pc).state == stateRejected {
+				pc.Close() // a refused handshake: its answer is as good as sent
+			} else if err := pc.Freeze(); err != nil {
 				pc.Close()
 			}
 			return true
@@ -254,8 +251,8 @@ func (s *Server) exportConn(e *handoff.Enc, loop int, pc *poller.Conn) (int, err
 	if err != nil {
 		return -1, err
 	}
-	c, _ := pc.Context().(*Conn)
-	if c == nil {
+	c := connOf(pc)
+	if !c.upgraded() {
 		e.Uint(recHandshake)
 	} else {
 		e.Uint(recWebSocket)
@@ -269,7 +266,7 @@ func (s *Server) exportConn(e *handoff.Enc, loop int, pc *poller.Conn) (int, err
 	}
 	e.Bool(st.ShutdownWrite)
 	e.Bool(st.Refused)
-	if c == nil {
+	if !c.upgraded() {
 		return fd, nil
 	}
 	e.String(c.route.path)
@@ -332,7 +329,7 @@ func (s *Server) DetachHandoff() {
 			if pc.Closed() {
 				continue
 			}
-			if c, ok := pc.Context().(*Conn); ok {
+			if c := connOf(pc); c.upgraded() {
 				s.forgetConn(c)
 			}
 			pc.Detach()
@@ -500,12 +497,12 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 		closeFD(fd)
 		return fmt.Errorf("server: handoff of a connection on %q, an endpoint this process does not serve", path)
 	}
-	c := &Conn{route: r, user: d.String()}
+	user := d.String()
 	exp := d.Int()
 	ping := d.Int()
 	closeAt := d.Int()
 	state := connState(d.Uint())
-	c.fragOp = ws.OpCode(d.Uint())
+	fragOp := ws.OpCode(d.Uint())
 	msg := d.Bytes()
 	part := d.Bytes()
 	told := d.Bool()
@@ -513,11 +510,17 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 	window := d.Uint()
 	inflate := d.Bool()
 	app := d.Bytes()
-	if d.Err() != nil || state > stateClosing || len(part) > len(c.utf8.part) || dropped > math.MaxUint32 ||
-		(window != 0 && (window < 8 || window > 15)) || (inflate && (window == 0 || c.fragOp == 0)) {
+	if d.Err() != nil || state > stateClosing || len(part) > len(utf8Stream{}.part) || dropped > math.MaxUint32 ||
+		(window != 0 && (window < 8 || window > 15)) || (inflate && (window == 0 || fragOp == 0)) {
 		closeFD(fd)
 		return fmt.Errorf("%w: connection on %q", handoff.ErrCorrupt, path)
 	}
+	pc, err := l.Adopt(fd, st, nil)
+	if err != nil {
+		return err
+	}
+	c := connOf(pc)
+	c.route, c.user, c.fragOp = r, user, fragOp
 	c.state = state
 	c.setFlag(flagTold, told)
 	if exp != 0 {
@@ -535,12 +538,6 @@ func (s *Server) importConn(i int, l *poller.Loop, fd int, st poller.HandoffStat
 		c.msg = bytebufferpool.Get()
 		c.msg.Write(msg)
 	}
-	pc, err := l.Adopt(fd, st, c)
-	if err != nil {
-		c.releaseMsg()
-		return err
-	}
-	c.pc = pc
 	c.ctr().open.Add(1)
 	if c.deflate != 0 {
 		c.ctr().deflateOpen.Add(1)
@@ -586,7 +583,7 @@ func (s *Server) AbandonHandoff() {
 				if pc.Closed() {
 					continue
 				}
-				if c, ok := pc.Context().(*Conn); ok {
+				if c := connOf(pc); c.upgraded() {
 					s.forgetConn(c)
 				}
 				pc.Detach()

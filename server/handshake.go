@@ -463,7 +463,7 @@ func (hs *handshake) reject(pc *poller.Conn, res HandshakeResult, status int, ms
 	b = append(b, msg...)
 	b = append(b, '\n')
 	hs.w.B = b
-	pc.SetContext(rejected{})
+	connOf(pc).state = stateRejected
 	pc.SetStamp(s.nowMillis() + time.Second.Milliseconds())
 	if pc.Write(b) != nil {
 		pc.Close()

@@ -382,6 +382,7 @@ func New(o Options) (*Server, error) {
 		TickInterval: o.TickInterval,
 		NoDelay:      true,
 		Logger:       s.log,
+		NewConn:      newPollerConn,
 
 		NetpollBufferSize: o.NetpollBufferSize,
 	})
@@ -552,10 +553,9 @@ func (j drainJob) Run(*poller.Loop) {
 		if pc.Closed() {
 			continue
 		}
-		switch c := pc.Context().(type) {
-		case *Conn:
+		if c := connOf(pc); c.upgraded() {
 			c.Close(CloseShutdown)
-		default:
+		} else {
 			pc.Close() // still in the handshake, or refused
 		}
 	}
