@@ -673,7 +673,7 @@ func (l *KeyedLimit[K]) HandoffPart(name string, put func(*handoff.Enc, K)) hand
 				pend, next = pend[:0], 0
 				sh.mu.Lock()
 				for k, b := range sh.m {
-					pend = append(pend, entry{k, *b})
+					pend = append(pend, entry{k, b})
 				}
 				sh.mu.Unlock()
 				continue
@@ -712,7 +712,7 @@ func (l *KeyedLimit[K]) HandoffImporter(name string, get func(*handoff.Dec) (K, 
 			}
 			sh := &l.shards[maphash.Comparable(l.seed, k)%limitShards]
 			sh.mu.Lock()
-			sh.m[k] = &bucket{tokens: min(tokens, float64(l.burst)), last: last}
+			sh.m[k] = bucket{tokens: min(tokens, float64(l.burst)), last: last}
 			sh.peak = max(sh.peak, len(sh.m))
 			sh.mu.Unlock()
 		}

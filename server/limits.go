@@ -171,7 +171,11 @@ type KeyedLimit[K comparable] struct {
 	seed   maphash.Seed
 	shards [limitShards]struct {
 		mu sync.Mutex
-		m  map[K]*bucket // guarded by mu
+		// m holds the buckets by value: one bucket per key that spoke,
+		// pruned within seconds, would otherwise be a 16-byte object each,
+		// leaving holes among the long-lived 16-byte objects (user ids)
+		// when it goes.
+		m map[K]bucket // guarded by mu
 		// peak is the most keys m held since it was made: a Go map never
 		// gives back the room of deleted keys, so Prune makes a new one
 		// when most of it is empty. Guarded by mu.
@@ -183,7 +187,7 @@ type KeyedLimit[K comparable] struct {
 func NewKeyedLimit[K comparable](rate float64, burst int) *KeyedLimit[K] {
 	l := &KeyedLimit[K]{rate: rate, burst: burst, seed: maphash.MakeSeed()}
 	for i := range l.shards {
-		l.shards[i].m = make(map[K]*bucket)
+		l.shards[i].m = make(map[K]bucket)
 	}
 	return l
 }
@@ -195,12 +199,10 @@ func (l *KeyedLimit[K]) Allow(key K, now int64) (bool, time.Duration) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	b := sh.m[key]
-	if b == nil {
-		b = new(bucket)
-		sh.m[key] = b
-		sh.peak = max(sh.peak, len(sh.m))
-	}
-	return b.take(now, l.rate, l.burst)
+	ok, wait := b.take(now, l.rate, l.burst)
+	sh.m[key] = b
+	sh.peak = max(sh.peak, len(sh.m))
+	return ok, wait
 }
 
 // Prune forgets the keys whose buckets have refilled by now.
@@ -215,7 +217,7 @@ func (l *KeyedLimit[K]) Prune(now int64) {
 		}
 		if len(sh.m) <= sh.peak/4 && sh.peak >= limitShrinkMin {
 			// Not maps.Clone: a clone keeps the old map's capacity.
-			m := make(map[K]*bucket, len(sh.m))
+			m := make(map[K]bucket, len(sh.m))
 			maps.Copy(m, sh.m)
 			sh.m, sh.peak = m, len(m)
 		}
