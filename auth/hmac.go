@@ -2,6 +2,7 @@ package auth
 
 import (
 	"crypto/hmac"
+	"hash"
 	"sync"
 	"unsafe"
 
@@ -20,7 +21,7 @@ type hmacKey struct {
 }
 
 type keyedHash struct {
-	h   interface{ Reset(); Write([]byte) (int, error); Sum([]byte) []byte }
+	h   hash.Hash
 	sum []byte
 }
 
