@@ -268,7 +268,7 @@ func New(o Options) (*Verifier, error) {
 	case len(o.Secret) > 0 && len(o.PublicKeyPEM) > 0:
 		return nil, ErrTwoKeys
 	case len(o.Secret) > 0:
-		v.key = bytes.Clone(o.Secret)
+		v.key = &hmacKey{secret: bytes.Clone(o.Secret)}
 		v.methods = hmacMethods()
 	case len(o.PublicKeyPEM) > 0:
 		key, methods, err := parsePublicKey(o.PublicKeyPEM)
@@ -413,10 +413,10 @@ func Mint(secret []byte, alg string, sub string, ttl time.Duration, name string,
 	if alg == "" {
 		alg = "HS256"
 	}
-	method, ok := jwt.GetSigningMethod(alg).(*jwt.SigningMethodHMAC)
-	if !ok {
+	if !slices.Contains(hmacMethods(), alg) {
 		return "", fmt.Errorf("%w, not %q", ErrMintAlgorithm, alg)
 	}
+	method := jwt.GetSigningMethod(alg)
 	switch {
 	case len(secret) == 0:
 		return "", ErrEmptySecret

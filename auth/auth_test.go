@@ -697,3 +697,57 @@ func BenchmarkVerifyHS256(b *testing.B) {
 		}
 	}
 }
+
+// TestPooledHMAC: the HMAC methods registered for the process verify a
+// Verifier's tokens with pooled hashes, each algorithm from its own pool, a
+// token signed under another secret or with a flipped signature byte is
+// refused under concurrent use, and a plain []byte key (anyone else in the
+// process using golang-jwt) is still verified by golang-jwt's own method.
+func TestPooledHMAC(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	other := []byte("fedcba9876543210fedcba9876543210")
+	v, err := New(Options{Secret: secret, Now: fixedClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type tc struct {
+		tok  string
+		want Reason
+	}
+	var cases []tc
+	for _, m := range []*jwt.SigningMethodHMAC{jwt.SigningMethodHS256, jwt.SigningMethodHS384, jwt.SigningMethodHS512} {
+		if _, ok := jwt.GetSigningMethod(m.Alg()).(pooledHMAC); !ok {
+			t.Fatalf("%s: the registered method is %T, not the pooled one", m.Alg(), jwt.GetSigningMethod(m.Alg()))
+		}
+		good := sign(t, m, secret, claims())
+		flipped := []byte(good)
+		flipped[len(flipped)-2] ^= 1 // inside the signature's last full byte
+		cases = append(cases,
+			tc{good, ReasonNone},
+			tc{sign(t, m, other, claims()), ReasonBadSignature},
+			tc{string(flipped), ReasonBadSignature})
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 300 {
+				c := cases[(g+i)%len(cases)]
+				if _, err := v.Verify(c.tok); ReasonOf(err) != c.want {
+					t.Errorf("case %d: %v, want reason %v", (g+i)%len(cases), err, c.want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	good := sign(t, jwt.SigningMethodHS256, secret, claims())
+	keyfunc := func(key []byte) jwt.Keyfunc { return func(*jwt.Token) (any, error) { return key, nil } }
+	p := jwt.NewParser(jwt.WithTimeFunc(fixedClock()))
+	if _, err := p.Parse(good, keyfunc(secret)); err != nil {
+		t.Fatalf("a []byte key: %v", err)
+	}
+	if _, err := p.Parse(good, keyfunc(other)); !errors.Is(err, jwt.ErrSignatureInvalid) {
+		t.Fatalf("a wrong []byte key: %v, want an invalid signature", err)
+	}
+}

@@ -149,7 +149,7 @@ func (h *Handler) Stats() Stats {
 // connection that only listens costs nothing here until it joins.
 type chatConn struct {
 	c     *server.Conn
-	rooms []*room.Member
+	rooms memberList
 	rate  server.RateState
 }
 
@@ -164,8 +164,8 @@ func (cc *chatConn) UserID() string { return cc.c.UserID() }
 func (cc *chatConn) DeliverFrames(fs []*poller.Frame) { cc.c.WriteFrames(fs) }
 
 func (cc *chatConn) member(id []byte) (int, *room.Member) {
-	for i, m := range cc.rooms {
-		if m.Room() == string(id) {
+	for i := range cc.rooms.len() {
+		if m := cc.rooms.at(i); m.Room() == string(id) {
 			return i, m
 		}
 	}
@@ -363,11 +363,11 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
-	if len(cc.rooms) >= cmp.Or(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
+	if cc.rooms.len() >= cmp.Or(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
 		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
-	m := &room.Member{Sink: cc, Name: string(name), Deflate: c.SharesDeflated()}
+	m := &room.Member{Sink: cc, Name: cc.name(name), Deflate: c.SharesDeflated()}
 	roomID := string(id)
 	var (
 		count int
@@ -404,7 +404,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 // joiner its history and joined.
 func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count int, rec recovered, req recoveryRequest) {
 	c := cc.c
-	cc.rooms = append(cc.rooms, m)
+	cc.rooms.add(m)
 	count = h.changed(roomID, count)
 
 	// The room hears of the join before the joiner does: once the joiner has
@@ -668,13 +668,10 @@ func (h *Handler) leave(cc *chatConn, v *fastjson.Value) {
 
 // drop takes the connection out of its i-th room and tells the others.
 func (h *Handler) drop(cc *chatConn, i int) {
-	m := cc.rooms[i]
+	m := cc.rooms.at(i)
 	roomID := m.Room()
 	count := h.changed(roomID, h.Rooms.Leave(m))
-	last := len(cc.rooms) - 1
-	cc.rooms[i] = cc.rooms[last]
-	cc.rooms[last] = nil
-	cc.rooms = cc.rooms[:last]
+	cc.rooms.remove(i)
 	// No exception: the connection is out of the room already, and Broadcast
 	// counts an excepted sink as one of the members.
 	h.presence(m, roomID, "user-left", count, nil)
@@ -750,10 +747,9 @@ func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	if h.anyPending.Load() {
 		h.dropPending(cc)
 	}
-	for len(cc.rooms) > 0 {
-		h.drop(cc, len(cc.rooms)-1)
+	for n := cc.rooms.len(); n > 0; n-- {
+		h.drop(cc, n-1)
 	}
-	cc.rooms = nil
 }
 
 // OnError implements server.Handler.

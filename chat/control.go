@@ -61,13 +61,7 @@ func (h *Handler) evict(m *room.Member, reason string, tell bool) bool {
 	if !ok || !cc.c.Open() {
 		return false
 	}
-	i := -1
-	for j, x := range cc.rooms {
-		if x == m {
-			i = j
-			break
-		}
-	}
+	i := cc.rooms.index(m)
 	if i < 0 {
 		return false
 	}
@@ -76,10 +70,7 @@ func (h *Handler) evict(m *room.Member, reason string, tell bool) bool {
 		h.drop(cc, i)
 	} else {
 		h.changed(roomID, h.Rooms.Leave(m))
-		last := len(cc.rooms) - 1
-		cc.rooms[i] = cc.rooms[last]
-		cc.rooms[last] = nil
-		cc.rooms = cc.rooms[:last]
+		cc.rooms.remove(i)
 	}
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"left","roomId":`...)

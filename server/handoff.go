@@ -609,20 +609,35 @@ func closeFDs(fds []int) {
 
 func closeFD(fd int) { unix.Close(fd) }
 
-// AppendHandoff appends st to e, for a handler's HandoffHandler.ExportConn.
+// AppendHandoff appends st to e, for a handler's HandoffHandler.ExportConn:
+// the bucket's tokens and last refill, then the ban's end (0 if none) and the
+// messages received during it. A banned connection's bucket is written
+// empty, as it starts full when the ban is served.
 func (st *RateState) AppendHandoff(e *handoff.Enc) {
-	e.Float(st.bucket.tokens)
-	e.Int(st.bucket.last)
-	e.Int(st.banUntil)
-	e.Uint(uint64(st.banned))
+	until, n := st.ban()
+	if until != 0 {
+		e.Float(0)
+		e.Int(0)
+	} else {
+		e.Float(st.b.tokens)
+		e.Int(st.b.last)
+	}
+	e.Int(until)
+	e.Uint(uint64(n))
 }
 
 // ReadHandoff reads what AppendHandoff wrote into st.
 func (st *RateState) ReadHandoff(d *handoff.Dec) {
-	st.bucket.tokens = d.Float()
-	st.bucket.last = d.Int()
-	st.banUntil = d.Int()
-	st.banned = uint32(min(d.Uint(), math.MaxUint32))
+	tokens, last := d.Float(), d.Int()
+	until, n := d.Int(), d.Uint()
+	if until != 0 {
+		st.setBan(until, uint32(min(n, math.MaxUint32)))
+		return
+	}
+	if !(tokens >= 0) { // negative would read as a ban, NaN would never refill; the sender writes neither
+		tokens = 0
+	}
+	st.b.tokens, st.b.last = tokens, last
 }
 
 // KeyedLimitFormat versions a KeyedLimit's part of a handoff: per key, the
@@ -655,7 +670,7 @@ func (l *KeyedLimit[K]) HandoffPart(name string, put func(*handoff.Enc, K)) hand
 				pend, next = pend[:0], 0
 				sh.mu.Lock()
 				for k, b := range sh.m {
-					pend = append(pend, entry{k, *b})
+					pend = append(pend, entry{k, b})
 				}
 				sh.mu.Unlock()
 				continue
@@ -694,7 +709,7 @@ func (l *KeyedLimit[K]) HandoffImporter(name string, get func(*handoff.Dec) (K, 
 			}
 			sh := &l.shards[maphash.Comparable(l.seed, k)%limitShards]
 			sh.mu.Lock()
-			sh.m[k] = &bucket{tokens: min(tokens, float64(l.burst)), last: last}
+			sh.m[k] = bucket{tokens: min(tokens, float64(l.burst)), last: last}
 			sh.peak = max(sh.peak, len(sh.m))
 			sh.mu.Unlock()
 		}

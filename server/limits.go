@@ -69,11 +69,29 @@ const (
 )
 
 // RateState is one connection's standing against a RateLimit. Its zero value
-// is a full bucket; it is 32 bytes, and only the connection's loop touches it.
+// is a full bucket; it is 16 bytes, and only the connection's loop touches it.
+//
+// A ban reuses the bucket's two fields, as a banned connection's bucket is
+// not consulted and starts full when the ban is served: b.last is the ban's
+// end (unix ms) and b.tokens is −1 − the messages received during it. Tokens
+// are never negative otherwise.
 type RateState struct {
-	bucket   bucket
-	banUntil int64  // unix ms; 0 when not banned
-	banned   uint32 // messages received during the current ban
+	b bucket
+}
+
+func (st *RateState) isBanned() bool { return st.b.tokens < 0 }
+
+// ban returns the ban's end (unix ms) and the messages received during it,
+// or 0, 0 when st is not banned.
+func (st *RateState) ban() (until int64, n uint32) {
+	if !st.isBanned() {
+		return 0, 0
+	}
+	return st.b.last, uint32(-1 - st.b.tokens)
+}
+
+func (st *RateState) setBan(until int64, n uint32) {
+	st.b.last, st.b.tokens = until, -1-float64(n)
 }
 
 // Verdict is what RateLimit.Allow decided about one message.
@@ -101,20 +119,21 @@ func (l *RateLimit) Allow(st *RateState, now int64) Verdict {
 	if rate == 0 {
 		rate = DefaultRate
 	}
-	if st.banUntil != 0 {
-		if now < st.banUntil {
-			st.banned++
-			if int(st.banned) > cmp.Or(l.BanCloseAfter, DefaultBanCloseAfter) {
+	if until, n := st.ban(); until != 0 {
+		if now < until {
+			n++
+			st.setBan(until, n)
+			if int(n) > cmp.Or(l.BanCloseAfter, DefaultBanCloseAfter) {
 				return BanExceeded
 			}
 			return Banned
 		}
 		*st = RateState{} // the ban is served: start with a full bucket
 	}
-	if ok, _ := st.bucket.take(now, rate, cmp.Or(l.Burst, DefaultBurst)); ok {
+	if ok, _ := st.b.take(now, rate, cmp.Or(l.Burst, DefaultBurst)); ok {
 		return Allowed
 	}
-	st.banUntil = now + cmp.Or(l.Ban, DefaultBan).Milliseconds()
+	st.setBan(now+cmp.Or(l.Ban, DefaultBan).Milliseconds(), 0)
 	return BanStarted
 }
 
@@ -122,8 +141,7 @@ func (l *RateLimit) Allow(st *RateState, now int64) Verdict {
 // rate: for a limit that spans connections (a user's), which the one
 // connection then serves like its own.
 func (l *RateLimit) StartBan(st *RateState, now int64) {
-	st.banUntil = now + cmp.Or(l.Ban, DefaultBan).Milliseconds()
-	st.banned = 0
+	st.setBan(now+cmp.Or(l.Ban, DefaultBan).Milliseconds(), 0)
 }
 
 // Admit applies l to one message of c, for an endpoint that has no message of
@@ -153,7 +171,11 @@ type KeyedLimit[K comparable] struct {
 	seed   maphash.Seed
 	shards [limitShards]struct {
 		mu sync.Mutex
-		m  map[K]*bucket // guarded by mu
+		// m holds the buckets by value: one bucket per key that spoke,
+		// pruned within seconds, would otherwise be a 16-byte object each,
+		// leaving holes among the long-lived 16-byte objects (user ids)
+		// when it goes.
+		m map[K]bucket // guarded by mu
 		// peak is the most keys m held since it was made: a Go map never
 		// gives back the room of deleted keys, so Prune makes a new one
 		// when most of it is empty. Guarded by mu.
@@ -165,7 +187,7 @@ type KeyedLimit[K comparable] struct {
 func NewKeyedLimit[K comparable](rate float64, burst int) *KeyedLimit[K] {
 	l := &KeyedLimit[K]{rate: rate, burst: burst, seed: maphash.MakeSeed()}
 	for i := range l.shards {
-		l.shards[i].m = make(map[K]*bucket)
+		l.shards[i].m = make(map[K]bucket)
 	}
 	return l
 }
@@ -177,12 +199,10 @@ func (l *KeyedLimit[K]) Allow(key K, now int64) (bool, time.Duration) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	b := sh.m[key]
-	if b == nil {
-		b = new(bucket)
-		sh.m[key] = b
-		sh.peak = max(sh.peak, len(sh.m))
-	}
-	return b.take(now, l.rate, l.burst)
+	ok, wait := b.take(now, l.rate, l.burst)
+	sh.m[key] = b
+	sh.peak = max(sh.peak, len(sh.m))
+	return ok, wait
 }
 
 // Prune forgets the keys whose buckets have refilled by now.
@@ -197,7 +217,7 @@ func (l *KeyedLimit[K]) Prune(now int64) {
 		}
 		if len(sh.m) <= sh.peak/4 && sh.peak >= limitShrinkMin {
 			// Not maps.Clone: a clone keeps the old map's capacity.
-			m := make(map[K]*bucket, len(sh.m))
+			m := make(map[K]bucket, len(sh.m))
 			maps.Copy(m, sh.m)
 			sh.m, sh.peak = m, len(m)
 		}
@@ -227,75 +247,4 @@ type UserConns interface {
 	Acquire(user string, max int) bool
 	// Release gives back a connection that Acquire counted.
 	Release(user string)
-}
-
-// UserCounts counts open connections per user id, in shards so that loops
-// seldom wait on each other. It is the server's own UserConns, and package
-// cluster's count of this node's connections.
-type UserCounts struct {
-	seed   maphash.Seed
-	shards [limitShards]userShard
-}
-
-type userShard struct {
-	mu sync.Mutex
-	m  map[string]int32 // guarded by mu
-}
-
-// NewUserCounts returns an empty count.
-func NewUserCounts() *UserCounts {
-	u := &UserCounts{seed: maphash.MakeSeed()}
-	for i := range u.shards {
-		u.shards[i].m = make(map[string]int32)
-	}
-	return u
-}
-
-func (u *UserCounts) shard(user string) *userShard {
-	return &u.shards[maphash.String(u.seed, user)%limitShards]
-}
-
-// Acquire implements UserConns.
-func (u *UserCounts) Acquire(user string, max int) bool {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if int(sh.m[user]) >= max {
-		return false
-	}
-	sh.m[user]++
-	return true
-}
-
-// Release implements UserConns.
-func (u *UserCounts) Release(user string) {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if n := sh.m[user] - 1; n > 0 {
-		sh.m[user] = n
-	} else {
-		delete(sh.m, user)
-	}
-}
-
-// Count is user's open connections.
-func (u *UserCounts) Count(user string) int {
-	sh := u.shard(user)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return int(sh.m[user])
-}
-
-// Each calls fn for every user with a connection, a shard at a time, holding
-// that shard's lock: fn must not call back into u.
-func (u *UserCounts) Each(fn func(user string, n int)) {
-	for i := range u.shards {
-		sh := &u.shards[i]
-		sh.mu.Lock()
-		for k, v := range sh.m {
-			fn(k, int(v))
-		}
-		sh.mu.Unlock()
-	}
 }

@@ -3,13 +3,18 @@ package server
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/throng-ws/throng/handoff"
 )
 
 func TestBucket(t *testing.T) {
@@ -309,5 +314,146 @@ func TestTokenDeadlineSeconds(t *testing.T) {
 		if got := c.TokenDeadline(); !got.Equal(tc.want) {
 			t.Errorf("SetTokenDeadline(%v): TokenDeadline %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestRateLimitBan: a connection spends its burst, breaks the rate and is
+// banned; what it sends during the ban is counted and dropped, past
+// BanCloseAfter it is to be closed, and once the ban is served it starts with
+// a full bucket. The ban lives in the bucket's own 16 bytes, and a handoff
+// carries both states.
+func TestRateLimitBan(t *testing.T) {
+	if n := unsafe.Sizeof(RateState{}); n != 16 {
+		t.Fatalf("RateState is %d bytes, want 16", n)
+	}
+	l := RateLimit{Rate: 10, Burst: 3, Ban: time.Second, BanCloseAfter: 2}
+	var st RateState
+	for i := range 3 {
+		if v := l.Allow(&st, 1000); v != Allowed {
+			t.Fatalf("message %d of the burst: verdict %d", i, v)
+		}
+	}
+	if v := l.Allow(&st, 1000); v != BanStarted {
+		t.Fatalf("past the burst: verdict %d, want BanStarted", v)
+	}
+	roundTrip := func(st RateState) RateState {
+		var e handoff.Enc
+		st.AppendHandoff(&e)
+		d := handoff.Dec{B: e.B}
+		var got RateState
+		got.ReadHandoff(&d)
+		if d.Err() != nil || len(d.B) != 0 {
+			t.Fatalf("handoff: %v, %d bytes left", d.Err(), len(d.B))
+		}
+		return got
+	}
+	if got := roundTrip(st); got != st {
+		t.Fatalf("banned state after a handoff: %+v, want %+v", got, st)
+	}
+	if until, n := st.ban(); until != 2000 || n != 0 {
+		t.Fatalf("banned state after a handoff: until %d, %d messages; want 2000, 0 (before the handoff)", until, n)
+	}
+	for i, want := range []Verdict{Banned, Banned, BanExceeded} {
+		if v := l.Allow(&st, 1500); v != want {
+			t.Fatalf("message %d of the ban: verdict %d, want %d", i, v, want)
+		}
+	}
+	// Served at 2000: a full bucket, not the empty one that broke the rate.
+	for i := range 3 {
+		if v := l.Allow(&st, 2000); v != Allowed {
+			t.Fatalf("message %d after the ban: verdict %d", i, v)
+		}
+	}
+	// 50 ms at 10/s refills half a token: carried across a handoff, it is
+	// not yet a message's worth.
+	if got := roundTrip(st); l.Allow(&got, 2050) != BanStarted {
+		t.Fatal("a handoff refilled the bucket")
+	}
+	if got := roundTrip(st); l.Allow(&got, 2100) != Allowed {
+		t.Fatal("a handoff lost the refill of 100 ms")
+	}
+
+	// A user's ban, started from outside, is served like the connection's own.
+	var u RateState
+	l.StartBan(&u, 5000)
+	if v := l.Allow(&u, 5999); v != Banned {
+		t.Fatalf("during a started ban: verdict %d, want Banned", v)
+	}
+	if v := l.Allow(&u, 6000); v != Allowed {
+		t.Fatalf("after a started ban: verdict %d, want Allowed", v)
+	}
+}
+
+// TestUserCountsModel runs random acquires and releases of many users, as
+// fresh strings each time like connections' ids, against a plain map: every
+// count, the listing, and the table's growth and shrinking after a spike.
+func TestUserCountsModel(t *testing.T) {
+	u := NewUserCounts()
+	model := map[string]int{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	const limit = 3
+	check := func(step int) {
+		t.Helper()
+		seen := 0
+		u.Each(func(user string, n int) {
+			seen++
+			if model[user] != n {
+				t.Fatalf("step %d: Each lists %q with %d, want %d", step, user, n, model[user])
+			}
+		})
+		if seen != len(model) {
+			t.Fatalf("step %d: Each lists %d users, want %d", step, seen, len(model))
+		}
+		for user, n := range model {
+			if got := u.Count(user); got != n {
+				t.Fatalf("step %d: Count(%q) = %d, want %d", step, user, got, n)
+			}
+		}
+	}
+	slots := func() int {
+		n := 0
+		for i := range u.shards {
+			n += len(u.shards[i].t.slots)
+		}
+		return n
+	}
+	for phase, users := range []int{50, 5000, 50} { // a spike, then back
+		for step := range 40000 {
+			user := fmt.Sprint("user-", rng.IntN(users))
+			if rng.IntN(2) == 0 {
+				ok := u.Acquire(user, limit)
+				if ok != (model[user] < limit) {
+					t.Fatalf("phase %d step %d: Acquire(%q) = %v with %d held", phase, step, user, ok, model[user])
+				}
+				if ok {
+					model[user]++
+				}
+			} else if model[user] > 0 {
+				u.Release(user)
+				if model[user]--; model[user] == 0 {
+					delete(model, user)
+				}
+			}
+			if step%5000 == 0 {
+				check(step)
+			}
+		}
+		check(-1)
+		if phase == 1 {
+			// Drain the spike's users beyond the last phase's range.
+			for user, n := range model {
+				for range n {
+					u.Release(user)
+				}
+				delete(model, user)
+			}
+			check(-2)
+			if n := slots(); n > limitShards*userTableMin {
+				t.Fatalf("%d slots held with no user, want the minimum %d", n, limitShards*userTableMin)
+			}
+		}
+	}
+	if u.Acquire("", limit) != true || u.Count("") != 1 {
+		t.Fatal("the empty user id is not counted")
 	}
 }
