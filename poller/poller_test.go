@@ -634,7 +634,7 @@ func TestNewConnMakesEveryConn(t *testing.T) {
 	})
 
 	if testBackend == BackendEpoll {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
