@@ -145,14 +145,6 @@ func (h *Handler) Stats() Stats {
 		Replayed: h.counts.replayed.Load(), HistoryPages: h.counts.pages.Load(), LiveOnly: h.counts.liveOnly.Load()}
 }
 
-// chatConn is one connection's chat state, made at its first message, so a
-// connection that only listens costs nothing here until it joins.
-type chatConn struct {
-	c     *server.Conn
-	rooms memberList
-	rate  server.RateState
-}
-
 // Deliver implements room.Sink.
 func (cc *chatConn) Deliver(f *poller.Frame) { cc.c.WriteFrame(f) }
 
@@ -164,8 +156,8 @@ func (cc *chatConn) UserID() string { return cc.c.UserID() }
 func (cc *chatConn) DeliverFrames(fs []*poller.Frame) { cc.c.WriteFrames(fs) }
 
 func (cc *chatConn) member(id []byte) (int, *room.Member) {
-	for i := range cc.rooms.len() {
-		if m := cc.rooms.at(i); m.Room() == string(id) {
+	for i := range cc.rooms() {
+		if m := cc.at(i); m.Room() == string(id) {
 			return i, m
 		}
 	}
@@ -363,11 +355,11 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 		h.sendError(c, protocol.CodeAlreadyInRoom, protocol.TextAlreadyInRoom, "")
 		return
 	}
-	if cc.rooms.len() >= cmp.Or(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
+	if cc.rooms() >= cmp.Or(h.MaxRoomsPerConn, DefaultMaxRoomsPerConn) {
 		h.sendError(c, protocol.CodeTooManyRooms, protocol.TextTooManyRooms, "")
 		return
 	}
-	m := &room.Member{Sink: cc, Name: cc.name(name), Deflate: c.SharesDeflated()}
+	m := cc.newMember(cc.name(name), c.SharesDeflated())
 	roomID := string(id)
 	var (
 		count int
@@ -404,7 +396,7 @@ func (h *Handler) join(cc *chatConn, v *fastjson.Value) {
 // joiner its history and joined.
 func (h *Handler) finishJoin(cc *chatConn, m *room.Member, roomID string, count int, rec recovered, req recoveryRequest) {
 	c := cc.c
-	cc.rooms.add(m)
+	cc.add(m)
 	count = h.changed(roomID, count)
 
 	// The room hears of the join before the joiner does: once the joiner has
@@ -668,10 +660,10 @@ func (h *Handler) leave(cc *chatConn, v *fastjson.Value) {
 
 // drop takes the connection out of its i-th room and tells the others.
 func (h *Handler) drop(cc *chatConn, i int) {
-	m := cc.rooms.at(i)
+	m := cc.at(i)
 	roomID := m.Room()
 	count := h.changed(roomID, h.Rooms.Leave(m))
-	cc.rooms.remove(i)
+	cc.remove(i)
 	// No exception: the connection is out of the room already, and Broadcast
 	// counts an excepted sink as one of the members.
 	h.presence(m, roomID, "user-left", count, nil)
@@ -747,7 +739,7 @@ func (h *Handler) OnClose(c *server.Conn, _ ws.StatusCode, _ string) {
 	if h.anyPending.Load() {
 		h.dropPending(cc)
 	}
-	for n := cc.rooms.len(); n > 0; n-- {
+	for n := cc.rooms(); n > 0; n-- {
 		h.drop(cc, n-1)
 	}
 }

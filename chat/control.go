@@ -61,7 +61,7 @@ func (h *Handler) evict(m *room.Member, reason string, tell bool) bool {
 	if !ok || !cc.c.Open() {
 		return false
 	}
-	i := cc.rooms.index(m)
+	i := cc.index(m)
 	if i < 0 {
 		return false
 	}
@@ -70,7 +70,7 @@ func (h *Handler) evict(m *room.Member, reason string, tell bool) bool {
 		h.drop(cc, i)
 	} else {
 		h.changed(roomID, h.Rooms.Leave(m))
-		cc.rooms.remove(i)
+		cc.remove(i)
 	}
 	b := bytebufferpool.Get()
 	b.B = append(b.B, `{"type":"left","roomId":`...)

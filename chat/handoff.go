@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/throng-ws/throng/handoff"
-	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
 
@@ -26,9 +25,9 @@ func (h *Handler) ExportConn(c *server.Conn, dst []byte) []byte {
 	e := handoff.Enc{B: dst}
 	e.Uint(chatStateFormat)
 	cc.rate.AppendHandoff(&e)
-	e.Uint(uint64(cc.rooms.len()))
-	for i := range cc.rooms.len() {
-		m := cc.rooms.at(i)
+	e.Uint(uint64(cc.rooms()))
+	for i := range cc.rooms() {
+		m := cc.at(i)
 		e.String(m.Room())
 		e.String(m.Name)
 	}
@@ -55,12 +54,12 @@ func (h *Handler) ImportConn(c *server.Conn, state []byte) error {
 		if h.Rooms == nil {
 			return fmt.Errorf("chat: connection in room %q, and this process has no rooms", id)
 		}
-		m := &room.Member{Sink: cc, Name: cc.name([]byte(name)), Deflate: c.SharesDeflated()}
+		m := cc.newMember(cc.name([]byte(name)), c.SharesDeflated())
 		count, err := h.Rooms.Join(c.Loop().Index(), id, m)
 		if err != nil {
 			return fmt.Errorf("chat: rejoin %q: %w", id, err)
 		}
-		cc.rooms.add(m)
+		cc.add(m)
 		h.changed(id, count)
 	}
 	return nil

@@ -1,71 +1,103 @@
 package chat
 
-import "github.com/throng-ws/throng/room"
+import (
+	"github.com/throng-ws/throng/room"
+	"github.com/throng-ws/throng/server"
+)
 
-// memberList is a connection's memberships, one per room it is in. Nearly
-// every connection is in one room or none, so the first is held inline and
-// the rest, when there are any, behind one pointer: 16 bytes and no
-// allocation of their own for one room, where a slice would be a 24-byte
-// header and an 8-byte array. Order is not kept: remove moves the last
-// member into the gap.
-type memberList struct {
-	first *room.Member
-	rest  *[]*room.Member // nil unless the connection is in two rooms or more
+// chatConn is one connection's chat state, its server.Conn's Data, made at
+// its first message, so a connection that only listens costs nothing here
+// until it joins: 96 bytes, one allocation, for a connection in one room.
+//
+// Nearly every connection joins one room, so the record of its first
+// membership is held inline (one) and the rest, when there are any, behind
+// one pointer. The inline record serves one join only: once that membership
+// ends, a broadcast already on its way may still hold it, so a later join
+// gets a record of its own. The list's order is not kept.
+type chatConn struct {
+	c    *server.Conn
+	rest *[]*room.Member // the memberships besides one; nil when there are none
+	rate server.RateState
+	one  room.Member // the first join's record; its Flags say whether it is used and listed
 }
 
-func (l *memberList) len() int {
-	switch {
-	case l.first == nil:
-		return 0
-	case l.rest == nil:
-		return 1
+// Flags of chatConn.one.
+const (
+	oneUsed   uint8 = 1 << iota // handed out by newMember: never again
+	oneListed                   // a membership in the list
+)
+
+// newMember returns the record for a join: the inline one, the first time.
+func (cc *chatConn) newMember(name string, deflate bool) *room.Member {
+	if cc.one.Flags&oneUsed == 0 {
+		cc.one = room.Member{Sink: cc, Name: name, Deflate: deflate, Flags: oneUsed}
+		return &cc.one
 	}
-	return 1 + len(*l.rest)
+	return &room.Member{Sink: cc, Name: name, Deflate: deflate}
 }
 
-func (l *memberList) at(i int) *room.Member {
-	if i == 0 {
-		return l.first
+func (cc *chatConn) listed() bool { return cc.one.Flags&oneListed != 0 }
+
+// rooms is the number of memberships.
+func (cc *chatConn) rooms() int {
+	n := 0
+	if cc.listed() {
+		n++
 	}
-	return (*l.rest)[i-1]
+	if cc.rest != nil {
+		n += len(*cc.rest)
+	}
+	return n
 }
 
-func (l *memberList) add(m *room.Member) {
+// at is the i-th membership, 0 <= i < rooms().
+func (cc *chatConn) at(i int) *room.Member {
+	if cc.listed() {
+		if i == 0 {
+			return &cc.one
+		}
+		i--
+	}
+	return (*cc.rest)[i]
+}
+
+// add lists a membership.
+func (cc *chatConn) add(m *room.Member) {
 	switch {
-	case l.first == nil:
-		l.first = m
-	case l.rest == nil:
-		l.rest = &[]*room.Member{m}
+	case m == &cc.one:
+		cc.one.Flags |= oneListed
+	case cc.rest == nil:
+		cc.rest = &[]*room.Member{m}
 	default:
-		*l.rest = append(*l.rest, m)
+		*cc.rest = append(*cc.rest, m)
 	}
 }
 
-// remove takes out the i-th member, moving the last into its place.
-func (l *memberList) remove(i int) {
-	if l.rest == nil {
-		l.first = nil
-		return
+// remove takes the i-th membership off the list, moving another into its
+// place.
+func (cc *chatConn) remove(i int) {
+	if cc.listed() {
+		if i == 0 {
+			cc.one.Flags &^= oneListed
+			return
+		}
+		i--
 	}
-	rest := *l.rest
+	rest := *cc.rest
 	last := len(rest) - 1
-	if i == 0 {
-		l.first = rest[last]
-	} else {
-		rest[i-1] = rest[last]
-	}
+	rest[i] = rest[last]
 	rest[last] = nil
 	if last == 0 {
-		l.rest = nil // back to one room: give the array back
+		cc.rest = nil // give the array back
 	} else {
-		*l.rest = rest[:last]
+		*cc.rest = rest[:last]
 	}
 }
 
-// index is m's position, or -1.
-func (l *memberList) index(m *room.Member) int {
-	for i := range l.len() {
-		if l.at(i) == m {
+// index is m's position in the list, or -1.
+func (cc *chatConn) index(m *room.Member) int {
+	for i := range cc.rooms() {
+		if cc.at(i) == m {
 			return i
 		}
 	}
@@ -79,8 +111,8 @@ func (cc *chatConn) name(b []byte) string {
 	if u := cc.c.UserID(); u == string(b) {
 		return u
 	}
-	for i := range cc.rooms.len() {
-		if m := cc.rooms.at(i); m.Name == string(b) {
+	for i := range cc.rooms() {
+		if m := cc.at(i); m.Name == string(b) {
 			return m.Name
 		}
 	}

@@ -8,54 +8,67 @@ import (
 )
 
 // TestMemberList: a connection's memberships through adds and removes at
-// every position, with the array behind rest given back once one is left.
-// A chatConn stays in the 48-byte size class.
+// every position, with the inline record listed once at most and never
+// handed out twice, and the array behind rest given back once it is empty.
+// A chatConn stays in the 96-byte size class.
 func TestMemberList(t *testing.T) {
-	if n := unsafe.Sizeof(chatConn{}); n > 48 {
-		t.Errorf("chatConn is %d bytes, want at most 48", n)
+	if n := unsafe.Sizeof(chatConn{}); n > 96 {
+		t.Errorf("chatConn is %d bytes, want at most 96", n)
 	}
-	ms := make([]*room.Member, 5)
-	for i := range ms {
-		ms[i] = &room.Member{Name: string(rune('a' + i))}
-	}
-	var l memberList
+	cc := &chatConn{}
 	want := map[*room.Member]bool{}
 	check := func(step string) {
 		t.Helper()
-		if l.len() != len(want) {
-			t.Fatalf("%s: len %d, want %d", step, l.len(), len(want))
+		if cc.rooms() != len(want) {
+			t.Fatalf("%s: %d rooms, want %d", step, cc.rooms(), len(want))
 		}
 		seen := map[*room.Member]bool{}
-		for i := range l.len() {
-			m := l.at(i)
+		for i := range cc.rooms() {
+			m := cc.at(i)
 			if !want[m] || seen[m] {
-				t.Fatalf("%s: at(%d) = %v, not one of the members or seen twice", step, i, m)
+				t.Fatalf("%s: at(%d) = %p, not one of the members or seen twice", step, i, m)
 			}
 			seen[m] = true
-			if l.index(m) != i {
-				t.Fatalf("%s: index of at(%d) is %d", step, i, l.index(m))
+			if cc.index(m) != i {
+				t.Fatalf("%s: index of at(%d) is %d", step, i, cc.index(m))
 			}
 		}
-		if (l.rest != nil) != (len(want) > 1) {
-			t.Fatalf("%s: rest %v with %d members", step, l.rest, len(want))
+		if cc.rest != nil && len(*cc.rest) == 0 {
+			t.Fatalf("%s: an empty array held", step)
 		}
 	}
 	check("empty")
-	for _, m := range ms {
-		l.add(m)
+	var ms []*room.Member
+	for i := range 5 {
+		m := cc.newMember(string(rune('a'+i)), false)
+		if (m == &cc.one) != (i == 0) {
+			t.Fatalf("join %d: inline record %v, want it for the first join only", i, m == &cc.one)
+		}
+		if m.Sink != cc || m.Name != string(rune('a'+i)) {
+			t.Fatalf("join %d: record %+v", i, m)
+		}
+		ms = append(ms, m)
+		cc.add(m)
 		want[m] = true
 		check("add " + m.Name)
 	}
-	if l.index(&room.Member{}) != -1 {
+	if cc.index(&room.Member{}) != -1 {
 		t.Fatal("index of a stranger is not -1")
 	}
 	for _, i := range []int{2, 0, 2, 1, 0} { // the middle, the inline one, the last, ...
-		m := l.at(i)
-		l.remove(i)
+		m := cc.at(i)
+		cc.remove(i)
 		delete(want, m)
 		check("remove " + m.Name)
 	}
-	l.add(ms[0])
-	want[ms[0]] = true
+	if cc.rest != nil || cc.listed() {
+		t.Fatal("an empty list holds something")
+	}
+	m := cc.newMember("again", true)
+	if m == &cc.one {
+		t.Fatal("the inline record was handed out a second time")
+	}
+	cc.add(m)
+	want[m] = true
 	check("add after empty")
 }

@@ -937,7 +937,7 @@ func joinQuietly(t *testing.T, ts *testServer, roomID string) int {
 				cc := ts.Chat.state(c)
 				m := &room.Member{Sink: cc, Name: c.UserID()}
 				if _, err := ts.Rooms.Join(l.Index(), roomID, m); err == nil {
-					cc.rooms.add(m)
+					cc.add(m)
 					joined.Add(1)
 				}
 				return true

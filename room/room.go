@@ -76,6 +76,10 @@ type Member struct {
 	// Deflate: the member takes a broadcast's compressed frame when it has one
 	// (BroadcastDeflated), as its connection negotiated permessage-deflate.
 	Deflate bool
+	// Flags are the Sink's owner's, for its own bookkeeping of the member:
+	// the table never reads or writes them. They sit in what would be
+	// padding.
+	Flags uint8
 }
 
 // UserSink is a Sink that knows its member's user id. Members lists it; a
