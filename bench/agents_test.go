@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -13,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/throng-ws/throng/internal/natstest"
 )
 
 // testAgentEnv makes the test binary a NATS agent (see TestMain), so a test
@@ -24,16 +24,8 @@ const testAgentEnv = "THRONG_BENCH_TEST_AGENT"
 // startNATS runs an embedded nats-server on loopback and returns its URL.
 func startNATS(t *testing.T) string {
 	t.Helper()
-	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: natsserver.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return "nats://127.0.0.1:" + strconv.Itoa(s.Addr().(*net.TCPAddr).Port)
+	_, url := natstest.Start(t, 0, false)
+	return url
 }
 
 // startAgent runs an agent in this process until the test ends.

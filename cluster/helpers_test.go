@@ -22,6 +22,7 @@ import (
 	"github.com/throng-ws/throng/auth"
 	"github.com/throng-ws/throng/chat"
 	"github.com/throng-ws/throng/cluster"
+	"github.com/throng-ws/throng/internal/natstest"
 	"github.com/throng-ws/throng/room"
 	"github.com/throng-ws/throng/server"
 )
@@ -57,24 +58,8 @@ func startBrokerJS(t *testing.T) *broker {
 
 func startBrokerOpts(t *testing.T, port int, js bool) *broker {
 	t.Helper()
-	if port == 0 {
-		port = natsserver.RANDOM_PORT
-	}
-	o := &natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true}
-	if js {
-		o.JetStream, o.StoreDir = true, t.TempDir()
-	}
-	s, err := natsserver.NewServer(o)
-	if err != nil {
-		t.Fatalf("nats-server: %v", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	b := &broker{t: t, srv: s, port: s.Addr().(*net.TCPAddr).Port}
-	t.Cleanup(b.stop)
-	return b
+	s, _ := natstest.Start(t, port, js)
+	return &broker{t: t, srv: s, port: s.Addr().(*net.TCPAddr).Port}
 }
 
 func (b *broker) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(b.port) }

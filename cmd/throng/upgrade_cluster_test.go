@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -18,7 +17,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/throng-ws/throng/internal/natstest"
 )
 
 // TestServeClusterUpgrade hands a cluster node over (SIGUSR2) while its room
@@ -42,20 +42,7 @@ func TestServeClusterUpgrade(t *testing.T) {
 }
 
 func clusterUpgrade(t *testing.T, bin string, js bool) {
-	o := &natsserver.Options{Host: "127.0.0.1", Port: natsserver.RANDOM_PORT, NoLog: true, NoSigs: true}
-	if js {
-		o.JetStream, o.StoreDir = true, t.TempDir()
-	}
-	ns, err := natsserver.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	natsURL := "nats://127.0.0.1:" + strconv.Itoa(ns.Addr().(*net.TCPAddr).Port)
+	_, natsURL := natstest.Start(t, 0, js)
 	history := "0"
 	if js {
 		history = "1000"
