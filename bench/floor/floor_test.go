@@ -17,6 +17,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
+
+	"github.com/throng-ws/throng/internal/wstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -46,18 +48,6 @@ func dial(t *testing.T, s *Server, path string) *websocket.Conn {
 	t.Cleanup(func() { c.Close() })
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	return c
-}
-
-// waitFor polls cond until it holds or ten seconds pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func TestEcho(t *testing.T) {
@@ -124,7 +114,7 @@ func TestPingAndClose(t *testing.T) {
 	if !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
 		t.Fatalf("after our close: %v, want the server's close 1000", err)
 	}
-	waitFor(t, "the connection to be closed", func() bool { return s.Stats().Conns == 0 })
+	wstest.WaitFor(t, "the connection to be closed", func() bool { return s.Stats().Conns == 0 })
 }
 
 // rawConn is an upgraded connection spoken byte by byte, to control how
@@ -215,7 +205,7 @@ func TestFramesSplitAcrossReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The server has read the first part before the rest is sent.
-			waitFor(t, "the first part to be read", func() bool { return s.Stats().Reads > reads })
+			wstest.WaitFor(t, "the first part to be read", func() bool { return s.Stats().Reads > reads })
 			if st := s.Stats(); st.Frames != 0 || st.Replies != 0 {
 				t.Fatalf("after %d of %d bytes: %+v, want no frame and no reply", cut, len(f), st)
 			}
@@ -332,7 +322,7 @@ func TestBroadcastFanOut(t *testing.T) {
 			for range n {
 				cs = append(cs, dial(t, s, "/shootout"))
 			}
-			waitFor(t, "every upgrade", func() bool { return s.Stats().Conns == n })
+			wstest.WaitFor(t, "every upgrade", func() bool { return s.Stats().Conns == n })
 			const msg = `{"type":"broadcast","payload":{"id":"0001","at":12345}}`
 			if err := cs[7].WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
 				t.Fatal(err)
@@ -374,7 +364,7 @@ func TestBroadcastFanOut(t *testing.T) {
 func TestBroadcastBinary(t *testing.T) {
 	s := start(t, 2)
 	a, b := dial(t, s, "/shootout"), dial(t, s, "/shootout")
-	waitFor(t, "both upgrades", func() bool { return s.Stats().Conns == 2 })
+	wstest.WaitFor(t, "both upgrades", func() bool { return s.Stats().Conns == 2 })
 	msg := append([]byte{'b', 0, 0, 0, 4}, "ping"...)
 	a.WriteMessage(websocket.BinaryMessage, msg)
 	for _, c := range []*websocket.Conn{a, b} {
@@ -412,5 +402,5 @@ func TestClientThatDoesNotReadIsDropped(t *testing.T) {
 			break // dropped while we wrote
 		}
 	}
-	waitFor(t, "the drop", func() bool { return s.Stats().Dropped == 1 && s.Stats().Conns == 0 })
+	wstest.WaitFor(t, "the drop", func() bool { return s.Stats().Dropped == 1 && s.Stats().Conns == 0 })
 }
